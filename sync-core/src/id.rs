@@ -1,0 +1,114 @@
+//! Typed identifiers. Every hash in the engine is BLAKE3; the type says what was hashed, so a
+//! manifest root can never be passed where a content id is expected.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! hash_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        pub struct $name(pub [u8; 32]);
+
+        impl $name {
+            /// Lower-case hex, the form used in logs, `--json` output and on disk.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+
+            /// Parses the 64-character hex form.
+            pub fn from_hex(s: &str) -> Option<Self> {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(s, &mut out).ok()?;
+                Some(Self(out))
+            }
+
+            /// The first 12 hex digits: enough to tell ids apart in a human summary.
+            pub fn short(&self) -> String {
+                hex::encode(&self.0[..6])
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.short())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+    };
+}
+
+hash_id!(
+    /// BLAKE3 of a file's bytes (or of a symlink's target text).
+    ContentId
+);
+hash_id!(
+    /// BLAKE3 of a manifest's canonical encoding: names one exact state of a volume.
+    ManifestId
+);
+hash_id!(
+    /// Names one pack: BLAKE3 of its bytes, so a resumed transfer can never splice two packs.
+    PackId
+);
+
+impl ContentId {
+    /// Hashes a whole buffer.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The id of the empty file; every volume may hold it without an object being sent.
+    pub fn empty() -> Self {
+        Self::of(&[])
+    }
+}
+
+/// A random identity the onboard side creates once and keeps in its state, so the ground can tell
+/// two satellites (or a re-installed one) apart and never trusts knowledge about another node.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub [u8; 16]);
+
+impl NodeId {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 16];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Self(out))
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.to_hex())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip() {
+        let id = ContentId::of(b"pod data");
+        assert_eq!(ContentId::from_hex(&id.to_hex()), Some(id));
+        assert_eq!(ContentId::from_hex("zz"), None);
+        assert_eq!(id.short().len(), 12);
+    }
+
+    #[test]
+    fn empty_id_is_blake3_of_nothing() {
+        assert_eq!(
+            ContentId::empty().to_hex(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+    }
+}

@@ -1,0 +1,3 @@
+pub mod id;
+pub mod manifest;
+pub mod path;

@@ -1,0 +1,421 @@
+//! Scanning a real folder into a [`Manifest`], through a directory handle: every open is relative
+//! to the folder and never follows a symlink, so a pod that swaps a folder for a link while its
+//! volume is being scanned cannot make the scan read outside the volume.
+//!
+//! A stat cache keyed by path remembers (size, mtime, ctime, inode) → content id, so an unchanged
+//! tree is listed without reading a byte of file content.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::fs::{Dir, MetadataExt, OpenOptions};
+
+use super::{Entry, EntryKind, MODE_MASK, Manifest, ManifestError};
+use crate::id::ContentId;
+use crate::path::{PathError, TEMP_PREFIX, VolumePath, check_symlink_target, name_from_os};
+
+/// A file whose mtime is this close to the moment it was hashed may still be written within the
+/// same timestamp tick; such a file is not cached, so the next scan hashes it again ("racy clean").
+const RACY_NS: i64 = 2_000_000_000;
+/// A file that keeps changing while it is hashed is retried this many times, then reported.
+const HASH_ATTEMPTS: usize = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// an I/O failure on one path
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// a name the engine cannot carry
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// a device, socket or FIFO where refusing is asked for
+    #[error("{path}: {kind} files cannot be synced")]
+    Special { path: String, kind: &'static str },
+    /// a file that kept changing while it was read
+    #[error("{path}: changed while it was being read ({HASH_ATTEMPTS} attempts); try again")]
+    Unstable { path: String },
+    /// the result broke a manifest rule (cannot happen for a real folder, but is checked)
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+}
+
+/// What to do with devices, sockets and FIFOs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecialFiles {
+    /// A user pushing a folder should hear about them.
+    Refuse,
+    /// A pod may leave them in its volume; they are simply not synced.
+    Skip,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanOptions {
+    pub special: SpecialFiles,
+    /// Refuse symlinks whose target leaves the tree (the ground's rule for what it pushes).
+    pub refuse_escaping_symlinks: bool,
+    /// Skip entries named with [`TEMP_PREFIX`] (the onboard side's own in-flight files) instead of
+    /// refusing them.
+    pub skip_engine_temp: bool,
+}
+
+impl ScanOptions {
+    /// For a folder the operator pushes: anything odd is an error the operator should see.
+    pub fn local() -> Self {
+        Self {
+            special: SpecialFiles::Refuse,
+            refuse_escaping_symlinks: true,
+            skip_engine_temp: false,
+        }
+    }
+
+    /// For a pod's volume: the pod may keep anything; what cannot be synced is left out.
+    pub fn volume() -> Self {
+        Self {
+            special: SpecialFiles::Skip,
+            refuse_escaping_symlinks: false,
+            skip_engine_temp: true,
+        }
+    }
+}
+
+/// What the cache remembers for one path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachedStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+    pub id: ContentId,
+}
+
+/// The stat cache of one scanned tree, keyed by relative path.
+pub type StatCache = HashMap<String, CachedStat>;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Files whose content was read because the cache could not vouch for them.
+    pub hashed_files: u64,
+    pub hashed_bytes: u64,
+    /// Paths left out (special files, engine temporaries).
+    pub skipped: Vec<String>,
+}
+
+/// Scans everything below `root`. Returns the manifest, the new stat cache (only entries that
+/// may be trusted next time) and counters.
+pub fn scan_dir(
+    root: &Dir,
+    cache: &StatCache,
+    opts: &ScanOptions,
+) -> Result<(Manifest, StatCache, ScanStats), ScanError> {
+    let mut scan = Scan {
+        opts,
+        old: cache,
+        new: StatCache::new(),
+        stats: ScanStats::default(),
+        entries: Vec::new(),
+        now_ns: now_ns(),
+    };
+    scan.walk(root, None)?;
+    let manifest = Manifest::new(scan.entries)?;
+    Ok((manifest, scan.new, scan.stats))
+}
+
+struct Scan<'a> {
+    opts: &'a ScanOptions,
+    old: &'a StatCache,
+    new: StatCache,
+    stats: ScanStats,
+    entries: Vec<Entry>,
+    now_ns: i64,
+}
+
+fn io_err(path: &str) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
+    move |source| ScanError::Io {
+        path: if path.is_empty() { ".".into() } else { path.to_string() },
+        source,
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Scan<'_> {
+    fn walk(&mut self, dir: &Dir, prefix: Option<&VolumePath>) -> Result<(), ScanError> {
+        let shown = prefix.map(|p| p.as_str()).unwrap_or("");
+        for item in dir.entries().map_err(io_err(shown))? {
+            let item = item.map_err(io_err(shown))?;
+            let os_name = item.file_name();
+            let name = name_from_os(&os_name)?;
+            if self.opts.skip_engine_temp && name.starts_with(TEMP_PREFIX) {
+                self.stats.skipped.push(join_shown(shown, name));
+                continue;
+            }
+            let path = match prefix {
+                Some(p) => p.join(name)?,
+                None => VolumePath::new(name)?,
+            };
+            let meta = dir
+                .symlink_metadata(name)
+                .map_err(io_err(path.as_str()))?;
+            let ft = meta.file_type();
+            let mode = meta.mode() & MODE_MASK;
+            if ft.is_dir() {
+                self.stats.dirs += 1;
+                self.entries.push(Entry {
+                    path: path.clone(),
+                    kind: EntryKind::Dir,
+                    mode,
+                    mtime: 0,
+                });
+                let sub = dir
+                    .open_dir_nofollow(name)
+                    .map_err(io_err(path.as_str()))?;
+                self.walk(&sub, Some(&path))?;
+            } else if ft.is_symlink() {
+                let target = dir
+                    .read_link_contents(name)
+                    .map_err(io_err(path.as_str()))?;
+                let target = name_from_os(target.as_os_str())?.to_string();
+                if self.opts.refuse_escaping_symlinks {
+                    check_symlink_target(&path, &target)?;
+                }
+                self.stats.symlinks += 1;
+                self.entries.push(Entry {
+                    path,
+                    kind: EntryKind::Symlink { target },
+                    mode: 0o777,
+                    mtime: 0,
+                });
+            } else if ft.is_file() {
+                let stat = self.file_stat(dir, name, &path, &meta)?;
+                self.stats.files += 1;
+                self.entries.push(Entry {
+                    path,
+                    kind: EntryKind::File {
+                        id: stat.id,
+                        size: stat.size,
+                    },
+                    mode,
+                    mtime: meta.mtime(),
+                });
+            } else {
+                let kind = special_kind(&ft);
+                match self.opts.special {
+                    SpecialFiles::Skip => self.stats.skipped.push(path.to_string()),
+                    SpecialFiles::Refuse => {
+                        return Err(ScanError::Special {
+                            path: path.to_string(),
+                            kind,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn file_stat(
+        &mut self,
+        dir: &Dir,
+        name: &str,
+        path: &VolumePath,
+        meta: &cap_std::fs::Metadata,
+    ) -> Result<CachedStat, ScanError> {
+        let seen = stat_of(meta, ContentId::empty());
+        if let Some(cached) = self.old.get(path.as_str())
+            && same_stat(cached, &seen)
+        {
+            self.new.insert(path.to_string(), *cached);
+            return Ok(*cached);
+        }
+        let stat = hash_stable(dir, name, path)?;
+        self.stats.hashed_files += 1;
+        self.stats.hashed_bytes += stat.size;
+        if self.now_ns - stat.mtime_ns > RACY_NS {
+            self.new.insert(path.to_string(), stat);
+        }
+        Ok(stat)
+    }
+}
+
+fn join_shown(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}/{name}")
+    }
+}
+
+fn special_kind(ft: &cap_std::fs::FileType) -> &'static str {
+    use cap_std::fs::FileTypeExt;
+    if ft.is_fifo() {
+        "FIFO"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() || ft.is_char_device() {
+        "device"
+    } else {
+        "special"
+    }
+}
+
+fn stat_of(meta: &cap_std::fs::Metadata, id: ContentId) -> CachedStat {
+    CachedStat {
+        size: meta.size(),
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        ctime_ns: meta.ctime() * 1_000_000_000 + meta.ctime_nsec(),
+        ino: meta.ino(),
+        id,
+    }
+}
+
+fn same_stat(a: &CachedStat, b: &CachedStat) -> bool {
+    a.size == b.size && a.mtime_ns == b.mtime_ns && a.ctime_ns == b.ctime_ns && a.ino == b.ino
+}
+
+/// Opens a regular file without following links, hashes it, and checks that its stat did not
+/// move while it was read; a file written meanwhile is read again.
+pub fn hash_stable(dir: &Dir, name: &str, path: &VolumePath) -> Result<CachedStat, ScanError> {
+    let mut opts = OpenOptions::new();
+    opts.read(true).follow(FollowSymlinks::No);
+    for _ in 0..HASH_ATTEMPTS {
+        let mut file = dir.open_with(name, &opts).map_err(io_err(path.as_str()))?;
+        let before = file.metadata().map_err(io_err(path.as_str()))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut read = 0u64;
+        loop {
+            let n = file.read(&mut buf).map_err(io_err(path.as_str()))?;
+            if n == 0 {
+                break;
+            }
+            read += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        let after = file.metadata().map_err(io_err(path.as_str()))?;
+        let id = ContentId(*hasher.finalize().as_bytes());
+        let (b, a) = (stat_of(&before, id), stat_of(&after, id));
+        if same_stat(&b, &a) && read == a.size {
+            return Ok(a);
+        }
+    }
+    Err(ScanError::Unstable {
+        path: path.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cap_std::ambient_authority;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn open(p: &std::path::Path) -> Dir {
+        Dir::open_ambient_dir(p, ambient_authority()).unwrap()
+    }
+
+    #[test]
+    fn scan_lists_files_dirs_links_and_modes() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("a/b")).unwrap();
+        std::fs::create_dir(t.path().join("empty")).unwrap();
+        std::fs::write(t.path().join("a/b/x"), b"hello").unwrap();
+        std::fs::write(t.path().join("run.sh"), b"#!/bin/sh").unwrap();
+        std::fs::set_permissions(t.path().join("run.sh"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::os::unix::fs::symlink("b/x", t.path().join("a/link")).unwrap();
+        let (m, _, stats) = scan_dir(&open(t.path()), &StatCache::new(), &ScanOptions::local()).unwrap();
+        let names: Vec<(&str, &str)> = m
+            .entries()
+            .iter()
+            .map(|e| (e.path.as_str(), e.type_name()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("a", "dir"),
+                ("a/b", "dir"),
+                ("a/b/x", "file"),
+                ("a/link", "symlink"),
+                ("empty", "dir"),
+                ("run.sh", "file"),
+            ]
+        );
+        let x = m.get(&VolumePath::new("a/b/x").unwrap()).unwrap();
+        assert_eq!(x.file_id(), Some(ContentId::of(b"hello")));
+        assert_eq!(m.get(&VolumePath::new("run.sh").unwrap()).unwrap().mode, 0o755);
+        assert_eq!(stats.hashed_files, 2);
+    }
+
+    #[test]
+    fn unchanged_tree_is_not_read_again() {
+        let t = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            std::fs::write(t.path().join(format!("f{i}")), format!("body {i}")).unwrap();
+        }
+        // Back-date the files so the cache may trust them (fresh files are "racy").
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        for i in 0..20 {
+            let f = std::fs::File::options()
+                .write(true)
+                .open(t.path().join(format!("f{i}")))
+                .unwrap();
+            f.set_modified(old).unwrap();
+        }
+        let dir = open(t.path());
+        let (m1, cache, s1) = scan_dir(&dir, &StatCache::new(), &ScanOptions::local()).unwrap();
+        assert_eq!(s1.hashed_files, 20);
+        let (m2, _, s2) = scan_dir(&dir, &cache, &ScanOptions::local()).unwrap();
+        assert_eq!(s2.hashed_files, 0);
+        assert_eq!(m1.root(), m2.root());
+        // A rewrite with the same size is seen (ctime moves even if mtime is put back).
+        std::fs::write(t.path().join("f3"), "BODY 3").unwrap();
+        let f = std::fs::File::options().write(true).open(t.path().join("f3")).unwrap();
+        f.set_modified(old).unwrap();
+        let (m3, _, s3) = scan_dir(&dir, &cache, &ScanOptions::local()).unwrap();
+        assert_eq!(s3.hashed_files, 1);
+        assert_ne!(m3.root(), m1.root());
+    }
+
+    #[test]
+    fn escaping_symlink_is_refused_locally_and_kept_in_volumes() {
+        let t = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", t.path().join("evil")).unwrap();
+        let dir = open(t.path());
+        assert!(matches!(
+            scan_dir(&dir, &StatCache::new(), &ScanOptions::local()),
+            Err(ScanError::Path(PathError::SymlinkEscapes { .. }))
+        ));
+        let (m, _, _) = scan_dir(&dir, &StatCache::new(), &ScanOptions::volume()).unwrap();
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn fifo_is_refused_locally_and_skipped_in_volumes() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("pipe");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(status.success());
+        std::fs::write(t.path().join(".~sync.tmp.1"), b"x").unwrap();
+        let dir = open(t.path());
+        let (m, _, stats) = scan_dir(&dir, &StatCache::new(), &ScanOptions::volume()).unwrap();
+        assert!(m.is_empty());
+        assert_eq!(stats.skipped.len(), 2);
+        assert!(matches!(
+            scan_dir(&dir, &StatCache::new(), &ScanOptions::local()),
+            Err(ScanError::Special { .. }) | Err(ScanError::Path(PathError::Reserved(_)))
+        ));
+    }
+}
