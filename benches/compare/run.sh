@@ -9,6 +9,8 @@
 #   CORPUS=DIR      corpus location (default benches/compare/.corpus)
 #   SYNC_BUILD=0    never run cargo; use target/release binaries if present
 #   SYNC_BUILD=force  always run cargo build first (picks up new code)
+#   SYNC_BIN_DIR=DIR  take sync-onboard/sync-ground from DIR instead of
+#                   target/release (never builds; e.g. to test this script)
 #
 # Cases (see corpus.sh): "binary" = ruff 0.6.8 -> 0.6.9 executable,
 # "tree" = pip 24.0 -> 24.1 unpacked wheel.
@@ -66,8 +68,9 @@ mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 
 # --- our tool ------------------------------------------------------------------
-ONBOARD=$REPO/target/release/sync-onboard
-GROUND=$REPO/target/release/sync-ground
+ONBOARD=${SYNC_BIN_DIR:-$REPO/target/release}/sync-onboard
+GROUND=${SYNC_BIN_DIR:-$REPO/target/release}/sync-ground
+[[ -n ${SYNC_BIN_DIR:-} ]] && SYNC_BUILD=0
 SYNC_NOTE=""
 have_sync() { [[ -x $ONBOARD && -x $GROUND ]]; }
 if [[ $SYNC_BUILD == force ]] || { [[ $SYNC_BUILD != 0 ]] && ! have_sync; }; then
@@ -87,7 +90,7 @@ if have_sync; then
   if [[ -n $SYNC_NOTE ]]; then HAVE_SYNC=0; else HAVE_SYNC=1; fi
 else
   HAVE_SYNC=0
-  : "${SYNC_NOTE:=target/release/sync-onboard or sync-ground not built}"
+  : "${SYNC_NOTE:=$ONBOARD or $GROUND not built}"
 fi
 
 # Server started by sync_case; killed on any exit so no process is left over.

@@ -1,3 +1,5 @@
+pub mod delta;
 pub mod id;
 pub mod manifest;
+pub mod pack;
 pub mod path;

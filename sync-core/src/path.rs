@@ -65,7 +65,11 @@ pub struct VolumePath(String);
 impl Ord for VolumePath {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
         let key = |b: &u8| if *b == b'/' { 0 } else { *b };
-        self.0.as_bytes().iter().map(key).cmp(other.0.as_bytes().iter().map(key))
+        self.0
+            .as_bytes()
+            .iter()
+            .map(key)
+            .cmp(other.0.as_bytes().iter().map(key))
     }
 }
 
@@ -98,7 +102,9 @@ impl VolumePath {
 
     /// The enclosing folder, `None` at the top of the volume.
     pub fn parent(&self) -> Option<VolumePath> {
-        self.0.rfind('/').map(|i| VolumePath(self.0[..i].to_string()))
+        self.0
+            .rfind('/')
+            .map(|i| VolumePath(self.0[..i].to_string()))
     }
 
     /// `self/child`; the result is checked like any other path.

@@ -310,7 +310,10 @@ mod tests {
                 for i in 1..parts.len() {
                     let anc = VolumePath::new(parts[..i].join("/")).unwrap();
                     match map.get(&anc) {
-                        Some(Entry { kind: EntryKind::Dir, .. }) => {}
+                        Some(Entry {
+                            kind: EntryKind::Dir,
+                            ..
+                        }) => {}
                         Some(_) => {
                             ok = false;
                             break;

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use change::{Change, FileSource, Put, PutKind, apply_changes, diff};
+pub use change::{Change, Describe, FileSource, Put, PutKind, SourceResolver, apply_changes, diff};
 pub use scan::{
     CachedStat, ScanError, ScanOptions, ScanStats, SpecialFiles, StatCache, hash_stable, scan_dir,
 };

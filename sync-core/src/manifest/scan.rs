@@ -139,7 +139,11 @@ struct Scan<'a> {
 
 fn io_err(path: &str) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
     move |source| ScanError::Io {
-        path: if path.is_empty() { ".".into() } else { path.to_string() },
+        path: if path.is_empty() {
+            ".".into()
+        } else {
+            path.to_string()
+        },
         source,
     }
 }
@@ -166,9 +170,7 @@ impl Scan<'_> {
                 Some(p) => p.join(name)?,
                 None => VolumePath::new(name)?,
             };
-            let meta = dir
-                .symlink_metadata(name)
-                .map_err(io_err(path.as_str()))?;
+            let meta = dir.symlink_metadata(name).map_err(io_err(path.as_str()))?;
             let ft = meta.file_type();
             let mode = meta.mode() & MODE_MASK;
             if ft.is_dir() {
@@ -179,9 +181,7 @@ impl Scan<'_> {
                     mode,
                     mtime: 0,
                 });
-                let sub = dir
-                    .open_dir_nofollow(name)
-                    .map_err(io_err(path.as_str()))?;
+                let sub = dir.open_dir_nofollow(name).map_err(io_err(path.as_str()))?;
                 self.walk(&sub, Some(&path))?;
             } else if ft.is_symlink() {
                 let target = dir
@@ -333,10 +333,14 @@ mod tests {
         std::fs::create_dir(t.path().join("empty")).unwrap();
         std::fs::write(t.path().join("a/b/x"), b"hello").unwrap();
         std::fs::write(t.path().join("run.sh"), b"#!/bin/sh").unwrap();
-        std::fs::set_permissions(t.path().join("run.sh"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(
+            t.path().join("run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("b/x", t.path().join("a/link")).unwrap();
-        let (m, _, stats) = scan_dir(&open(t.path()), &StatCache::new(), &ScanOptions::local()).unwrap();
+        let (m, _, stats) =
+            scan_dir(&open(t.path()), &StatCache::new(), &ScanOptions::local()).unwrap();
         let names: Vec<(&str, &str)> = m
             .entries()
             .iter()
@@ -355,7 +359,10 @@ mod tests {
         );
         let x = m.get(&VolumePath::new("a/b/x").unwrap()).unwrap();
         assert_eq!(x.file_id(), Some(ContentId::of(b"hello")));
-        assert_eq!(m.get(&VolumePath::new("run.sh").unwrap()).unwrap().mode, 0o755);
+        assert_eq!(
+            m.get(&VolumePath::new("run.sh").unwrap()).unwrap().mode,
+            0o755
+        );
         assert_eq!(stats.hashed_files, 2);
     }
 
@@ -382,7 +389,10 @@ mod tests {
         assert_eq!(m1.root(), m2.root());
         // A rewrite with the same size is seen (ctime moves even if mtime is put back).
         std::fs::write(t.path().join("f3"), "BODY 3").unwrap();
-        let f = std::fs::File::options().write(true).open(t.path().join("f3")).unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(t.path().join("f3"))
+            .unwrap();
         f.set_modified(old).unwrap();
         let (m3, _, s3) = scan_dir(&dir, &cache, &ScanOptions::local()).unwrap();
         assert_eq!(s3.hashed_files, 1);
@@ -406,7 +416,10 @@ mod tests {
     fn fifo_is_refused_locally_and_skipped_in_volumes() {
         let t = tempfile::tempdir().unwrap();
         let fifo = t.path().join("pipe");
-        let status = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
         assert!(status.success());
         std::fs::write(t.path().join(".~sync.tmp.1"), b"x").unwrap();
         let dir = open(t.path());

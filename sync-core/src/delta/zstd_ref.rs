@@ -1,0 +1,144 @@
+//! zstd with a reference prefix, as `zstd --patch-from` does.
+//!
+//! Parameters: level 19 with long-distance matching and a window that covers prefix and content.
+//! Known trap: above level 15, long-distance matching with a reference prefix compresses badly in
+//! zstd's single-thread mode, so the encoder runs in multithread mode with one worker (same output
+//! format; the worker is one background thread).
+
+use std::io::{Read, Write};
+
+use zstd::stream::raw::CParameter;
+
+use super::DeltaError;
+
+/// The level the engine compresses packs with: the link is the bottleneck, never the CPU.
+pub const LEVEL: i32 = 19;
+/// Smallest window worth asking for; zstd's own minimum is 10.
+const MIN_WINDOW_LOG: u32 = 20;
+/// Largest window the engine ever uses (1 GiB); receivers may allow less.
+pub const MAX_WINDOW_LOG: u32 = 30;
+
+/// The window log that lets content reach back to the start of a prefix.
+pub fn window_log_for(prefix_len: u64, content_len: u64) -> u32 {
+    let span = (prefix_len + content_len).max(1);
+    let log = 64 - (span - 1).leading_zeros();
+    log.clamp(MIN_WINDOW_LOG, MAX_WINDOW_LOG)
+}
+
+/// Compresses `content` (read to its end, `content_len` bytes) into `out` as one zstd frame that
+/// may refer to `prefix`. Returns the window log the decoder must allow.
+pub fn compress(
+    prefix: &[u8],
+    content: &mut dyn Read,
+    content_len: u64,
+    out: &mut dyn Write,
+) -> Result<u32, DeltaError> {
+    compress_capped(prefix, content, content_len, MAX_WINDOW_LOG, out)
+}
+
+/// [`compress`] with the window held to at most `max_window_log` (the receiver's limit); content
+/// beyond the window's reach is still compressed, just without the far matches.
+pub fn compress_capped(
+    prefix: &[u8],
+    content: &mut dyn Read,
+    content_len: u64,
+    max_window_log: u32,
+    out: &mut dyn Write,
+) -> Result<u32, DeltaError> {
+    let window_log = window_log_for(prefix.len() as u64, content_len).min(max_window_log.max(10));
+    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(out, LEVEL, prefix)?;
+    enc.set_parameter(CParameter::NbWorkers(1))?;
+    enc.set_parameter(CParameter::EnableLongDistanceMatching(true))?;
+    enc.set_parameter(CParameter::WindowLog(window_log))?;
+    enc.set_parameter(CParameter::ChecksumFlag(false))?;
+    enc.set_parameter(CParameter::ContentSizeFlag(true))?;
+    enc.set_pledged_src_size(Some(content_len))?;
+    let copied = std::io::copy(content, &mut enc)?;
+    if copied != content_len {
+        return Err(DeltaError::SizeMismatch {
+            expected: content_len,
+            actual: copied,
+        });
+    }
+    enc.finish()?;
+    Ok(window_log)
+}
+
+/// A streaming decoder of one frame made by [`compress`]. The caller bounds how much it reads;
+/// `window_log` is checked against the receiver's limit before any memory is committed.
+pub fn decoder<'a, R: std::io::BufRead + 'a>(
+    frame: R,
+    prefix: &'a [u8],
+    window_log: u32,
+) -> Result<impl Read + 'a, DeltaError> {
+    let mut dec = zstd::stream::read::Decoder::with_ref_prefix(frame, prefix)?;
+    dec.window_log_max(window_log)?;
+    Ok(dec.single_frame())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_small_edit_costs_little_and_round_trips() {
+        let base = pseudo_random(1 << 20, 7);
+        let mut target = base.clone();
+        target[500_000..500_010].copy_from_slice(b"0123456789");
+        target.extend_from_slice(b"appended tail");
+        let mut frame = Vec::new();
+        let wl = compress(&base, &mut &target[..], target.len() as u64, &mut frame).unwrap();
+        assert!(frame.len() < 200, "patch of {} bytes", frame.len());
+        let mut out = Vec::new();
+        decoder(&frame[..], &base, wl)
+            .unwrap()
+            .read_to_end(&mut out)
+            .unwrap();
+        assert_eq!(out, target);
+    }
+
+    #[test]
+    fn wrong_prefix_does_not_give_the_target() {
+        let base = pseudo_random(100_000, 1);
+        let target = base.clone();
+        let mut frame = Vec::new();
+        let wl = compress(&base, &mut &target[..], target.len() as u64, &mut frame).unwrap();
+        let other = pseudo_random(100_000, 2);
+        let mut out = Vec::new();
+        let r = decoder(&frame[..], &other, wl)
+            .unwrap()
+            .read_to_end(&mut out);
+        assert!(r.is_err() || out != target);
+    }
+
+    #[test]
+    fn window_over_the_limit_is_refused() {
+        let data = pseudo_random(1 << 21, 3);
+        let mut frame = Vec::new();
+        let wl = compress(&[], &mut &data[..], data.len() as u64, &mut frame).unwrap();
+        assert_eq!(wl, 21);
+        let mut out = Vec::new();
+        let r = decoder(&frame[..], &[], 20).unwrap().read_to_end(&mut out);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn window_log_covers_prefix_and_content() {
+        assert_eq!(window_log_for(0, 0), 20);
+        assert_eq!(window_log_for(1 << 20, 1 << 20), 21);
+        assert_eq!(window_log_for(30_000_000, 31_000_000), 26);
+        assert_eq!(window_log_for(u64::MAX / 2, 1), 30);
+    }
+}

@@ -1,0 +1,365 @@
+//! Planning and encoding a pack on the sending side.
+//!
+//! Every new object gets a base when one can be had: the same path in the receiver's volume (or,
+//! failing that, a file of the same name elsewhere in it) whose exact bytes the sender holds goes
+//! into the zstd reference prefix; a same-path base only the receiver holds is reached through an
+//! rsync signature; anything else is sent literal. Objects are grouped into segments so that one
+//! zstd frame covers many files: small files share one frame's overhead and match each other.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use super::PackError;
+use super::format::{Encoding, Item, Limits, MAGIC, PackHeader, SegmentSpec, VERSION};
+use crate::delta::{rsync, zstd_ref};
+use crate::id::{ContentId, ManifestId};
+use crate::manifest::{Change, EntryKind, FileSource, Manifest, PutKind, diff};
+use crate::path::VolumePath;
+
+/// Content of a segment (prefix plus payloads) the sender aims for: large enough for matches
+/// across many files, small enough that both ends hold it in memory comfortably.
+const SEGMENT_TARGET_BYTES: u64 = 128 << 20;
+/// Below this size an rsync signature costs more than it can save.
+const RSYNC_MIN_BYTES: u64 = 4096;
+
+/// What the sender reads while encoding.
+pub trait ContentProvider {
+    /// The bytes of target content `id`, found at `path` in the target tree. Implementations must
+    /// check the bytes still hash to `id` and return [`PackError::SourceChanged`] otherwise.
+    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError>;
+    /// The bytes of `id` if the sender holds them (a base it can encode against).
+    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError>;
+}
+
+/// How one object will be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseChoice {
+    /// Base manifest entry whose bytes the sender holds: goes into the prefix.
+    Prefix(u32),
+    /// Base manifest entry only the receiver holds: needs its rsync signature.
+    Rsync(u32),
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedObject {
+    pub id: ContentId,
+    pub size: u64,
+    /// Where the target tree has it (any one of its paths).
+    pub path: VolumePath,
+    pub base: BaseChoice,
+}
+
+/// The changeset from a base manifest to a target, with new content numbered as objects.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub base_root: ManifestId,
+    pub target_root: ManifestId,
+    pub changes: Vec<Change>,
+    pub objects: Vec<PlannedObject>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanStats {
+    pub objects: u64,
+    /// Sum of the sizes of the objects sent (what a plain copy would move).
+    pub object_bytes: u64,
+    pub prefixed: u64,
+    pub rsynced: u64,
+    pub literal: u64,
+    pub pack_bytes: u64,
+}
+
+impl Plan {
+    /// Plans the changes from `base` to `target`. `holds` says whether the sender has a content
+    /// id's exact bytes.
+    pub fn new(base: &Manifest, target: &Manifest, holds: &dyn Fn(&ContentId) -> bool) -> Plan {
+        let held_by_receiver = base.content_index();
+        let mut by_name: HashMap<&str, Vec<u32>> = HashMap::new();
+        for (i, e) in base.entries().iter().enumerate() {
+            if let Some(id) = e.file_id()
+                && holds(&id)
+            {
+                by_name.entry(e.path.name()).or_default().push(i as u32);
+            }
+        }
+        let mut objects: Vec<PlannedObject> = Vec::new();
+        let mut object_of: HashMap<ContentId, u32> = HashMap::new();
+        let mut changes = diff(base, target);
+        for change in &mut changes {
+            let Change::Put(put) = change else { continue };
+            let PutKind::File(FileSource::Known { id, size }) = put.kind else {
+                continue;
+            };
+            if size == 0 || held_by_receiver.contains_key(&id) {
+                continue; // empty, or already in the volume: the receiver copies it
+            }
+            let index = *object_of.entry(id).or_insert_with(|| {
+                let base_choice = choose_base(base, &by_name, &put.path, size, holds);
+                objects.push(PlannedObject {
+                    id,
+                    size,
+                    path: put.path.clone(),
+                    base: base_choice,
+                });
+                (objects.len() - 1) as u32
+            });
+            put.kind = PutKind::File(FileSource::Object(index));
+        }
+        Plan {
+            base_root: base.root(),
+            target_root: target.root(),
+            changes,
+            objects,
+        }
+    }
+
+    /// True when the target equals the base.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// Base entries whose rsync signatures the receiver must send before [`Plan::encode`].
+    pub fn signature_requests(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self
+            .objects
+            .iter()
+            .filter_map(|o| match o.base {
+                BaseChoice::Rsync(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Total bytes of the objects this plan sends.
+    pub fn object_bytes(&self) -> u64 {
+        self.objects.iter().map(|o| o.size).sum()
+    }
+
+    /// Encodes the pack into `out`. `signatures` holds the receiver's signature for each entry of
+    /// [`Plan::signature_requests`]; a missing one makes that object literal.
+    pub fn encode(
+        &self,
+        base: &Manifest,
+        provider: &dyn ContentProvider,
+        signatures: &HashMap<u32, Vec<u8>>,
+        limits: &Limits,
+        out: &mut dyn Write,
+    ) -> Result<PlanStats, PackError> {
+        let mut stats = PlanStats {
+            objects: self.objects.len() as u64,
+            object_bytes: self.object_bytes(),
+            ..Default::default()
+        };
+        // Resolve each object's final encoding; rsync deltas are computed here because whether
+        // they beat a literal is only known once they exist.
+        let mut work: Vec<Work> = Vec::with_capacity(self.objects.len());
+        for (i, o) in self.objects.iter().enumerate() {
+            let data = provider.target(&o.path, &o.id)?;
+            let mut w = Work {
+                object: i as u32,
+                data,
+                prefix: None,
+                rsync: None,
+                order: sort_key(&o.path),
+            };
+            match o.base {
+                BaseChoice::Prefix(b) => {
+                    let id = base.entries()[b as usize]
+                        .file_id()
+                        .expect("planned on a file");
+                    if let Some(bytes) = provider.base(&id)? {
+                        w.prefix = Some((b, bytes));
+                    }
+                }
+                BaseChoice::Rsync(b) => {
+                    if let Some(sig) = signatures.get(&b) {
+                        let delta = rsync::diff(sig, &w.data)?;
+                        if (delta.len() as u64) < o.size - o.size / 8 {
+                            w.rsync = Some((b, delta));
+                        }
+                    }
+                }
+                BaseChoice::None => {}
+            }
+            work.push(w);
+        }
+        // Prefixed objects first, in path order so prefix and content run in step; then literals
+        // clustered by file type; then rsync deltas.
+        work.sort_by(|a, b| {
+            let class = |w: &Work| (w.prefix.is_none() as u8) + 2 * (w.rsync.is_some() as u8);
+            (class(a), &a.order).cmp(&(class(b), &b.order))
+        });
+
+        let budget = SEGMENT_TARGET_BYTES
+            .min(1u64 << limits.max_window_log.min(zstd_ref::MAX_WINDOW_LOG as u8))
+            .max(1);
+        let mut segments: Vec<(SegmentSpec, Vec<u8>)> = Vec::new();
+        let mut current: Vec<Work> = Vec::new();
+        let mut current_bytes = 0u64;
+        for w in work {
+            let cost = w.cost();
+            if !current.is_empty() && current_bytes + cost > budget {
+                segments.push(encode_segment(
+                    std::mem::take(&mut current),
+                    limits,
+                    &mut stats,
+                )?);
+                current_bytes = 0;
+            }
+            current_bytes += cost;
+            current.push(w);
+        }
+        if !current.is_empty() {
+            segments.push(encode_segment(current, limits, &mut stats)?);
+        }
+
+        let header = PackHeader {
+            base_root: self.base_root,
+            target_root: self.target_root,
+            changes: self.changes.clone(),
+            objects: self.objects.iter().map(|o| o.size).collect(),
+            segments: segments.iter().map(|(s, _)| s.clone()).collect(),
+        };
+        let raw = postcard::to_stdvec(&header).map_err(|e| PackError::Header(e.to_string()))?;
+        let mut packed = Vec::new();
+        zstd_ref::compress(&[], &mut &raw[..], raw.len() as u64, &mut packed)?;
+        let header_len = u32::try_from(packed.len()).map_err(|_| PackError::OverLimit {
+            what: "header",
+            value: packed.len() as u64,
+            limit: u32::MAX as u64,
+        })?;
+        out.write_all(MAGIC)?;
+        out.write_all(&[VERSION])?;
+        out.write_all(&header_len.to_le_bytes())?;
+        out.write_all(&packed)?;
+        stats.pack_bytes = 9 + packed.len() as u64;
+        for (_, frame) in &segments {
+            out.write_all(frame)?;
+            stats.pack_bytes += frame.len() as u64;
+        }
+        Ok(stats)
+    }
+}
+
+struct Work {
+    object: u32,
+    data: Vec<u8>,
+    prefix: Option<(u32, Vec<u8>)>,
+    rsync: Option<(u32, Vec<u8>)>,
+    order: (String, String),
+}
+
+impl Work {
+    fn payload(&self) -> &[u8] {
+        match &self.rsync {
+            Some((_, delta)) => delta,
+            None => &self.data,
+        }
+    }
+
+    fn cost(&self) -> u64 {
+        self.payload().len() as u64 + self.prefix.as_ref().map_or(0, |(_, b)| b.len() as u64)
+    }
+}
+
+/// Clusters literal files by type (extension), then name, as archivers do for solid compression.
+fn sort_key(path: &VolumePath) -> (String, String) {
+    let name = path.name();
+    let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    (ext.to_string(), path.to_string())
+}
+
+fn encode_segment(
+    work: Vec<Work>,
+    limits: &Limits,
+    stats: &mut PlanStats,
+) -> Result<(SegmentSpec, Vec<u8>), PackError> {
+    let mut prefix_entries = Vec::new();
+    let mut prefix = Vec::new();
+    let mut content = Vec::new();
+    let mut items = Vec::new();
+    for w in &work {
+        if let Some((b, bytes)) = &w.prefix
+            && !prefix_entries.contains(b)
+            && (prefix.len() + bytes.len()) as u64 <= limits.max_prefix_bytes
+        {
+            prefix_entries.push(*b);
+            prefix.extend_from_slice(bytes);
+        }
+        let encoding = match &w.rsync {
+            Some((b, delta)) => {
+                stats.rsynced += 1;
+                Encoding::Rsync {
+                    base: *b,
+                    delta_len: delta.len() as u64,
+                }
+            }
+            None => {
+                if w.prefix.is_some() {
+                    stats.prefixed += 1;
+                } else {
+                    stats.literal += 1;
+                }
+                Encoding::Literal
+            }
+        };
+        content.extend_from_slice(w.payload());
+        items.push(Item {
+            object: w.object,
+            encoding,
+        });
+    }
+    let mut frame = Vec::new();
+    let window_log = zstd_ref::compress_capped(
+        &prefix,
+        &mut &content[..],
+        content.len() as u64,
+        limits.max_window_log as u32,
+        &mut frame,
+    )?;
+    Ok((
+        SegmentSpec {
+            prefix: prefix_entries,
+            items,
+            frame_len: frame.len() as u64,
+            window_log: window_log as u8,
+        },
+        frame,
+    ))
+}
+
+fn choose_base(
+    base: &Manifest,
+    by_name: &HashMap<&str, Vec<u32>>,
+    path: &VolumePath,
+    size: u64,
+    holds: &dyn Fn(&ContentId) -> bool,
+) -> BaseChoice {
+    if let Some(i) = base.index_of(path)
+        && let EntryKind::File {
+            id,
+            size: base_size,
+        } = base.entries()[i].kind
+    {
+        if holds(&id) {
+            return BaseChoice::Prefix(i as u32);
+        }
+        if size >= RSYNC_MIN_BYTES && base_size >= RSYNC_MIN_BYTES {
+            return BaseChoice::Rsync(i as u32);
+        }
+    }
+    // A renamed-and-changed file: the held file of the same name closest in size.
+    if let Some(cands) = by_name.get(path.name()) {
+        let best = cands
+            .iter()
+            .min_by_key(|&&i| base.entries()[i as usize].size().abs_diff(size));
+        if let Some(&i) = best {
+            return BaseChoice::Prefix(i);
+        }
+    }
+    BaseChoice::None
+}

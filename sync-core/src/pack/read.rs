@@ -1,0 +1,292 @@
+//! Decoding a pack on the receiving side. Nothing in it is trusted: every declared size is
+//! checked against [`Limits`] before memory or disk is committed, every base is verified by its
+//! BLAKE3 before it is used, every object is hashed as it is written, and the changes applied to
+//! the base must give exactly the declared target root.
+
+use std::collections::HashSet;
+use std::io::{BufReader, Read};
+
+use super::PackError;
+use super::format::{Encoding, Limits, MAGIC, PackHeader, VERSION};
+use crate::delta::{rsync, zstd_ref};
+use crate::id::ContentId;
+use crate::manifest::{Entry, Manifest, SourceResolver, apply_changes};
+
+/// Reads base content on the receiver.
+pub trait BaseReader {
+    /// The bytes of `entry` (a file of the base manifest). The decoder checks them against the
+    /// entry's id itself; an implementation need not.
+    fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError>;
+}
+
+/// Takes decoded objects on the receiver (onboard: files in the staging area).
+pub trait ObjectSink {
+    /// Stores object `index`, whose bytes `data` yields. The decoder counts and hashes what passes.
+    fn put(&mut self, index: u32, data: &mut dyn Read) -> Result<(), PackError>;
+}
+
+#[derive(Debug)]
+pub struct DecodedPack {
+    pub header: PackHeader,
+    /// Id and size of each object, by index, as hashed on arrival.
+    pub objects: Vec<(ContentId, u64)>,
+    /// Base plus changes; its root equals the header's target root.
+    pub target: Manifest,
+}
+
+/// Reads and checks the magic, version and header.
+pub fn read_header(r: &mut dyn Read, limits: &Limits) -> Result<PackHeader, PackError> {
+    let mut fixed = [0u8; 9];
+    read_exact(r, &mut fixed)?;
+    if &fixed[..4] != MAGIC {
+        return Err(PackError::Magic);
+    }
+    if fixed[4] != VERSION {
+        return Err(PackError::Version(fixed[4]));
+    }
+    let len = u32::from_le_bytes(fixed[5..9].try_into().expect("4 bytes")) as u64;
+    // A compressed header cannot be larger than its decompressed cap (plus frame overhead).
+    check("header", len, limits.max_header_bytes + 1024)?;
+    let mut packed = vec![0u8; len as usize];
+    read_exact(r, &mut packed)?;
+    let mut raw = Vec::new();
+    zstd_ref::decoder(&packed[..], &[], limits.max_window_log as u32)?
+        .take(limits.max_header_bytes + 1)
+        .read_to_end(&mut raw)
+        .map_err(|e| PackError::Header(e.to_string()))?;
+    check("header", raw.len() as u64, limits.max_header_bytes)?;
+    let header: PackHeader =
+        postcard::from_bytes(&raw).map_err(|e| PackError::Header(e.to_string()))?;
+    Ok(header)
+}
+
+fn read_exact(r: &mut dyn Read, buf: &mut [u8]) -> Result<(), PackError> {
+    r.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => PackError::Truncated,
+        _ => PackError::Io(e),
+    })
+}
+
+fn check(what: &'static str, value: u64, limit: u64) -> Result<(), PackError> {
+    if value > limit {
+        Err(PackError::OverLimit { what, value, limit })
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a header against the base and the limits before anything is decoded.
+fn validate(header: &PackHeader, base: &Manifest, limits: &Limits) -> Result<(), PackError> {
+    if header.base_root != base.root() {
+        return Err(PackError::WrongBase);
+    }
+    check(
+        "change count",
+        header.changes.len() as u64,
+        limits.max_changes,
+    )?;
+    check(
+        "object count",
+        header.objects.len() as u64,
+        limits.max_changes,
+    )?;
+    let mut total = 0u64;
+    for &size in &header.objects {
+        check("object size", size, limits.max_object_bytes)?;
+        total = total.saturating_add(size);
+    }
+    check("total object size", total, limits.max_total_bytes)?;
+    let base_file = |i: u32| -> Result<&Entry, PackError> {
+        base.entries()
+            .get(i as usize)
+            .filter(|e| e.file_id().is_some())
+            .ok_or_else(|| PackError::Structure(format!("base entry #{i} is not a file")))
+    };
+    let mut seen = HashSet::new();
+    for seg in &header.segments {
+        check(
+            "window log",
+            seg.window_log as u64,
+            limits.max_window_log as u64,
+        )?;
+        let mut prefix = 0u64;
+        for &b in &seg.prefix {
+            prefix = prefix.saturating_add(base_file(b)?.size());
+        }
+        check("prefix size", prefix, limits.max_prefix_bytes)?;
+        for item in &seg.items {
+            let size = *header.objects.get(item.object as usize).ok_or_else(|| {
+                PackError::Structure(format!("item names object #{}", item.object))
+            })?;
+            if !seen.insert(item.object) {
+                return Err(PackError::Structure(format!(
+                    "object #{} is carried twice",
+                    item.object
+                )));
+            }
+            if let Encoding::Rsync { base: b, delta_len } = item.encoding {
+                check("base size", base_file(b)?.size(), limits.max_object_bytes)?;
+                // A delta is never much larger than the literal it replaces.
+                check("rsync delta", delta_len, size + size / 4 + 4096)?;
+            }
+        }
+    }
+    if seen.len() != header.objects.len() {
+        return Err(PackError::Structure(format!(
+            "{} objects declared, {} carried",
+            header.objects.len(),
+            seen.len()
+        )));
+    }
+    // Structure of the changes (paths, kinds, sources) before any byte is decoded.
+    apply_changes(base, &header.changes, &Sizes(&header.objects))?;
+    Ok(())
+}
+
+/// Resolves objects by declared size only, to check a changeset's structure before decoding.
+struct Sizes<'a>(&'a [u64]);
+
+impl SourceResolver for Sizes<'_> {
+    fn object(&self, index: u32) -> Option<(ContentId, u64)> {
+        // A placeholder id per index: distinct objects stay distinct.
+        let size = *self.0.get(index as usize)?;
+        let mut id = [0u8; 32];
+        id[..4].copy_from_slice(&index.to_le_bytes());
+        Some((ContentId(id), size))
+    }
+    fn known_must_exist(&self) -> bool {
+        true
+    }
+}
+
+struct Hashed(Vec<(ContentId, u64)>);
+
+impl SourceResolver for Hashed {
+    fn object(&self, index: u32) -> Option<(ContentId, u64)> {
+        self.0.get(index as usize).copied()
+    }
+    fn known_must_exist(&self) -> bool {
+        true
+    }
+}
+
+/// Counts and hashes what the sink reads.
+struct Tee<'a> {
+    inner: &'a mut dyn Read,
+    hasher: blake3::Hasher,
+    count: u64,
+}
+
+impl Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+fn verified_base(reader: &dyn BaseReader, entry: &Entry) -> Result<Vec<u8>, PackError> {
+    let bytes = reader.read_base(entry)?;
+    let expected = entry.file_id().expect("validated as a file");
+    if ContentId::of(&bytes) != expected {
+        return Err(PackError::BaseChanged {
+            path: entry.path.to_string(),
+            expected,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Stores one object through the sink, hashing it; the sink must take exactly `size` bytes.
+fn put_object(
+    sink: &mut dyn ObjectSink,
+    index: u32,
+    size: u64,
+    data: &mut dyn Read,
+) -> Result<(ContentId, u64), PackError> {
+    let mut limited = data.take(size);
+    let mut tee = Tee {
+        inner: &mut limited,
+        hasher: blake3::Hasher::new(),
+        count: 0,
+    };
+    sink.put(index, &mut tee)?;
+    // Whatever the sink left unread still belongs to this object.
+    std::io::copy(&mut tee, &mut std::io::sink())?;
+    if tee.count != size {
+        return Err(PackError::Truncated);
+    }
+    Ok((ContentId(*tee.hasher.finalize().as_bytes()), size))
+}
+
+/// Decodes a whole pack read from `r` against the receiver's `base` manifest.
+pub fn decode_pack(
+    r: &mut dyn Read,
+    base: &Manifest,
+    bases: &dyn BaseReader,
+    sink: &mut dyn ObjectSink,
+    limits: &Limits,
+) -> Result<DecodedPack, PackError> {
+    let header = read_header(r, limits)?;
+    validate(&header, base, limits)?;
+    let mut objects = vec![(ContentId::empty(), 0u64); header.objects.len()];
+    for seg in &header.segments {
+        let mut prefix = Vec::new();
+        for &b in &seg.prefix {
+            prefix.extend_from_slice(&verified_base(bases, &base.entries()[b as usize])?);
+        }
+        let mut frame = BufReader::new(r.take(seg.frame_len));
+        {
+            let mut dec = zstd_ref::decoder(&mut frame, &prefix, seg.window_log as u32)?;
+            for item in &seg.items {
+                let size = header.objects[item.object as usize];
+                let hashed = match item.encoding {
+                    Encoding::Literal => put_object(sink, item.object, size, &mut dec)?,
+                    Encoding::Rsync { base: b, delta_len } => {
+                        let mut delta = Vec::new();
+                        (&mut dec).take(delta_len).read_to_end(&mut delta)?;
+                        if delta.len() as u64 != delta_len {
+                            return Err(PackError::Truncated);
+                        }
+                        let base_bytes = verified_base(bases, &base.entries()[b as usize])?;
+                        let out = rsync::apply(&base_bytes, &delta, size)?;
+                        put_object(sink, item.object, size, &mut &out[..])?
+                    }
+                };
+                objects[item.object as usize] = hashed;
+            }
+            let mut probe = [0u8; 1];
+            if dec.read(&mut probe)? != 0 {
+                return Err(PackError::Trailing("segment"));
+            }
+        }
+        // The frame must end exactly where the header said.
+        let mut rest = Vec::new();
+        frame.read_to_end(&mut rest)?;
+        if !rest.is_empty() {
+            return Err(PackError::Trailing("segment frame"));
+        }
+        if frame.into_inner().limit() != 0 {
+            return Err(PackError::Truncated);
+        }
+    }
+    let mut probe = [0u8; 1];
+    if r.read(&mut probe)? != 0 {
+        return Err(PackError::Trailing("pack"));
+    }
+    let target = apply_changes(base, &header.changes, &Hashed(objects.clone()))?;
+    let actual = target.root();
+    if actual != header.target_root {
+        return Err(crate::manifest::ManifestError::RootMismatch {
+            expected: header.target_root,
+            actual,
+        }
+        .into());
+    }
+    Ok(DecodedPack {
+        header,
+        objects,
+        target,
+    })
+}

@@ -1,0 +1,361 @@
+//! Round trips and refusals of whole packs, in memory.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::id::ContentId;
+use crate::manifest::{Entry, EntryKind, Manifest};
+use crate::path::VolumePath;
+
+/// Both ends in memory: content by id.
+#[derive(Default, Clone)]
+struct Blobs(HashMap<ContentId, Vec<u8>>);
+
+impl Blobs {
+    fn add(&mut self, body: &[u8]) -> ContentId {
+        let id = ContentId::of(body);
+        self.0.insert(id, body.to_vec());
+        id
+    }
+}
+
+impl ContentProvider for Blobs {
+    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
+        self.0.get(id).cloned().ok_or(PackError::SourceChanged {
+            path: path.to_string(),
+        })
+    }
+    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
+        Ok(self.0.get(id).cloned())
+    }
+}
+
+impl BaseReader for Blobs {
+    fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError> {
+        Ok(self
+            .0
+            .get(&entry.file_id().unwrap())
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+#[derive(Default)]
+struct Collect(HashMap<u32, Vec<u8>>);
+
+impl ObjectSink for Collect {
+    fn put(&mut self, index: u32, data: &mut dyn Read) -> Result<(), PackError> {
+        let mut v = Vec::new();
+        data.read_to_end(&mut v)?;
+        self.0.insert(index, v);
+        Ok(())
+    }
+}
+
+fn manifest(files: &[(&str, &[u8])], blobs: &mut Blobs) -> Manifest {
+    let mut entries = Vec::new();
+    for (path, body) in files {
+        let p = VolumePath::new(*path).unwrap();
+        for anc in p.ancestors() {
+            if !entries.iter().any(|e: &Entry| e.path == anc) {
+                entries.push(Entry {
+                    path: anc,
+                    kind: EntryKind::Dir,
+                    mode: 0o755,
+                    mtime: 0,
+                });
+            }
+        }
+        entries.push(Entry {
+            path: p,
+            kind: EntryKind::File {
+                id: blobs.add(body),
+                size: body.len() as u64,
+            },
+            mode: 0o644,
+            mtime: 1,
+        });
+    }
+    Manifest::new(entries).unwrap()
+}
+
+fn text(n: usize, seed: u32) -> Vec<u8> {
+    (0..n)
+        .map(|i| format!("line {} of file {seed}\n", i * 7 + seed as usize))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Builds a pack from `base` to `target`; the sender holds `sender`, the receiver `receiver`.
+fn build(
+    base: &Manifest,
+    target: &Manifest,
+    sender: &Blobs,
+    receiver: &Blobs,
+) -> (Vec<u8>, PlanStats) {
+    let plan = Plan::new(base, target, &|id| sender.0.contains_key(id));
+    let mut sigs = HashMap::new();
+    for b in plan.signature_requests() {
+        let bytes = receiver.read_base(&base.entries()[b as usize]).unwrap();
+        sigs.insert(b, crate::delta::rsync::signature(&bytes));
+    }
+    let mut out = Vec::new();
+    let stats = plan
+        .encode(base, sender, &sigs, &Limits::default(), &mut out)
+        .unwrap();
+    assert_eq!(stats.pack_bytes, out.len() as u64);
+    (out, stats)
+}
+
+fn decode(
+    pack: &[u8],
+    base: &Manifest,
+    receiver: &Blobs,
+) -> Result<(DecodedPack, Collect), PackError> {
+    let mut sink = Collect::default();
+    let d = decode_pack(
+        &mut &pack[..],
+        base,
+        receiver,
+        &mut sink,
+        &Limits::default(),
+    )?;
+    Ok((d, sink))
+}
+
+fn scenario() -> (Manifest, Manifest, Blobs) {
+    let mut blobs = Blobs::default();
+    let base = manifest(
+        &[
+            ("app/main.py", &text(2000, 1)),
+            ("app/util.py", &text(500, 2)),
+            ("README", b"v1 readme"),
+            ("old.txt", &text(100, 9)),
+        ],
+        &mut blobs,
+    );
+    let mut main2 = text(2000, 1);
+    main2.splice(1000..1000, b"# a new line\n".iter().copied());
+    let target = manifest(
+        &[
+            ("app/main.py", &main2),
+            ("app/util.py", &text(500, 2)),
+            ("README", b"v2 readme"),
+            ("renamed.txt", &text(100, 9)),
+            ("new/data.csv", &text(300, 5)),
+        ],
+        &mut blobs,
+    );
+    (base, target, blobs)
+}
+
+#[test]
+fn pack_round_trips_with_prefix_bases() {
+    let (base, target, blobs) = scenario();
+    let (pack, stats) = build(&base, &target, &blobs, &blobs);
+    // main.py and README against their v1, data.csv literal; the rename costs no object.
+    assert_eq!(stats.objects, 3);
+    assert_eq!(stats.prefixed, 2);
+    assert_eq!(stats.literal, 1);
+    let (d, sink) = decode(&pack, &base, &blobs).unwrap();
+    assert_eq!(d.target.root(), target.root());
+    for (i, (id, _)) in d.objects.iter().enumerate() {
+        assert_eq!(ContentId::of(&sink.0[&(i as u32)]), *id);
+    }
+    // A 1-line insertion into 60 KB costs far less than the file.
+    assert!(pack.len() < 4000, "pack of {} bytes", pack.len());
+}
+
+#[test]
+fn pack_uses_rsync_when_only_the_receiver_holds_the_base() {
+    let (base, target, blobs) = scenario();
+    let sender_has_nothing_old = {
+        let mut b = Blobs::default();
+        for e in target.entries() {
+            if let Some(id) = e.file_id() {
+                b.0.insert(id, blobs.0[&id].clone());
+            }
+        }
+        b.0.remove(
+            &base
+                .get(&VolumePath::new("app/main.py").unwrap())
+                .unwrap()
+                .file_id()
+                .unwrap(),
+        );
+        b
+    };
+    let (pack, stats) = build(&base, &target, &sender_has_nothing_old, &blobs);
+    assert_eq!(stats.rsynced, 1);
+    let (d, _) = decode(&pack, &base, &blobs).unwrap();
+    assert_eq!(d.target.root(), target.root());
+}
+
+#[test]
+fn every_truncation_is_refused() {
+    let (base, target, blobs) = scenario();
+    let (pack, _) = build(&base, &target, &blobs, &blobs);
+    for cut in (0..pack.len()).step_by(7) {
+        assert!(
+            decode(&pack[..cut], &base, &blobs).is_err(),
+            "cut at {cut} accepted"
+        );
+    }
+}
+
+#[test]
+fn a_flipped_byte_is_refused() {
+    let (base, target, blobs) = scenario();
+    let (pack, _) = build(&base, &target, &blobs, &blobs);
+    for pos in (0..pack.len()).step_by(3) {
+        let mut bad = pack.clone();
+        bad[pos] ^= 0x55;
+        // Either the decode fails, or (a byte zstd ignores) the result is still exactly right.
+        if let Ok((d, _)) = decode(&bad, &base, &blobs) {
+            assert_eq!(d.target.root(), target.root(), "flip at {pos}");
+        }
+    }
+}
+
+#[test]
+fn trailing_bytes_are_refused() {
+    let (base, target, blobs) = scenario();
+    let (mut pack, _) = build(&base, &target, &blobs, &blobs);
+    pack.push(0);
+    assert!(matches!(
+        decode(&pack, &base, &blobs),
+        Err(PackError::Trailing(_))
+    ));
+}
+
+#[test]
+fn a_pack_for_another_base_is_refused() {
+    let (base, target, blobs) = scenario();
+    let (pack, _) = build(&base, &target, &blobs, &blobs);
+    assert!(matches!(
+        decode(&pack, &target, &blobs),
+        Err(PackError::WrongBase)
+    ));
+}
+
+#[test]
+fn a_changed_base_is_detected() {
+    let (base, target, mut blobs) = scenario();
+    let (pack, _) = build(&base, &target, &blobs, &blobs);
+    let main = base
+        .get(&VolumePath::new("app/main.py").unwrap())
+        .unwrap()
+        .file_id()
+        .unwrap();
+    blobs.0.insert(main, b"a pod rewrote this".to_vec());
+    assert!(matches!(
+        decode(&pack, &base, &blobs),
+        Err(PackError::BaseChanged { .. })
+    ));
+}
+
+#[test]
+fn declared_sizes_over_the_limits_are_refused_before_decoding() {
+    let (base, target, blobs) = scenario();
+    let (pack, _) = build(&base, &target, &blobs, &blobs);
+    let tight = Limits {
+        max_object_bytes: 1000,
+        ..Limits::default()
+    };
+    let mut sink = Collect::default();
+    let r = decode_pack(&mut &pack[..], &base, &blobs, &mut sink, &tight);
+    assert!(matches!(
+        r,
+        Err(PackError::OverLimit {
+            what: "object size",
+            ..
+        })
+    ));
+    assert!(
+        sink.0.is_empty(),
+        "nothing may be stored before the checks pass"
+    );
+}
+
+#[test]
+fn decompression_bomb_header_is_refused() {
+    // A header frame that inflates to 64 MiB of zeros, past a 1 MiB cap.
+    let zeros = vec![0u8; 64 << 20];
+    let mut frame = Vec::new();
+    crate::delta::zstd_ref::compress(&[], &mut &zeros[..], zeros.len() as u64, &mut frame).unwrap();
+    let mut pack = b"OSPK\x01".to_vec();
+    pack.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    pack.extend_from_slice(&frame);
+    let limits = Limits {
+        max_header_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let r = read_header(&mut &pack[..], &limits);
+    assert!(
+        matches!(r, Err(PackError::OverLimit { what: "header", .. })),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn lying_object_table_is_refused() {
+    // A pack whose segment carries fewer bytes than the table declares.
+    let (base, target, blobs) = scenario();
+    let (pack, _) = build(&base, &target, &blobs, &blobs);
+    let mut r = &pack[..];
+    let mut header = read_header(&mut r, &Limits::default()).unwrap();
+    let body = r.to_vec();
+    header.objects[0] += 10;
+    let raw = postcard::to_stdvec(&header).unwrap();
+    let mut frame = Vec::new();
+    crate::delta::zstd_ref::compress(&[], &mut &raw[..], raw.len() as u64, &mut frame).unwrap();
+    let mut forged = b"OSPK\x01".to_vec();
+    forged.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+    forged.extend_from_slice(&frame);
+    forged.extend_from_slice(&body);
+    assert!(decode(&forged, &base, &blobs).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn random_changesets_round_trip(
+        old in prop::collection::vec((0u8..12, prop::collection::vec(any::<u8>(), 0..3000)), 0..10),
+        new in prop::collection::vec((0u8..12, prop::collection::vec(any::<u8>(), 0..3000)), 0..10),
+        sender_holds_bases in any::<bool>(),
+    ) {
+        let mut blobs = Blobs::default();
+        let dedup = |v: Vec<(u8, Vec<u8>)>| {
+            let mut m: HashMap<String, Vec<u8>> = HashMap::new();
+            for (k, body) in v { m.insert(format!("d{}/f{k}", k % 3), body); }
+            m
+        };
+        let (old, new) = (dedup(old), dedup(new));
+        let as_refs = |m: &HashMap<String, Vec<u8>>| -> Vec<(String, Vec<u8>)> {
+            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let o = as_refs(&old);
+        let n = as_refs(&new);
+        let base = manifest(&o.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect::<Vec<_>>(), &mut blobs);
+        let receiver = blobs.clone();
+        let target = manifest(&n.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect::<Vec<_>>(), &mut blobs);
+        let sender = if sender_holds_bases {
+            blobs.clone()
+        } else {
+            let mut s = Blobs::default();
+            for (_, v) in &n { s.add(v); }
+            s
+        };
+        let (pack, _) = build(&base, &target, &sender, &receiver);
+        let (d, sink) = decode(&pack, &base, &receiver).unwrap();
+        prop_assert_eq!(d.target.root(), target.root());
+        for (i, (id, size)) in d.objects.iter().enumerate() {
+            let body = &sink.0[&(i as u32)];
+            prop_assert_eq!(ContentId::of(body), *id);
+            prop_assert_eq!(body.len() as u64, *size);
+        }
+    }
+}
