@@ -9,6 +9,7 @@
 #   CORPUS=DIR      corpus location (default benches/compare/.corpus)
 #   SYNC_BUILD=0    never run cargo; use target/release binaries if present
 #   SYNC_BUILD=force  always run cargo build first (picks up new code)
+#   PUSH_TIMEOUT=900  seconds allowed per sync-ground push
 #   SYNC_BIN_DIR=DIR  take sync-onboard/sync-ground from DIR instead of
 #                   target/release (never builds; e.g. to test this script)
 #
@@ -48,6 +49,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 CORPUS=${CORPUS:-$HERE/.corpus}
 WORK=$HERE/.work
 SYNC_BUILD=${SYNC_BUILD:-auto}
+PUSH_TIMEOUT=${PUSH_TIMEOUT:-900} # seconds per sync-ground push
 CASES=(binary tree)
 
 log() { echo "run: $*" >&2; }
@@ -213,7 +215,7 @@ sync_case() { # NAME V1DIR V2DIR DIR -> R=bytes | ERR | MISMATCH
   SERVER_PID=$!
   # First stdout line: "listening on 127.0.0.1:PORT". Wait up to 30 s.
   for ((i = 0; i < 300; i++)); do
-    port=$(sed -n '1s/^listening on 127\.0\.0\.1:\([0-9]\+\)$/\1/p' "$d/serve.out")
+    port=$(sed -n '1s/^listening on [^ ]*:\([0-9]\+\)[[:space:]]*$/\1/p' "$d/serve.out")
     [[ -n $port ]] && break
     kill -0 "$SERVER_PID" 2>/dev/null || break
     sleep 0.1
@@ -223,13 +225,14 @@ sync_case() { # NAME V1DIR V2DIR DIR -> R=bytes | ERR | MISMATCH
     cleanup; return
   fi
   # The ground works from one directory that the operator updates in place.
+  # `timeout` so a hung push fails the run instead of blocking it forever.
   cp -a "$v1" "$d/src"
-  if ! "$GROUND" push "$d/src" --pod "$name" --to "127.0.0.1:$port" --key "$d/key" \
+  if ! timeout "$PUSH_TIMEOUT" "$GROUND" push "$d/src" --pod "$name" --to "127.0.0.1:$port" --key "$d/key" \
       --state "$d/gstate" --json >"$d/push1.json" 2>"$d/push1.err"; then
     fail "sync-ground push v1 ($name), see $d/push1.err"; cleanup; return
   fi
   rm -rf "$d/src" && cp -a "$v2" "$d/src"
-  if ! "$GROUND" push "$d/src" --pod "$name" --to "127.0.0.1:$port" --key "$d/key" \
+  if ! timeout "$PUSH_TIMEOUT" "$GROUND" push "$d/src" --pod "$name" --to "127.0.0.1:$port" --key "$d/key" \
       --state "$d/gstate" --json >"$d/push2.json" 2>"$d/push2.err"; then
     fail "sync-ground push v2 ($name), see $d/push2.err"; cleanup; return
   fi

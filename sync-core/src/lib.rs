@@ -3,3 +3,4 @@ pub mod id;
 pub mod manifest;
 pub mod pack;
 pub mod path;
+pub mod wire;

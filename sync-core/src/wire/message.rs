@@ -1,0 +1,100 @@
+//! The messages of protocol version 1.
+
+use serde::{Deserialize, Serialize};
+
+use crate::id::{ManifestId, NodeId, PackId};
+use crate::pack::Limits;
+use crate::path::PodName;
+
+pub const PROTOCOL_VERSION: u16 = 1;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Onboard → ground, first after the handshake: who this node is and what it accepts.
+    Welcome {
+        node: NodeId,
+        limits: Limits,
+        software: String,
+    },
+    /// Ground → onboard: the pod's current manifest, please; `known` is the one the ground
+    /// already has, so the answer can be "same" or a delta from it.
+    ManifestRequest {
+        pod: PodName,
+        known: Option<ManifestId>,
+    },
+    ManifestReply {
+        pod: PodName,
+        root: ManifestId,
+        body: ManifestBody,
+    },
+    /// Ground → onboard: rsync signatures of these entries of manifest `base_root`.
+    SignatureRequest {
+        pod: PodName,
+        base_root: ManifestId,
+        entries: Vec<u32>,
+    },
+    /// zstd of postcard `Vec<(u32, Vec<u8>)>`: entry index and serialized signature.
+    Signatures {
+        #[serde(with = "serde_bytes")]
+        blob: Vec<u8>,
+    },
+    /// Ground → onboard: a pack of `len` bytes for `pod` is coming.
+    PackOffer {
+        pod: PodName,
+        pack: PackId,
+        len: u64,
+        base_root: ManifestId,
+        target_root: ManifestId,
+    },
+    /// Onboard → ground: send from `offset` (what is already durably staged).
+    PackAccept { pack: PackId, offset: u64 },
+    PackData {
+        pack: PackId,
+        offset: u64,
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// Onboard → ground: everything below `offset` is durably stored.
+    PackAck { pack: PackId, offset: u64 },
+    /// Onboard → ground: the pack is verified and applied; the volume is at `root`.
+    PackApplied { pack: PackId, root: ManifestId },
+    /// Either way: a request failed. The connection stays usable unless the sender closes it.
+    Error { kind: ErrorKind, message: String },
+    /// Ground → onboard: done; close cleanly.
+    Bye,
+}
+
+/// How a pod's manifest travels: not at all when the ground's copy is current, as the changes
+/// since the ground's copy when the onboard side still has that copy, else in full.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ManifestBody {
+    Same,
+    /// zstd of postcard `Vec<Change>` from manifest `from`.
+    Delta {
+        from: ManifestId,
+        #[serde(with = "serde_bytes")]
+        blob: Vec<u8>,
+    },
+    /// zstd of the canonical manifest encoding.
+    Full {
+        #[serde(with = "serde_bytes")]
+        blob: Vec<u8>,
+    },
+}
+
+/// What went wrong on the other side, so the ground can pick an exit code and a retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request broke a rule (bad path, bad pod name, malformed data): retrying will not help.
+    Refused,
+    /// A size over the receiver's limits.
+    TooLarge,
+    /// The volume changed under the request (a base is gone): learn the manifest and retry.
+    Conflict,
+    /// Something named does not exist.
+    NotFound,
+    /// The receiver's disk is full or its storage failed: retry later.
+    Storage,
+    /// A bug or an unexpected message.
+    Protocol,
+}
