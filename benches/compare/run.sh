@@ -100,6 +100,16 @@ SERVER_PID=""
 cleanup() {
   if [[ -n $SERVER_PID ]]; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
+    # Give it 10 s to shut down cleanly; a server that ignores SIGTERM must
+    # not hang the benchmark.
+    for _ in $(seq 100); do
+      kill -0 "$SERVER_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+      echo "run: sync-onboard ignored SIGTERM; sending SIGKILL" >&2
+      kill -KILL "$SERVER_PID" 2>/dev/null || true
+    fi
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
   fi
@@ -315,6 +325,8 @@ for c in "${CASES[@]}"; do
   echo "  time: ${TIMES[$c]}"
 done
 [[ -n $SYNC_NOTE && $HAVE_SYNC == 0 ]] && echo "- sync: n/a: $SYNC_NOTE"
+((FAILED)) && echo "- FAILED checks (ERR/MISMATCH cells): see the 'run: FAILED' messages on stderr"
+((HAVE_CASYNC)) || echo "- casync: not installed, column left out"
 echo
 echo "Versions:"
 echo "- $(zstd --version)"

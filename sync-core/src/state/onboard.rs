@@ -1,0 +1,201 @@
+//! The onboard tables: node identity, recent pod manifests, incoming packs, the apply journal.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Db, StateError, blob32, now_secs, pack_manifest, unpack_manifest};
+use crate::id::{ManifestId, NodeId, PackId};
+use crate::manifest::Manifest;
+use crate::path::PodName;
+
+/// How many past manifests of a pod are kept to answer with deltas.
+const KEEP_MANIFESTS: i64 = 8;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncomingPack {
+    pub pack: PackId,
+    pub pod: PodName,
+    pub len: u64,
+    pub received: u64,
+    pub base_root: ManifestId,
+    pub target_root: ManifestId,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalEntry {
+    pub pack: PackId,
+    pub pod: PodName,
+    pub plan: Vec<u8>,
+}
+
+impl Db {
+    /// This node's id, created on first use.
+    pub fn node_id(&self) -> Result<NodeId, StateError> {
+        if let Some(v) = self.meta("node_id")? {
+            let id: [u8; 16] = v.try_into().map_err(|_| StateError::Corrupt("node id"))?;
+            return Ok(NodeId(id));
+        }
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id).map_err(|_| StateError::Corrupt("random source"))?;
+        self.set_meta("node_id", &id)?;
+        Ok(NodeId(id))
+    }
+
+    /// Remembers a manifest of `pod` (keeping the most recent few).
+    pub fn remember_pod_manifest(&self, pod: &PodName, m: &Manifest) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT INTO pod_manifest (pod, root, manifest, seen_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(pod, root) DO UPDATE SET seen_at = excluded.seen_at",
+            params![pod.as_str(), &m.root().0[..], pack_manifest(m), now_secs()],
+        )?;
+        self.conn().execute(
+            "DELETE FROM pod_manifest WHERE pod = ?1 AND root NOT IN
+             (SELECT root FROM pod_manifest WHERE pod = ?1 ORDER BY seen_at DESC, rowid DESC LIMIT ?2)",
+            params![pod.as_str(), KEEP_MANIFESTS],
+        )?;
+        Ok(())
+    }
+
+    pub fn pod_manifest(
+        &self,
+        pod: &PodName,
+        root: &ManifestId,
+    ) -> Result<Option<Manifest>, StateError> {
+        let blob: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                "SELECT manifest FROM pod_manifest WHERE pod = ?1 AND root = ?2",
+                params![pod.as_str(), &root.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        blob.map(|b| unpack_manifest(&b)).transpose()
+    }
+
+    pub fn incoming(&self, pack: &PackId) -> Result<Option<IncomingPack>, StateError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT pod, len, received, base_root, target_root FROM incoming WHERE pack = ?1",
+                [&pack.0[..]],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((pod, len, received, base, target)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(IncomingPack {
+            pack: *pack,
+            pod: PodName::new(pod).map_err(|_| StateError::Corrupt("pod name"))?,
+            len: len as u64,
+            received: received as u64,
+            base_root: ManifestId(blob32(base, "manifest root")?),
+            target_root: ManifestId(blob32(target, "manifest root")?),
+        }))
+    }
+
+    pub fn put_incoming(&self, p: &IncomingPack) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO incoming (pack, pod, len, received, base_root, target_root, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                &p.pack.0[..],
+                p.pod.as_str(),
+                p.len as i64,
+                p.received as i64,
+                &p.base_root.0[..],
+                &p.target_root.0[..],
+                now_secs()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_incoming(&self, pack: &PackId) -> Result<(), StateError> {
+        self.conn()
+            .execute("DELETE FROM incoming WHERE pack = ?1", [&pack.0[..]])?;
+        Ok(())
+    }
+
+    pub fn journal_begin(&self, e: &JournalEntry) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO journal (pack, pod, plan, started_at) VALUES (?1, ?2, ?3, ?4)",
+            params![&e.pack.0[..], e.pod.as_str(), e.plan, now_secs()],
+        )?;
+        Ok(())
+    }
+
+    pub fn journal_end(&self, pack: &PackId) -> Result<(), StateError> {
+        self.conn()
+            .execute("DELETE FROM journal WHERE pack = ?1", [&pack.0[..]])?;
+        Ok(())
+    }
+
+    pub fn journal_entries(&self) -> Result<Vec<JournalEntry>, StateError> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT pack, pod, plan FROM journal ORDER BY started_at")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (pack, pod, plan) = row?;
+            out.push(JournalEntry {
+                pack: PackId(blob32(pack, "pack id")?),
+                pod: PodName::new(pod).map_err(|_| StateError::Corrupt("pod name"))?,
+                plan,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{Entry, EntryKind};
+    use crate::path::VolumePath;
+
+    #[test]
+    fn node_id_is_stable() {
+        let db = Db::open_in_memory().unwrap();
+        assert_eq!(db.node_id().unwrap(), db.node_id().unwrap());
+    }
+
+    #[test]
+    fn only_recent_pod_manifests_are_kept() {
+        let db = Db::open_in_memory().unwrap();
+        let pod = PodName::new("p").unwrap();
+        let mut roots = Vec::new();
+        for i in 0..12 {
+            let m = Manifest::new(vec![Entry {
+                path: VolumePath::new(format!("f{i}")).unwrap(),
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                mtime: 0,
+            }])
+            .unwrap();
+            db.remember_pod_manifest(&pod, &m).unwrap();
+            roots.push(m.root());
+        }
+        assert!(db.pod_manifest(&pod, &roots[0]).unwrap().is_none());
+        assert!(db.pod_manifest(&pod, &roots[11]).unwrap().is_some());
+        let n: i64 = db
+            .conn()
+            .query_row("SELECT count(*) FROM pod_manifest", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, KEEP_MANIFESTS);
+    }
+}

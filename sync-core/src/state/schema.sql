@@ -1,0 +1,76 @@
+-- The engine's on-disk state, one SQLite file per side. Each migration below runs once, in
+-- order, inside a transaction; PRAGMA user_version records how many have run.
+-- A migration is never edited after it ships: add a new one.
+
+-- migration 1
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+
+-- Stat cache of scanned trees: a ground folder (scope = its absolute path) or a pod volume
+-- (scope = "pod:<name>"). A row vouches for `id` only while size, mtime, ctime and inode match.
+CREATE TABLE stat_cache (
+    scope    TEXT NOT NULL,
+    path     TEXT NOT NULL,
+    size     INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    ino      INTEGER NOT NULL,
+    id       BLOB NOT NULL,
+    PRIMARY KEY (scope, path)
+) WITHOUT ROWID;
+
+-- Ground: the manifest it believes each pod of each node holds (postcard, zstd).
+CREATE TABLE known_manifest (
+    node       TEXT NOT NULL,
+    pod        TEXT NOT NULL,
+    root       BLOB NOT NULL,
+    manifest   BLOB NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (node, pod)
+);
+
+-- Ground: packs built for a pod, kept until applied so a retry never re-encodes.
+CREATE TABLE outgoing (
+    pack        BLOB PRIMARY KEY,
+    node        TEXT NOT NULL,
+    pod         TEXT NOT NULL,
+    len         INTEGER NOT NULL,
+    acked       INTEGER NOT NULL DEFAULT 0,
+    base_root   BLOB NOT NULL,
+    target_root BLOB NOT NULL,
+    target      BLOB NOT NULL,
+    source      TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+
+-- Onboard: recent manifests of each pod, so a ground that knows one gets a delta from it.
+CREATE TABLE pod_manifest (
+    pod      TEXT NOT NULL,
+    root     BLOB NOT NULL,
+    manifest BLOB NOT NULL,
+    seen_at  INTEGER NOT NULL,
+    PRIMARY KEY (pod, root)
+);
+
+-- Onboard: packs being received into staging/<pack>.pack.
+CREATE TABLE incoming (
+    pack        BLOB PRIMARY KEY,
+    pod         TEXT NOT NULL,
+    len         INTEGER NOT NULL,
+    received    INTEGER NOT NULL,
+    base_root   BLOB NOT NULL,
+    target_root BLOB NOT NULL,
+    updated_at  INTEGER NOT NULL
+);
+
+-- Onboard: a changeset being applied. Present from just before the first change to a volume
+-- until the last; on start-up every row is rolled forward.
+CREATE TABLE journal (
+    pack       BLOB PRIMARY KEY,
+    pod        TEXT NOT NULL,
+    plan       BLOB NOT NULL,
+    started_at INTEGER NOT NULL
+);
