@@ -252,6 +252,12 @@ sync_case() { # NAME V1DIR V2DIR DIR -> R=bytes | ERR | MISMATCH
     head -20 "$d/diff.out" >&2
     R=MISMATCH; return
   fi
+  # diff -r compares contents only; permissions (e.g. bin/ruff's exec bit)
+  # are worth knowing about but are not this benchmark's pass criterion.
+  if ! diff <(cd "$v2" && find . -printf '%y %m %P\n' | sort) \
+      <(cd "$d/vols/$name" && find . -printf '%y %m %P\n' | sort) >"$d/modes.diff"; then
+    log "warning: sync: $name contents match v2 but file types/modes differ (see $d/modes.diff)"
+  fi
   R=$(python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["wire"]["total"]))' \
     "$d/push2.json") || { fail "no .wire.total in $d/push2.json"; R=ERR; }
 }

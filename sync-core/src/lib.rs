@@ -1,7 +1,9 @@
 pub mod delta;
 pub mod id;
 pub mod manifest;
+pub mod object;
 pub mod pack;
 pub mod path;
 pub mod state;
+pub mod volume;
 pub mod wire;

@@ -131,7 +131,11 @@ impl Db {
     }
 
     /// Outgoing packs for a pod of a node, oldest first.
-    pub fn outgoing_for(&self, node: &NodeId, pod: &PodName) -> Result<Vec<OutgoingPack>, StateError> {
+    pub fn outgoing_for(
+        &self,
+        node: &NodeId,
+        pod: &PodName,
+    ) -> Result<Vec<OutgoingPack>, StateError> {
         let mut stmt = self.conn().prepare(
             "SELECT pack, len, acked, base_root, target_root, target, source, state
              FROM outgoing WHERE node = ?1 AND pod = ?2 ORDER BY created_at, rowid",

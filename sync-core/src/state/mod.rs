@@ -127,7 +127,9 @@ impl Db {
         let mut cache = StatCache::new();
         for row in rows {
             let (path, size, mtime_ns, ctime_ns, ino, id) = row?;
-            let id: [u8; 32] = id.try_into().map_err(|_| StateError::Corrupt("stat cache id"))?;
+            let id: [u8; 32] = id
+                .try_into()
+                .map_err(|_| StateError::Corrupt("stat cache id"))?;
             cache.insert(
                 path,
                 CachedStat {
@@ -158,7 +160,8 @@ impl Db {
         }
         let tx = self.conn.transaction()?;
         {
-            let mut del = tx.prepare_cached("DELETE FROM stat_cache WHERE scope = ?1 AND path = ?2")?;
+            let mut del =
+                tx.prepare_cached("DELETE FROM stat_cache WHERE scope = ?1 AND path = ?2")?;
             for path in stale {
                 del.execute(params![scope, path])?;
             }
@@ -211,7 +214,10 @@ mod tests {
         }
         let db = Db::open(&p).unwrap();
         assert_eq!(db.meta("k").unwrap(), Some(b"v".to_vec()));
-        let v: i64 = db.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let v: i64 = db
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
         assert_eq!(v, migrations().len() as i64);
     }
 
@@ -219,8 +225,15 @@ mod tests {
     fn newer_schema_is_refused() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("s.db");
-        Db::open(&p).unwrap().conn().pragma_update(None, "user_version", 99).unwrap();
-        assert!(matches!(Db::open(&p), Err(StateError::TooNew { found: 99, .. })));
+        Db::open(&p)
+            .unwrap()
+            .conn()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            Db::open(&p),
+            Err(StateError::TooNew { found: 99, .. })
+        ));
     }
 
     #[test]

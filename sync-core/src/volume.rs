@@ -1,0 +1,532 @@
+//! Pod volumes on the onboard side, and applying a verified changeset to one.
+//!
+//! Every operation goes through a directory handle on the volume (cap-std), so no path, however
+//! it was made, and no symlink a pod planted, can reach outside that pod's volume.
+//!
+//! Applying is two phases. `prepare` turns the changes into [`Step`]s and stages every file's
+//! bytes (new objects are already staged by the pack decoder; copies of content the volume
+//! holds are staged here, verified). Only then does the journaled phase touch the volume: each
+//! file is renamed into place after fsync, so a pod sees each file either old or new, and the
+//! whole step is short because nothing is decoded or copied across the link during it. Every
+//! step is idempotent, so a crash in the middle is rolled forward by running the journal again.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use cap_fs_ext::DirExt;
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use serde::{Deserialize, Serialize};
+
+use crate::id::ContentId;
+use crate::manifest::{Change, FileSource, Manifest, PutKind};
+use crate::path::{PodName, TEMP_PREFIX, VolumePath};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// an I/O failure at a path of a volume or the staging area
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// content to copy within the volume is no longer there
+    #[error("content {id:?} for {path} is no longer in the volume (changed by the pod?)")]
+    SourceGone { path: String, id: ContentId },
+    /// a journal step whose staged file and result are both missing
+    #[error("cannot roll forward {path}: its staged file is gone and the volume does not hold it")]
+    Unrecoverable { path: String },
+}
+
+fn io_at(path: impl Into<String>) -> impl FnOnce(std::io::Error) -> VolumeError {
+    let path = path.into();
+    move |source| VolumeError::Io { path, source }
+}
+
+/// The folder holding one volume per pod.
+pub struct Volumes {
+    root: PathBuf,
+    dir: Dir,
+}
+
+impl Volumes {
+    pub fn open(root: &Path) -> Result<Self, VolumeError> {
+        std::fs::create_dir_all(root).map_err(io_at(root.display().to_string()))?;
+        let dir = Dir::open_ambient_dir(root, ambient_authority())
+            .map_err(io_at(root.display().to_string()))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+            dir,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The pod's volume, if it exists. A pod name is a single plain name, so this can only ever
+    /// open a direct child of the volumes folder, and never through a symlink.
+    pub fn pod(&self, pod: &PodName) -> Result<Option<Dir>, VolumeError> {
+        match self.dir.open_dir_nofollow(pod.as_str()) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(VolumeError::Io {
+                path: pod.to_string(),
+                source: e,
+            }),
+        }
+    }
+
+    /// The pod's volume, created (mode 0755) on first use.
+    pub fn create_pod(&self, pod: &PodName) -> Result<Dir, VolumeError> {
+        match self.dir.create_dir(pod.as_str()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_at(pod.to_string())(e)),
+        }
+        self.dir
+            .open_dir_nofollow(pod.as_str())
+            .map_err(io_at(pod.to_string()))
+    }
+}
+
+/// One idempotent action of the journaled phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Step {
+    Remove {
+        path: VolumePath,
+    },
+    Dir {
+        path: VolumePath,
+        mode: u32,
+    },
+    /// Place staged file `staged` at `path`; with `keep` it is copied because a later step uses
+    /// it again, otherwise moved.
+    File {
+        path: VolumePath,
+        staged: String,
+        id: ContentId,
+        keep: bool,
+        mode: u32,
+        mtime: i64,
+    },
+    /// Same content already at `path`: only mode and time change.
+    Touch {
+        path: VolumePath,
+        mode: u32,
+        mtime: i64,
+    },
+    Symlink {
+        path: VolumePath,
+        target: String,
+    },
+}
+
+/// What the journal records for one changeset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyPlan {
+    pub steps: Vec<Step>,
+}
+
+/// Turns verified changes into steps and stages copies of content the volume already holds.
+/// `objects` are the pack's objects (already staged by the decoder as `o<index>`).
+pub fn prepare(
+    volume: &Dir,
+    staging: &Path,
+    base: &Manifest,
+    changes: &[Change],
+    objects: &[(ContentId, u64)],
+) -> Result<ApplyPlan, VolumeError> {
+    let held = base.content_index();
+    let mut steps = Vec::with_capacity(changes.len());
+    let mut staged_copies: HashSet<ContentId> = HashSet::new();
+    for change in changes {
+        let step = match change {
+            Change::Remove(path) => Step::Remove { path: path.clone() },
+            Change::Put(put) => match &put.kind {
+                PutKind::Dir => Step::Dir {
+                    path: put.path.clone(),
+                    mode: put.mode,
+                },
+                PutKind::Symlink(target) => Step::Symlink {
+                    path: put.path.clone(),
+                    target: target.clone(),
+                },
+                PutKind::File(FileSource::Object(i)) => Step::File {
+                    path: put.path.clone(),
+                    staged: format!("o{i}"),
+                    id: objects[*i as usize].0,
+                    keep: false,
+                    mode: put.mode,
+                    mtime: put.mtime,
+                },
+                PutKind::File(FileSource::Known { id, .. }) => {
+                    if base.get(&put.path).and_then(|e| e.file_id()) == Some(*id) {
+                        Step::Touch {
+                            path: put.path.clone(),
+                            mode: put.mode,
+                            mtime: put.mtime,
+                        }
+                    } else {
+                        let staged = format!("k{}", id.to_hex());
+                        if staged_copies.insert(*id) {
+                            stage_copy(volume, staging, base, &held, id, &staged, &put.path)?;
+                        }
+                        Step::File {
+                            path: put.path.clone(),
+                            staged,
+                            id: *id,
+                            keep: false,
+                            mode: put.mode,
+                            mtime: put.mtime,
+                        }
+                    }
+                }
+            },
+        };
+        steps.push(step);
+    }
+    // Every use of a staged file but the last copies it; the last moves it.
+    let mut last_use: HashMap<String, usize> = HashMap::new();
+    for (i, s) in steps.iter().enumerate() {
+        if let Step::File { staged, .. } = s {
+            last_use.insert(staged.clone(), i);
+        }
+    }
+    for (i, s) in steps.iter_mut().enumerate() {
+        if let Step::File { staged, keep, .. } = s {
+            *keep = last_use[staged.as_str()] != i;
+        }
+    }
+    Ok(ApplyPlan { steps })
+}
+
+/// Copies content `id`, held somewhere in the volume, into the staging area, verifying it.
+fn stage_copy(
+    volume: &Dir,
+    staging: &Path,
+    base: &Manifest,
+    held: &HashMap<ContentId, usize>,
+    id: &ContentId,
+    staged: &str,
+    for_path: &VolumePath,
+) -> Result<(), VolumeError> {
+    let dest = staging.join(staged);
+    let gone = || VolumeError::SourceGone {
+        path: for_path.to_string(),
+        id: *id,
+    };
+    let mut out = std::fs::File::create(&dest).map_err(io_at(dest.display().to_string()))?;
+    if *id != ContentId::empty() {
+        let src = &base.entries()[*held.get(id).ok_or_else(gone)?];
+        let mut f = open_nofollow(volume, &src.path).map_err(|_| gone())?;
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = f.read(&mut buf).map_err(io_at(src.path.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n])
+                .map_err(io_at(dest.display().to_string()))?;
+        }
+        if ContentId(*hasher.finalize().as_bytes()) != *id {
+            return Err(gone());
+        }
+    }
+    out.sync_all().map_err(io_at(dest.display().to_string()))?;
+    Ok(())
+}
+
+/// Opens a regular file of a volume for reading without following a final symlink.
+pub fn open_nofollow(volume: &Dir, path: &VolumePath) -> std::io::Result<cap_std::fs::File> {
+    use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+    let mut opts = cap_std::fs::OpenOptions::new();
+    opts.read(true).follow(FollowSymlinks::No);
+    volume.open_with(path.as_str(), &opts)
+}
+
+/// Reads a whole file of a volume (the caller verifies its id).
+pub fn read_file(volume: &Dir, path: &VolumePath) -> std::io::Result<Vec<u8>> {
+    let mut v = Vec::new();
+    open_nofollow(volume, path)?.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+/// Parent folder handle of `path` inside the volume, and the final name.
+fn parent_of<'a>(volume: &Dir, path: &'a VolumePath) -> Result<(Dir, &'a str), VolumeError> {
+    let dir = match path.parent() {
+        Some(p) => volume
+            .open_dir_nofollow(p.as_str())
+            .map_err(io_at(p.to_string()))?,
+        None => volume.try_clone().map_err(io_at("."))?,
+    };
+    Ok((dir, path.name()))
+}
+
+fn set_mode_and_time(file: &std::fs::File, mode: u32, mtime: Option<i64>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    if let Some(t) = mtime {
+        let when = if t >= 0 {
+            UNIX_EPOCH + Duration::from_secs(t as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_secs(t.unsigned_abs())
+        };
+        file.set_modified(when)?;
+    }
+    Ok(())
+}
+
+/// Runs the journaled phase. Safe to run again after a crash at any point.
+pub fn apply(
+    volume: &Dir,
+    staging: &Path,
+    plan: &ApplyPlan,
+    temp_tag: &str,
+) -> Result<(), VolumeError> {
+    let staging_dir = Dir::open_ambient_dir(staging, ambient_authority())
+        .map_err(io_at(staging.display().to_string()))?;
+    let mut touched: HashSet<Option<VolumePath>> = HashSet::new();
+    for (n, step) in plan.steps.iter().enumerate() {
+        match step {
+            Step::Remove { path } => {
+                remove_entry(volume, path, false)?;
+                touched.insert(path.parent());
+            }
+            Step::Dir { path, mode } => {
+                use std::os::unix::fs::PermissionsExt;
+                match volume.symlink_metadata(path.as_str()) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        remove_entry(volume, path, true)?;
+                        volume
+                            .create_dir(path.as_str())
+                            .map_err(io_at(path.to_string()))?;
+                    }
+                    Err(_) => match volume.create_dir(path.as_str()) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                        Err(e) => return Err(io_at(path.to_string())(e)),
+                    },
+                }
+                volume
+                    .set_permissions(
+                        path.as_str(),
+                        cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(*mode)),
+                    )
+                    .map_err(io_at(path.to_string()))?;
+                touched.insert(path.parent());
+            }
+            Step::File {
+                path,
+                staged,
+                id,
+                keep,
+                mode,
+                mtime,
+            } => {
+                let src = staging.join(staged);
+                let (parent, name) = parent_of(volume, path)?;
+                if !src.exists() {
+                    // Moved by an earlier run of this journal: the volume must hold it now.
+                    match read_file(volume, path) {
+                        Ok(bytes) if ContentId::of(&bytes) == *id => continue,
+                        _ => {
+                            return Err(VolumeError::Unrecoverable {
+                                path: path.to_string(),
+                            });
+                        }
+                    }
+                }
+                clear_dir_in_the_way(&parent, name, path)?;
+                let f = std::fs::File::open(&src).map_err(io_at(src.display().to_string()))?;
+                set_mode_and_time(&f, *mode, Some(*mtime)).map_err(io_at(path.to_string()))?;
+                drop(f);
+                let moved = !keep && staging_dir.rename(staged, &parent, name).is_ok();
+                if !moved {
+                    // Another use follows, or staging is on another filesystem: copy to a
+                    // temporary name beside the target, sync, then rename over it.
+                    let tmp = format!("{TEMP_PREFIX}{temp_tag}.{n}");
+                    let mut input =
+                        std::fs::File::open(&src).map_err(io_at(src.display().to_string()))?;
+                    let out = parent.create(&tmp).map_err(io_at(path.to_string()))?;
+                    let mut out = out.into_std();
+                    std::io::copy(&mut input, &mut out).map_err(io_at(path.to_string()))?;
+                    set_mode_and_time(&out, *mode, Some(*mtime))
+                        .map_err(io_at(path.to_string()))?;
+                    out.sync_all().map_err(io_at(path.to_string()))?;
+                    parent
+                        .rename(&tmp, &parent, name)
+                        .map_err(io_at(path.to_string()))?;
+                    if !keep {
+                        let _ = std::fs::remove_file(&src);
+                    }
+                }
+                touched.insert(path.parent());
+            }
+            Step::Touch { path, mode, mtime } => {
+                if let Ok(f) = open_nofollow(volume, path) {
+                    let f = f.into_std();
+                    set_mode_and_time(&f, *mode, Some(*mtime)).map_err(io_at(path.to_string()))?;
+                }
+            }
+            Step::Symlink { path, target } => {
+                let (parent, name) = parent_of(volume, path)?;
+                clear_dir_in_the_way(&parent, name, path)?;
+                let tmp = format!("{TEMP_PREFIX}{temp_tag}.{n}");
+                let _ = parent.remove_file(&tmp);
+                parent
+                    .symlink(target, &tmp)
+                    .map_err(io_at(path.to_string()))?;
+                parent
+                    .rename(&tmp, &parent, name)
+                    .map_err(io_at(path.to_string()))?;
+                touched.insert(path.parent());
+            }
+        }
+    }
+    // Make the renames themselves durable.
+    for dir in touched {
+        let handle = match &dir {
+            Some(p) => volume.open_dir_nofollow(p.as_str()),
+            None => volume.try_clone(),
+        };
+        if let Ok(d) = handle {
+            let _ = d.open(".").and_then(|f| f.sync_all());
+        }
+    }
+    Ok(())
+}
+
+/// A pod may have made a folder where a file or link is to go: the push decides what the folder
+/// holds, so it goes.
+fn clear_dir_in_the_way(parent: &Dir, name: &str, path: &VolumePath) -> Result<(), VolumeError> {
+    match parent.symlink_metadata(name) {
+        Ok(m) if m.is_dir() => parent.remove_dir_all(name).map_err(io_at(path.to_string())),
+        _ => Ok(()),
+    }
+}
+
+fn remove_entry(volume: &Dir, path: &VolumePath, recursive: bool) -> Result<(), VolumeError> {
+    match volume.symlink_metadata(path.as_str()) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(path.to_string())(e)),
+        Ok(m) if m.is_dir() => {
+            let r = if recursive {
+                volume.remove_dir_all(path.as_str())
+            } else {
+                volume.remove_dir(path.as_str())
+            };
+            match r {
+                // A pod wrote into a folder the push removes: its new files stay, and so does
+                // the folder; the next manifest shows them.
+                Err(e) if e.raw_os_error() == Some(39) => Ok(()),
+                other => other.map_err(io_at(path.to_string())),
+            }
+        }
+        Ok(_) => volume
+            .remove_file_or_symlink(path.as_str())
+            .map_err(io_at(path.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ScanOptions, StatCache, diff, scan_dir};
+
+    fn tree(root: &Path, files: &[(&str, &str)]) {
+        for (p, body) in files {
+            let full = root.join(p);
+            std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+            std::fs::write(full, body).unwrap();
+        }
+    }
+
+    fn scan(dir: &Dir) -> Manifest {
+        scan_dir(dir, &StatCache::new(), &ScanOptions::volume())
+            .unwrap()
+            .0
+    }
+
+    /// Applies `diff(volume, wanted)` using only copies of content the volume holds, plus `new`
+    /// objects staged by hand, and checks the volume then scans as `wanted`.
+    #[test]
+    fn apply_reaches_the_target_and_can_run_twice() {
+        let t = tempfile::tempdir().unwrap();
+        let (vol_path, want_path, staging) = (
+            t.path().join("vol"),
+            t.path().join("want"),
+            t.path().join("stage"),
+        );
+        std::fs::create_dir_all(&staging).unwrap();
+        tree(
+            &vol_path,
+            &[("a/x", "same"), ("a/old", "gone soon"), ("b/y", "moved")],
+        );
+        tree(
+            &want_path,
+            &[
+                ("a/x", "same"),
+                ("c/y2", "moved"),
+                ("c/y3", "moved"),
+                ("n", "brand new"),
+            ],
+        );
+        let vol = Dir::open_ambient_dir(&vol_path, ambient_authority()).unwrap();
+        let want = Dir::open_ambient_dir(&want_path, ambient_authority()).unwrap();
+        let base = scan(&vol);
+        let target = scan(&want);
+        let mut changes = diff(&base, &target);
+        // Turn the one new content into object 0, staged as the decoder would.
+        let new_id = ContentId::of(b"brand new");
+        for c in &mut changes {
+            if let Change::Put(p) = c
+                && p.kind
+                    == PutKind::File(FileSource::Known {
+                        id: new_id,
+                        size: 9,
+                    })
+            {
+                p.kind = PutKind::File(FileSource::Object(0));
+            }
+        }
+        std::fs::write(staging.join("o0"), "brand new").unwrap();
+        let plan = prepare(&vol, &staging, &base, &changes, &[(new_id, 9)]).unwrap();
+        apply(&vol, &staging, &plan, "t").unwrap();
+        assert_eq!(scan(&vol).root(), target.root());
+        // Rolling forward again changes nothing.
+        apply(&vol, &staging, &plan, "t").unwrap();
+        assert_eq!(scan(&vol).root(), target.root());
+    }
+
+    #[test]
+    fn pod_symlink_cannot_redirect_writes_outside() {
+        let t = tempfile::tempdir().unwrap();
+        let vol_path = t.path().join("vol");
+        let outside = t.path().join("outside");
+        std::fs::create_dir_all(&vol_path).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, vol_path.join("in")).unwrap();
+        let staging = t.path().join("stage");
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::write(staging.join("o0"), "x").unwrap();
+        let vol = Dir::open_ambient_dir(&vol_path, ambient_authority()).unwrap();
+        let plan = ApplyPlan {
+            steps: vec![Step::File {
+                path: VolumePath::new("in/file").unwrap(),
+                staged: "o0".into(),
+                id: ContentId::of(b"x"),
+                keep: false,
+                mode: 0o644,
+                mtime: 0,
+            }],
+        };
+        assert!(apply(&vol, &staging, &plan, "t").is_err());
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
+    }
+}
