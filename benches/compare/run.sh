@@ -158,7 +158,7 @@ xdelta_case() { # V1TAR V2TAR DIR -> R=bytes
 # removed files), --no-whole-file to keep the delta algorithm on.
 RSYNC_OPTS=(-a -z --delete --no-whole-file --stats)
 rsync_case() { # V1DIR V2DIR DIR -> R=stats total, R2=pipe total
-  local v1=$1 v2=$2 d=$3 sent recv pipe
+  local v1=$1 v2=$2 d=$3 sent recv
   rm -rf "$d/rsync-dest"
   cp -a "$v1" "$d/rsync-dest" # the "onboard" copy, mtimes preserved
   rsync "${RSYNC_OPTS[@]}" -e "$HERE/lib/fake-rsh" \
@@ -346,7 +346,7 @@ echo "  rsync -z negotiated: $(rsync "${RSYNC_OPTS[@]}" --debug=nstr -n \
 ((HAVE_CASYNC)) && echo "- $(casync --version | head -1) (Debian $(dpkg-query -W -f='${Version}' casync 2>/dev/null || echo '?'))"
 echo "- $(tar --version | head -1)"
 if ((HAVE_SYNC)); then
-  echo "- sync-onboard/sync-ground: $(ls -l --time-style=+%FT%T "$GROUND" | awk '{print $6}') build," \
+  echo "- sync-onboard/sync-ground: $(date -u -r "$GROUND" +%FT%TZ) build," \
     "git $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet 2>/dev/null || echo '+dirty')"
 fi
 

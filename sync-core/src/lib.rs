@@ -1,9 +1,11 @@
 pub mod delta;
 pub mod id;
+pub mod link;
 pub mod manifest;
 pub mod object;
 pub mod pack;
 pub mod path;
+pub mod session;
 pub mod state;
 pub mod volume;
 pub mod wire;

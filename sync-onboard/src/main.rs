@@ -1,1 +1,139 @@
-fn main() {}
+//! `sync-onboard`: the satellite's peer. Listens for the ground, keeps one volume per pod under
+//! `--volumes`, and its own state (SQLite, staging) under `--state`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use sync_core::link::{ServeOptions, serve};
+use sync_core::pack::Limits;
+use sync_core::session::onboard::OnboardService;
+use sync_core::wire::LinkKey;
+
+#[derive(Parser)]
+#[command(
+    name = "sync-onboard",
+    version,
+    about = "Receive, verify and apply file changes to pod volumes on the satellite",
+    long_about = "Receives changesets from sync-ground over an authenticated, encrypted link, \
+verifies every byte against its BLAKE3 content id, and applies each changeset to the pod's \
+volume in one short journaled step (a crash in the middle rolls forward on restart).\n\n\
+Each pod name owns one volume: VOLUMES/<pod>, created on first push. Pods never see each \
+other's files, and nothing the engine keeps (state database, staging) lives inside a volume.",
+    after_help = "Example:\n  sync-onboard keygen > link.key\n  sync-onboard serve --volumes /srv/pods --state /var/lib/sync-onboard --listen 0.0.0.0:7700 --key link.key"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a new random 256-bit link key (hex); give the same file to both sides.
+    Keygen,
+    /// Listen for the ground and serve pod volumes.
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Folder holding one volume per pod (VOLUMES/<pod>).
+    #[arg(long, value_name = "DIR")]
+    volumes: PathBuf,
+    /// Folder for the engine's own state; must not be inside --volumes.
+    #[arg(long, value_name = "DIR")]
+    state: PathBuf,
+    /// Address to listen on; port 0 picks a free port (printed on the first line of stdout).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
+    listen: String,
+    /// File holding the link key (64 hex digits), as written by `keygen`.
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Drop a connection that has been silent this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    idle_timeout: u64,
+    /// Refuse any single file larger than this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_object_bytes: Option<u64>,
+    /// Refuse packs whose content totals more than this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    max_total_bytes: Option<u64>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keygen => keygen(),
+        Command::Serve(args) => run_serve(args),
+    };
+    if let Err(e) = result {
+        eprintln!("sync-onboard: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn keygen() -> Result<()> {
+    let key = LinkKey::generate().context("generating a key")?;
+    println!("{}", key.to_hex());
+    Ok(())
+}
+
+fn read_key(path: &PathBuf) -> Result<LinkKey> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the link key from {}", path.display()))?;
+    LinkKey::from_hex(&text).with_context(|| format!("link key in {}", path.display()))
+}
+
+fn run_serve(args: ServeArgs) -> Result<()> {
+    let key = read_key(&args.key)?;
+    let mut limits = Limits::default();
+    if let Some(v) = args.max_object_bytes {
+        limits.max_object_bytes = v;
+    }
+    if let Some(v) = args.max_total_bytes {
+        limits.max_total_bytes = v;
+    }
+    let service = OnboardService::open(&args.volumes, &args.state, limits).with_context(|| {
+        format!(
+            "opening volumes {} and state {}",
+            args.volumes.display(),
+            args.state.display()
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!("listening on {addr}");
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        eprintln!(
+            "sync-onboard {}: node {}, volumes {}",
+            env!("CARGO_PKG_VERSION"),
+            service.node().to_hex(),
+            args.volumes.display()
+        );
+        let opts = ServeOptions {
+            idle_timeout: Duration::from_secs(args.idle_timeout),
+        };
+        serve(listener, Arc::new(service), key, opts, shutdown_signal()).await?;
+        eprintln!("sync-onboard: shutting down");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

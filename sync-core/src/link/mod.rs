@@ -1,0 +1,238 @@
+//! Transports. The only code here that owns sockets: it moves bytes between a stream and the
+//! sans-IO codec of [`crate::wire`], counts every byte both ways (handshake included), and turns
+//! silence past the idle timeout into an error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+mod serve;
+
+pub use serve::{ServeOptions, serve};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::wire::{
+    Handshake, LinkKey, Message, MessageDecoder, PREAMBLE_LEN, RecordDecoder, SecureChannel,
+    WireError, check_preamble, encode_message, preamble,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// the socket failed
+    #[error("link I/O: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// the peer closed the connection
+    #[error("the other side closed the link")]
+    Closed,
+    /// the peer closed during the handshake, which is what a peer with another key does
+    #[error(
+        "the other side closed the link during the handshake (do both sides use the same key?)"
+    )]
+    HandshakeRefused,
+    /// nothing arrived for longer than the idle timeout
+    #[error("the link was silent for {0:?}")]
+    Timeout(Duration),
+}
+
+/// Bytes that crossed the socket, both directions, everything included.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub sent: AtomicU64,
+    pub received: AtomicU64,
+}
+
+impl Counters {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+/// An authenticated, encrypted message link over any byte stream.
+pub struct Link<S> {
+    stream: S,
+    channel: SecureChannel,
+    records: RecordDecoder,
+    messages: MessageDecoder,
+    counters: Arc<Counters>,
+    idle: Duration,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
+    /// The ground's side: sends the first handshake message.
+    pub async fn connect(stream: S, key: &LinkKey, idle: Duration) -> Result<Self, LinkError> {
+        let mut s = Start::new(stream, idle);
+        s.write(&preamble()).await?;
+        let theirs = s.read_exact::<PREAMBLE_LEN>(true).await?;
+        check_preamble(&theirs)?;
+        let prologue = [preamble(), theirs].concat();
+        let mut hs = Handshake::initiator(key, &prologue)?;
+        s.write(&hs.write_message()?).await?;
+        let m2 = s.read_handshake().await?;
+        hs.read_message(&m2)?;
+        s.into_link(hs.into_channel()?)
+    }
+
+    /// The onboard side: answers the handshake; a peer without the key fails here, before any
+    /// message is read.
+    pub async fn accept(stream: S, key: &LinkKey, idle: Duration) -> Result<Self, LinkError> {
+        let mut s = Start::new(stream, idle);
+        let theirs = s.read_exact::<PREAMBLE_LEN>(false).await?;
+        // Answer with our preamble even on a mismatch, so the other side can name the problem.
+        s.write(&preamble()).await?;
+        check_preamble(&theirs)?;
+        let prologue = [theirs, preamble()].concat();
+        let mut hs = Handshake::responder(key, &prologue)?;
+        let m1 = s.read_handshake().await?;
+        hs.read_message(&m1)?;
+        s.write(&hs.write_message()?).await?;
+        s.into_link(hs.into_channel()?)
+    }
+
+    pub fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
+    pub fn set_idle_timeout(&mut self, idle: Duration) {
+        self.idle = idle;
+    }
+
+    pub async fn send(&mut self, msg: &Message) -> Result<(), LinkError> {
+        self.send_all(std::slice::from_ref(msg)).await
+    }
+
+    /// Sends several messages sealed together: fewer records, fewer bytes.
+    pub async fn send_all(&mut self, msgs: &[Message]) -> Result<(), LinkError> {
+        let plain: Vec<u8> = msgs.iter().flat_map(encode_message).collect();
+        let mut out = Vec::with_capacity(plain.len() + 64);
+        self.channel.seal(&plain, &mut out)?;
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
+        self.counters
+            .sent
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The next message; waits at most the idle timeout for each read.
+    pub async fn recv(&mut self) -> Result<Message, LinkError> {
+        loop {
+            if let Some(m) = self.messages.next_message()? {
+                return Ok(m);
+            }
+            if let Some(rec) = self.records.next_record() {
+                let plain = self.channel.open(&rec)?;
+                self.messages.push(&plain);
+                continue;
+            }
+            let n = tokio::time::timeout(self.idle, self.stream.read(&mut self.buf))
+                .await
+                .map_err(|_| LinkError::Timeout(self.idle))??;
+            if n == 0 {
+                return Err(LinkError::Closed);
+            }
+            self.counters
+                .received
+                .fetch_add(n as u64, Ordering::Relaxed);
+            self.records.push(&self.buf[..n]);
+        }
+    }
+
+    /// Flushes and shuts the write side down.
+    pub async fn close(mut self) -> Result<(), LinkError> {
+        self.stream.shutdown().await?;
+        Ok(())
+    }
+}
+
+/// The stream before the handshake completes.
+struct Start<S> {
+    stream: S,
+    counters: Arc<Counters>,
+    idle: Duration,
+    pending: RecordDecoder,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Start<S> {
+    fn new(stream: S, idle: Duration) -> Self {
+        Self {
+            stream,
+            counters: Arc::default(),
+            idle,
+            pending: RecordDecoder::default(),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), LinkError> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await?;
+        self.counters
+            .sent
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn read_some(&mut self, buf: &mut [u8], handshake: bool) -> Result<usize, LinkError> {
+        let n = tokio::time::timeout(self.idle, self.stream.read(buf))
+            .await
+            .map_err(|_| LinkError::Timeout(self.idle))?;
+        let n = match n {
+            Ok(n) => n,
+            Err(e) if handshake && e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            Err(e) => return Err(e.into()),
+        };
+        if n == 0 {
+            return Err(if handshake {
+                LinkError::HandshakeRefused
+            } else {
+                LinkError::Closed
+            });
+        }
+        self.counters
+            .received
+            .fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    async fn read_exact<const N: usize>(&mut self, handshake: bool) -> Result<[u8; N], LinkError> {
+        let mut out = [0u8; N];
+        let mut got = 0;
+        while got < N {
+            got += self.read_some(&mut out[got..], handshake).await?;
+        }
+        Ok(out)
+    }
+
+    async fn read_handshake(&mut self) -> Result<Vec<u8>, LinkError> {
+        loop {
+            if let Some(rec) = self.pending.next_record() {
+                return Ok(rec);
+            }
+            // Read one byte at a time would be slow; handshake records are tiny, so read what
+            // comes and keep the rest for the transport phase.
+            let mut buf = [0u8; 512];
+            let n = self.read_some(&mut buf, true).await?;
+            self.pending.push(&buf[..n]);
+        }
+    }
+
+    fn into_link(self, channel: SecureChannel) -> Result<Link<S>, LinkError> {
+        // Anything read past the handshake is the start of the transport phase: the same
+        // decoder carries on with it.
+        Ok(Link {
+            stream: self.stream,
+            channel,
+            records: self.pending,
+            messages: MessageDecoder::default(),
+            counters: self.counters,
+            idle: self.idle,
+            buf: vec![0u8; 64 * 1024],
+        })
+    }
+}

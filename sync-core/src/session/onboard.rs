@@ -1,0 +1,555 @@
+//! The onboard end: one [`OnboardService`] per daemon, one [`OnboardSession`] per connection.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cap_std::fs::Dir;
+
+use crate::delta::rsync;
+use crate::id::{ManifestId, NodeId, PackId};
+use crate::manifest::{Entry, Manifest, ScanOptions, diff, scan_dir};
+use crate::pack::{self, BaseReader, Limits, ObjectSink, PackError};
+use crate::path::PodName;
+use crate::state::{Db, IncomingPack, JournalEntry};
+use crate::volume::{self, ApplyPlan, VolumeError, Volumes};
+use crate::wire::{ErrorKind, ManifestBody, Message};
+
+/// Staged bytes are made durable and acknowledged at least this often.
+const ACK_EVERY_BYTES: u64 = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OnboardError {
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    #[error(transparent)]
+    Scan(#[from] crate::manifest::ScanError),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    /// the state folder and the volumes folder overlap
+    #[error("the state folder must not be inside the volumes folder, nor contain it")]
+    Overlap,
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> OnboardError + '_ {
+    move |source| OnboardError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+pub struct OnboardService {
+    volumes: Volumes,
+    state_dir: PathBuf,
+    db: Mutex<Db>,
+    node: NodeId,
+    limits: Limits,
+    /// One lock per pod: scans and applies of one volume never interleave.
+    pod_locks: Mutex<HashMap<PodName, Arc<Mutex<()>>>>,
+}
+
+impl OnboardService {
+    /// Opens (creating) the volumes and state folders, and rolls forward any changeset a crash
+    /// interrupted.
+    pub fn open(volumes: &Path, state: &Path, limits: Limits) -> Result<Self, OnboardError> {
+        fs::create_dir_all(state).map_err(io_at(state))?;
+        let volumes = Volumes::open(volumes)?;
+        let (v, s) = (
+            fs::canonicalize(volumes.root()).map_err(io_at(volumes.root()))?,
+            fs::canonicalize(state).map_err(io_at(state))?,
+        );
+        if v.starts_with(&s) || s.starts_with(&v) {
+            return Err(OnboardError::Overlap);
+        }
+        fs::create_dir_all(s.join("staging")).map_err(io_at(&s))?;
+        let db = Db::open(&s.join("onboard.db"))?;
+        let node = db.node_id()?;
+        let svc = Self {
+            volumes,
+            state_dir: s,
+            db: Mutex::new(db),
+            node,
+            limits,
+            pod_locks: Mutex::new(HashMap::new()),
+        };
+        svc.roll_forward()?;
+        Ok(svc)
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn session(self: &Arc<Self>) -> OnboardSession {
+        OnboardSession {
+            svc: self.clone(),
+            incoming: None,
+        }
+    }
+
+    pub fn welcome(&self) -> Message {
+        Message::Welcome {
+            node: self.node,
+            limits: self.limits.clone(),
+            software: concat!("sync-onboard ", env!("CARGO_PKG_VERSION")).to_string(),
+        }
+    }
+
+    fn pod_lock(&self, pod: &PodName) -> Arc<Mutex<()>> {
+        self.pod_locks
+            .lock()
+            .expect("pod lock table")
+            .entry(pod.clone())
+            .or_default()
+            .clone()
+    }
+
+    fn db(&self) -> std::sync::MutexGuard<'_, Db> {
+        self.db.lock().expect("state database lock")
+    }
+
+    fn staging_dir(&self, pack: &PackId) -> PathBuf {
+        self.state_dir.join("staging").join(pack.to_hex())
+    }
+
+    fn pack_file(&self, pack: &PackId) -> PathBuf {
+        self.state_dir
+            .join("staging")
+            .join(format!("{}.pack", pack.to_hex()))
+    }
+
+    /// Scans a pod's volume (through the stat cache) and remembers the manifest.
+    /// The caller holds the pod's lock.
+    fn scan_pod(&self, pod: &PodName) -> Result<Manifest, OnboardError> {
+        let Some(dir) = self.volumes.pod(pod)? else {
+            return Ok(Manifest::default());
+        };
+        let scope = format!("pod:{pod}");
+        let cache = self.db().stat_cache(&scope)?;
+        let (manifest, fresh, _) = scan_dir(&dir, &cache, &ScanOptions::volume())?;
+        let mut db = self.db();
+        db.save_stat_cache(&scope, &cache, &fresh)?;
+        db.remember_pod_manifest(pod, &manifest)?;
+        Ok(manifest)
+    }
+
+    fn roll_forward(&self) -> Result<(), OnboardError> {
+        let entries = self.db().journal_entries()?;
+        for e in entries {
+            let plan: ApplyPlan = postcard::from_bytes(&e.plan)
+                .map_err(|_| crate::state::StateError::Corrupt("journal plan"))?;
+            let vol = self.volumes.create_pod(&e.pod)?;
+            volume::apply(&vol, &self.staging_dir(&e.pack), &plan, &e.pack.short())?;
+            self.finish_apply(&e.pack)?;
+        }
+        Ok(())
+    }
+
+    fn finish_apply(&self, pack: &PackId) -> Result<(), OnboardError> {
+        let db = self.db();
+        db.journal_end(pack)?;
+        db.delete_incoming(pack)?;
+        drop(db);
+        let _ = fs::remove_dir_all(self.staging_dir(pack));
+        let _ = fs::remove_file(self.pack_file(pack));
+        Ok(())
+    }
+
+    fn discard(&self, pack: &PackId) {
+        let _ = self.db().delete_incoming(pack);
+        let _ = fs::remove_dir_all(self.staging_dir(pack));
+        let _ = fs::remove_file(self.pack_file(pack));
+    }
+
+    fn manifest_reply(
+        &self,
+        pod: PodName,
+        known: Option<ManifestId>,
+    ) -> Result<Message, OnboardError> {
+        let lock = self.pod_lock(&pod);
+        let _held = lock.lock().expect("pod lock");
+        let current = self.scan_pod(&pod)?;
+        let root = current.root();
+        let body = match known {
+            Some(k) if k == root => ManifestBody::Same,
+            Some(k) => match self.db().pod_manifest(&pod, &k)? {
+                Some(old) => ManifestBody::Delta {
+                    from: k,
+                    blob: compress(&postcard::to_stdvec(&diff(&old, &current)).expect("changes")),
+                },
+                None => ManifestBody::Full {
+                    blob: compress(&current.encode()),
+                },
+            },
+            None => ManifestBody::Full {
+                blob: compress(&current.encode()),
+            },
+        };
+        Ok(Message::ManifestReply { pod, root, body })
+    }
+
+    fn signatures(
+        &self,
+        pod: &PodName,
+        base_root: &ManifestId,
+        entries: &[u32],
+    ) -> Result<Message, Reply> {
+        let base = self
+            .db()
+            .pod_manifest(pod, base_root)
+            .map_err(internal)?
+            .ok_or_else(|| conflict("that manifest of the pod is no longer known; ask again"))?;
+        let dir = self
+            .volumes
+            .pod(pod)
+            .map_err(internal)?
+            .ok_or_else(|| conflict("the pod has no volume"))?;
+        let mut sigs = Vec::with_capacity(entries.len());
+        for &i in entries {
+            let entry = base
+                .entries()
+                .get(i as usize)
+                .filter(|e| e.file_id().is_some())
+                .ok_or_else(|| refused(format!("entry #{i} is not a file")))?;
+            let bytes = VolumeReader(&dir).read_base(entry).map_err(internal)?;
+            if Some(crate::id::ContentId::of(&bytes)) != entry.file_id() {
+                return Err(conflict(format!("{} changed onboard", entry.path)));
+            }
+            sigs.push((i, rsync::signature(&bytes)));
+        }
+        let blob = compress(&postcard::to_stdvec(&sigs).expect("signatures"));
+        Ok(Message::Signatures { blob })
+    }
+
+    /// Decodes, verifies and applies a completely received pack.
+    fn apply_pack(&self, inc: &IncomingPack) -> Result<ManifestId, Reply> {
+        let lock = self.pod_lock(&inc.pod);
+        let _held = lock.lock().expect("pod lock");
+        let base = match self
+            .db()
+            .pod_manifest(&inc.pod, &inc.base_root)
+            .map_err(internal)?
+        {
+            Some(m) => m,
+            None => {
+                let now = self.scan_pod(&inc.pod).map_err(internal)?;
+                if now.root() != inc.base_root {
+                    return Err(conflict(
+                        "the pack was built against a volume state that is no longer known",
+                    ));
+                }
+                now
+            }
+        };
+        let vol = self.volumes.create_pod(&inc.pod).map_err(internal)?;
+        let staging = self.staging_dir(&inc.pack);
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging).map_err(|e| storage(e.to_string()))?;
+        let mut file = File::open(self.pack_file(&inc.pack)).map_err(|e| storage(e.to_string()))?;
+        let mut sink = StagingSink { dir: &staging };
+        let mut reader = std::io::BufReader::new(&mut file);
+        let decoded = pack::decode_pack(
+            &mut reader,
+            &base,
+            &VolumeReader(&vol),
+            &mut sink,
+            &self.limits,
+        )
+        .map_err(pack_reply)?;
+        if decoded.target.root() != inc.target_root {
+            return Err(refused("the pack's target differs from what was offered"));
+        }
+        let plan = volume::prepare(
+            &vol,
+            &staging,
+            &base,
+            &decoded.header.changes,
+            &decoded.objects,
+        )
+        .map_err(|e| match e {
+            VolumeError::SourceGone { .. } => conflict(e.to_string()),
+            other => storage(other.to_string()),
+        })?;
+        self.db()
+            .journal_begin(&JournalEntry {
+                pack: inc.pack,
+                pod: inc.pod.clone(),
+                plan: postcard::to_stdvec(&plan).expect("plan"),
+            })
+            .map_err(internal)?;
+        volume::apply(&vol, &staging, &plan, &inc.pack.short())
+            .map_err(|e| storage(e.to_string()))?;
+        self.db()
+            .remember_pod_manifest(&inc.pod, &decoded.target)
+            .map_err(internal)?;
+        self.finish_apply(&inc.pack).map_err(internal)?;
+        Ok(decoded.target.root())
+    }
+}
+
+fn compress(raw: &[u8]) -> Vec<u8> {
+    zstd::bulk::compress(raw, 19).expect("in-memory zstd")
+}
+
+/// Reads base content from a pod's volume.
+struct VolumeReader<'a>(&'a Dir);
+
+impl BaseReader for VolumeReader<'_> {
+    fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError> {
+        volume::read_file(self.0, &entry.path).map_err(|_| PackError::BaseChanged {
+            path: entry.path.to_string(),
+            expected: entry.file_id().unwrap_or_else(crate::id::ContentId::empty),
+        })
+    }
+}
+
+/// Writes decoded objects to `o<index>` in the pack's staging folder, synced.
+struct StagingSink<'a> {
+    dir: &'a Path,
+}
+
+impl ObjectSink for StagingSink<'_> {
+    fn put(&mut self, index: u32, data: &mut dyn Read) -> Result<(), PackError> {
+        let mut f = File::create(self.dir.join(format!("o{index}")))?;
+        std::io::copy(data, &mut f)?;
+        f.sync_all()?;
+        Ok(())
+    }
+}
+
+/// A failed request, as the message the ground will see.
+pub struct Reply(Box<Message>);
+
+fn reply(kind: ErrorKind, message: impl Into<String>) -> Reply {
+    Reply(Box::new(Message::Error {
+        kind,
+        message: message.into(),
+    }))
+}
+fn conflict(m: impl Into<String>) -> Reply {
+    reply(ErrorKind::Conflict, m)
+}
+fn refused(m: impl Into<String>) -> Reply {
+    reply(ErrorKind::Refused, m)
+}
+fn storage(m: impl Into<String>) -> Reply {
+    reply(ErrorKind::Storage, m)
+}
+fn internal(e: impl std::fmt::Display) -> Reply {
+    reply(ErrorKind::Storage, e.to_string())
+}
+fn pack_reply(e: PackError) -> Reply {
+    let kind = match &e {
+        PackError::OverLimit { .. } => ErrorKind::TooLarge,
+        PackError::BaseChanged { .. } | PackError::WrongBase => ErrorKind::Conflict,
+        PackError::Io(_) => ErrorKind::Storage,
+        _ => ErrorKind::Refused,
+    };
+    reply(kind, e.to_string())
+}
+
+/// A pack being received on this connection.
+struct Receiving {
+    info: IncomingPack,
+    file: File,
+    /// Bytes written but not yet synced and acknowledged.
+    unsynced: u64,
+}
+
+/// What the connection should do after a message.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub replies: Vec<Message>,
+    pub close: bool,
+}
+
+pub struct OnboardSession {
+    svc: Arc<OnboardService>,
+    incoming: Option<Receiving>,
+}
+
+impl OnboardSession {
+    /// Handles one message from the ground. Blocking (storage I/O); run it off the async reactor.
+    pub fn handle(&mut self, msg: Message) -> Outcome {
+        match self.dispatch(msg) {
+            Ok(o) => o,
+            Err(Reply(m)) => Outcome {
+                replies: vec![*m],
+                close: false,
+            },
+        }
+    }
+
+    fn dispatch(&mut self, msg: Message) -> Result<Outcome, Reply> {
+        let one = |m| {
+            Ok(Outcome {
+                replies: vec![m],
+                close: false,
+            })
+        };
+        match msg {
+            Message::ManifestRequest { pod, known } => {
+                one(self.svc.manifest_reply(pod, known).map_err(internal)?)
+            }
+            Message::SignatureRequest {
+                pod,
+                base_root,
+                entries,
+            } => one(self.svc.signatures(&pod, &base_root, &entries)?),
+            Message::PackOffer {
+                pod,
+                pack,
+                len,
+                base_root,
+                target_root,
+            } => one(self.offer(pod, pack, len, base_root, target_root)?),
+            Message::PackData {
+                pack,
+                offset,
+                bytes,
+            } => self.data(pack, offset, &bytes),
+            Message::Bye => Ok(Outcome {
+                replies: vec![],
+                close: true,
+            }),
+            other => Err(reply(
+                ErrorKind::Protocol,
+                format!("unexpected message {}", message_name(&other)),
+            )),
+        }
+    }
+
+    fn offer(
+        &mut self,
+        pod: PodName,
+        pack: PackId,
+        len: u64,
+        base_root: ManifestId,
+        target_root: ManifestId,
+    ) -> Result<Message, Reply> {
+        let cap = self.svc.limits.max_total_bytes + self.svc.limits.max_header_bytes;
+        if len > cap {
+            return Err(reply(
+                ErrorKind::TooLarge,
+                format!("a pack of {len} bytes is over this node's limit of {cap}"),
+            ));
+        }
+        let path = self.svc.pack_file(&pack);
+        let known = self.svc.db().incoming(&pack).map_err(internal)?;
+        let info = match known {
+            Some(k) if k.pod == pod && k.len == len => k,
+            _ => {
+                let fresh = IncomingPack {
+                    pack,
+                    pod,
+                    len,
+                    received: 0,
+                    base_root,
+                    target_root,
+                };
+                self.svc.db().put_incoming(&fresh).map_err(internal)?;
+                fresh
+            }
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| storage(e.to_string()))?;
+        // Anything past the durable offset may be torn: drop it and resume from the offset.
+        file.set_len(info.received)
+            .map_err(|e| storage(e.to_string()))?;
+        file.seek(SeekFrom::Start(info.received))
+            .map_err(|e| storage(e.to_string()))?;
+        let offset = info.received;
+        self.incoming = Some(Receiving {
+            info,
+            file,
+            unsynced: 0,
+        });
+        Ok(Message::PackAccept { pack, offset })
+    }
+
+    fn data(&mut self, pack: PackId, offset: u64, bytes: &[u8]) -> Result<Outcome, Reply> {
+        let Some(rx) = self.incoming.as_mut().filter(|r| r.info.pack == pack) else {
+            return Err(reply(
+                ErrorKind::Protocol,
+                "data for a pack that was not offered",
+            ));
+        };
+        let at = rx.info.received + rx.unsynced;
+        if offset != at || at + bytes.len() as u64 > rx.info.len {
+            return Err(reply(
+                ErrorKind::Protocol,
+                format!("data at offset {offset} does not continue the pack at {at}"),
+            ));
+        }
+        rx.file
+            .write_all(bytes)
+            .map_err(|e| storage(e.to_string()))?;
+        rx.unsynced += bytes.len() as u64;
+        let complete = at + bytes.len() as u64 == rx.info.len;
+        if rx.unsynced < ACK_EVERY_BYTES && !complete {
+            return Ok(Outcome::default());
+        }
+        rx.file.sync_data().map_err(|e| storage(e.to_string()))?;
+        rx.info.received += rx.unsynced;
+        rx.unsynced = 0;
+        self.svc.db().put_incoming(&rx.info).map_err(internal)?;
+        let ack = Message::PackAck {
+            pack,
+            offset: rx.info.received,
+        };
+        if !complete {
+            return Ok(Outcome {
+                replies: vec![ack],
+                close: false,
+            });
+        }
+        let info = rx.info.clone();
+        self.incoming = None;
+        match self.svc.apply_pack(&info) {
+            Ok(root) => Ok(Outcome {
+                replies: vec![ack, Message::PackApplied { pack, root }],
+                close: false,
+            }),
+            Err(e) => {
+                // A pack that failed verification is never retried as is.
+                self.svc.discard(&pack);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn message_name(m: &Message) -> &'static str {
+    match m {
+        Message::Welcome { .. } => "Welcome",
+        Message::ManifestRequest { .. } => "ManifestRequest",
+        Message::ManifestReply { .. } => "ManifestReply",
+        Message::SignatureRequest { .. } => "SignatureRequest",
+        Message::Signatures { .. } => "Signatures",
+        Message::PackOffer { .. } => "PackOffer",
+        Message::PackAccept { .. } => "PackAccept",
+        Message::PackData { .. } => "PackData",
+        Message::PackAck { .. } => "PackAck",
+        Message::PackApplied { .. } => "PackApplied",
+        Message::Error { .. } => "Error",
+        Message::Bye => "Bye",
+    }
+}
