@@ -10,7 +10,9 @@ use std::collections::HashMap;
 use std::io::Write;
 
 use super::PackError;
-use super::format::{Encoding, Item, Limits, MAGIC, PackHeader, SegmentSpec, VERSION};
+use super::format::{
+    Encoding, FIXED_LEN, HeaderBody, Item, Limits, MAGIC, MAX_HEADER_DICT, SegmentSpec, VERSION,
+};
 use crate::delta::{rsync, zstd_ref};
 use crate::id::{ContentId, ManifestId};
 use crate::manifest::{Change, EntryKind, FileSource, Manifest, PutKind, diff};
@@ -217,16 +219,21 @@ impl Plan {
             segments.push(encode_segment(current, limits, &mut stats)?);
         }
 
-        let header = PackHeader {
-            base_root: self.base_root,
+        let body = HeaderBody {
             target_root: self.target_root,
             changes: self.changes.clone(),
             objects: self.objects.iter().map(|o| o.size).collect(),
             segments: segments.iter().map(|(s, _)| s.clone()).collect(),
         };
-        let raw = postcard::to_stdvec(&header).map_err(|e| PackError::Header(e.to_string()))?;
+        let raw = postcard::to_stdvec(&body).map_err(|e| PackError::Header(e.to_string()))?;
+        let dict = header_dictionary(base);
         let mut packed = Vec::new();
-        zstd_ref::compress(&[], &mut &raw[..], raw.len() as u64, &mut packed)?;
+        zstd_ref::compress(
+            dict.as_deref().unwrap_or(&[]),
+            &mut &raw[..],
+            raw.len() as u64,
+            &mut packed,
+        )?;
         let header_len = u32::try_from(packed.len()).map_err(|_| PackError::OverLimit {
             what: "header",
             value: packed.len() as u64,
@@ -234,15 +241,23 @@ impl Plan {
         })?;
         out.write_all(MAGIC)?;
         out.write_all(&[VERSION])?;
+        out.write_all(&self.base_root.0)?;
+        out.write_all(&[dict.is_some() as u8])?;
         out.write_all(&header_len.to_le_bytes())?;
         out.write_all(&packed)?;
-        stats.pack_bytes = 9 + packed.len() as u64;
+        stats.pack_bytes = (FIXED_LEN + packed.len()) as u64;
         for (_, frame) in &segments {
             out.write_all(frame)?;
             stats.pack_bytes += frame.len() as u64;
         }
         Ok(stats)
     }
+}
+
+/// The base manifest's canonical encoding, which both ends hold, as the header's dictionary.
+pub(crate) fn header_dictionary(base: &Manifest) -> Option<Vec<u8>> {
+    let enc = base.encode();
+    (!enc.is_empty() && enc.len() <= MAX_HEADER_DICT).then_some(enc)
 }
 
 struct Work {

@@ -4,9 +4,14 @@
 //! |---|---|---|
 //! | 0 | 4 | magic `OSPK` |
 //! | 4 | 1 | format version, `1` |
-//! | 5 | 1–5 | header length H (varint u32) |
-//! | … | H | header: one zstd frame holding the postcard of [`PackHeader`] |
-//! | … | Σ frame_len | segments, in header order: each one zstd frame of `frame_len` bytes |
+//! | 5 | 32 | base root: the manifest the pack applies to |
+//! | 37 | 1 | header dictionary: 0 none, 1 the base manifest's canonical encoding |
+//! | 38 | 4 | header length H (u32, little-endian) |
+//! | 42 | H | header: one zstd frame holding the postcard of [`HeaderBody`] |
+//! | 42+H | Σ frame_len | segments, in header order: each one zstd frame of `frame_len` bytes |
+//!
+//! The header is compressed against the base manifest the receiver already holds, so the paths
+//! of changed and removed files, which are all in it, cost next to nothing.
 //!
 //! A segment's frame is compressed against a reference prefix: the concatenated content of the
 //! base manifest entries in [`SegmentSpec::prefix`]. It decodes to the payloads of its items, back
@@ -21,6 +26,20 @@ use crate::manifest::Change;
 
 pub const MAGIC: &[u8; 4] = b"OSPK";
 pub const VERSION: u8 = 1;
+/// Bytes before the header frame.
+pub const FIXED_LEN: usize = 42;
+/// A base manifest encoding larger than this is not used as the header's dictionary (it would
+/// cost both ends that much memory for a few kilobytes saved).
+pub const MAX_HEADER_DICT: usize = 64 << 20;
+
+/// The part of the header inside the compressed frame (the base root is in the fixed part).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderBody {
+    pub target_root: ManifestId,
+    pub changes: Vec<Change>,
+    pub objects: Vec<u64>,
+    pub segments: Vec<SegmentSpec>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackHeader {

@@ -7,9 +7,10 @@ use std::collections::HashSet;
 use std::io::{BufReader, Read};
 
 use super::PackError;
-use super::format::{Encoding, Limits, MAGIC, PackHeader, VERSION};
+use super::build::header_dictionary;
+use super::format::{Encoding, FIXED_LEN, HeaderBody, Limits, MAGIC, PackHeader, VERSION};
 use crate::delta::{rsync, zstd_ref};
-use crate::id::ContentId;
+use crate::id::{ContentId, ManifestId};
 use crate::manifest::{Entry, Manifest, SourceResolver, apply_changes};
 
 /// Reads base content on the receiver.
@@ -34,9 +35,13 @@ pub struct DecodedPack {
     pub target: Manifest,
 }
 
-/// Reads and checks the magic, version and header.
-pub fn read_header(r: &mut dyn Read, limits: &Limits) -> Result<PackHeader, PackError> {
-    let mut fixed = [0u8; 9];
+/// Reads and checks the magic, version and header of a pack that is to apply to `base`.
+pub fn read_header(
+    r: &mut dyn Read,
+    base: &Manifest,
+    limits: &Limits,
+) -> Result<PackHeader, PackError> {
+    let mut fixed = [0u8; FIXED_LEN];
     read_exact(r, &mut fixed)?;
     if &fixed[..4] != MAGIC {
         return Err(PackError::Magic);
@@ -44,20 +49,45 @@ pub fn read_header(r: &mut dyn Read, limits: &Limits) -> Result<PackHeader, Pack
     if fixed[4] != VERSION {
         return Err(PackError::Version(fixed[4]));
     }
-    let len = u32::from_le_bytes(fixed[5..9].try_into().expect("4 bytes")) as u64;
+    let base_root = ManifestId(fixed[5..37].try_into().expect("32 bytes"));
+    if base_root != base.root() {
+        return Err(PackError::WrongBase);
+    }
+    let dict = match fixed[37] {
+        0 => None,
+        1 => Some(header_dictionary(base).ok_or_else(|| {
+            PackError::Structure("header dictionary named but the base has none".into())
+        })?),
+        other => {
+            return Err(PackError::Header(format!(
+                "unknown header dictionary {other}"
+            )));
+        }
+    };
+    let len = u32::from_le_bytes(fixed[38..42].try_into().expect("4 bytes")) as u64;
     // A compressed header cannot be larger than its decompressed cap (plus frame overhead).
     check("header", len, limits.max_header_bytes + 1024)?;
     let mut packed = vec![0u8; len as usize];
     read_exact(r, &mut packed)?;
     let mut raw = Vec::new();
-    zstd_ref::decoder(&packed[..], &[], limits.max_window_log as u32)?
-        .take(limits.max_header_bytes + 1)
-        .read_to_end(&mut raw)
-        .map_err(|e| PackError::Header(e.to_string()))?;
+    zstd_ref::decoder(
+        &packed[..],
+        dict.as_deref().unwrap_or(&[]),
+        limits.max_window_log as u32,
+    )?
+    .take(limits.max_header_bytes + 1)
+    .read_to_end(&mut raw)
+    .map_err(|e| PackError::Header(e.to_string()))?;
     check("header", raw.len() as u64, limits.max_header_bytes)?;
-    let header: PackHeader =
+    let body: HeaderBody =
         postcard::from_bytes(&raw).map_err(|e| PackError::Header(e.to_string()))?;
-    Ok(header)
+    Ok(PackHeader {
+        base_root,
+        target_root: body.target_root,
+        changes: body.changes,
+        objects: body.objects,
+        segments: body.segments,
+    })
 }
 
 fn read_exact(r: &mut dyn Read, buf: &mut [u8]) -> Result<(), PackError> {
@@ -228,7 +258,7 @@ pub fn decode_pack(
     sink: &mut dyn ObjectSink,
     limits: &Limits,
 ) -> Result<DecodedPack, PackError> {
-    let header = read_header(r, limits)?;
+    let header = read_header(r, base, limits)?;
     validate(&header, base, limits)?;
     let mut objects = vec![(ContentId::empty(), 0u64); header.objects.len()];
     for seg in &header.segments {

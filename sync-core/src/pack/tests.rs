@@ -286,14 +286,17 @@ fn decompression_bomb_header_is_refused() {
     let zeros = vec![0u8; 64 << 20];
     let mut frame = Vec::new();
     crate::delta::zstd_ref::compress(&[], &mut &zeros[..], zeros.len() as u64, &mut frame).unwrap();
+    let base = Manifest::default();
     let mut pack = b"OSPK\x01".to_vec();
+    pack.extend_from_slice(&base.root().0);
+    pack.push(0);
     pack.extend_from_slice(&(frame.len() as u32).to_le_bytes());
     pack.extend_from_slice(&frame);
     let limits = Limits {
         max_header_bytes: 1 << 20,
         ..Limits::default()
     };
-    let r = read_header(&mut &pack[..], &limits);
+    let r = read_header(&mut &pack[..], &base, &limits);
     assert!(
         matches!(r, Err(PackError::OverLimit { what: "header", .. })),
         "{r:?}"
@@ -306,13 +309,21 @@ fn lying_object_table_is_refused() {
     let (base, target, blobs) = scenario();
     let (pack, _) = build(&base, &target, &blobs, &blobs);
     let mut r = &pack[..];
-    let mut header = read_header(&mut r, &Limits::default()).unwrap();
+    let header = read_header(&mut r, &base, &Limits::default()).unwrap();
     let body = r.to_vec();
-    header.objects[0] += 10;
-    let raw = postcard::to_stdvec(&header).unwrap();
+    let mut forged_body = super::format::HeaderBody {
+        target_root: header.target_root,
+        changes: header.changes,
+        objects: header.objects,
+        segments: header.segments,
+    };
+    forged_body.objects[0] += 10;
+    let raw = postcard::to_stdvec(&forged_body).unwrap();
     let mut frame = Vec::new();
     crate::delta::zstd_ref::compress(&[], &mut &raw[..], raw.len() as u64, &mut frame).unwrap();
     let mut forged = b"OSPK\x01".to_vec();
+    forged.extend_from_slice(&base.root().0);
+    forged.push(0);
     forged.extend_from_slice(&(frame.len() as u32).to_le_bytes());
     forged.extend_from_slice(&frame);
     forged.extend_from_slice(&body);
