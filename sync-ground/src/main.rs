@@ -2,6 +2,7 @@
 
 mod fmt;
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -390,6 +391,7 @@ async fn ls(a: LsArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for e in entries {
         let (kind, extra) = match &e.kind {
             EntryKind::File { id, .. } => ("file", id.short()),
@@ -401,7 +403,8 @@ async fn ls(a: LsArgs) -> Result<()> {
         } else {
             "-".into()
         };
-        println!(
+        let line = writeln!(
+            out,
             "{kind:<4} {:>4o} {:>10} {time:>19}  {:<12} {}{}",
             e.mode,
             e.size(),
@@ -413,8 +416,22 @@ async fn ls(a: LsArgs) -> Result<()> {
                 String::new()
             },
         );
+        if quiet_on_closed_pipe(line)? {
+            return Ok(());
+        }
     }
+    quiet_on_closed_pipe(out.flush())?;
     Ok(())
+}
+
+/// A reader that went away (`sync-ground ls | head`) ends the listing; it is not an error.
+/// Returns true when the pipe is closed.
+fn quiet_on_closed_pipe(r: std::io::Result<()>) -> Result<bool> {
+    match r {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(true),
+        Err(e) => Err(e).context("writing the listing"),
+    }
 }
 
 async fn rm(a: RmArgs) -> Result<()> {
