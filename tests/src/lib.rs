@@ -45,8 +45,14 @@ pub fn bin_dir() -> &'static Path {
             .or_else(|| option_env!("CARGO").map(PathBuf::from))
             .unwrap_or_else(|| PathBuf::from("cargo"));
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", "sync-ground", "-p", "sync-onboard"]);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "sync-ground",
+            "-p",
+            "sync-onboard",
+        ]);
         if is_release() {
             cmd.arg("--release");
         }
@@ -58,7 +64,11 @@ pub fn bin_dir() -> &'static Path {
         );
         let dir = profile_dir();
         for b in ["sync-ground", "sync-onboard"] {
-            assert!(dir.join(b).is_file(), "{} was not built", dir.join(b).display());
+            assert!(
+                dir.join(b).is_file(),
+                "{} was not built",
+                dir.join(b).display()
+            );
         }
         dir
     })
@@ -82,7 +92,10 @@ pub fn keygen(path: &Path) {
     let key = String::from_utf8(out.stdout).expect("utf-8 key");
     let key = key.trim();
     assert_eq!(key.len(), 64, "keygen printed {key:?}");
-    assert!(key.chars().all(|c| c.is_ascii_hexdigit()), "keygen printed {key:?}");
+    assert!(
+        key.chars().all(|c| c.is_ascii_hexdigit()),
+        "keygen printed {key:?}"
+    );
     fs::write(path, format!("{key}\n")).expect("writing the key");
 }
 
@@ -335,7 +348,6 @@ pub fn num(v: &Value, path: &str) -> u64 {
 #[track_caller]
 pub fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(v, |v, k| {
-        v.get(k)
-            .unwrap_or_else(|| panic!("no field {path} in {v}"))
+        v.get(k).unwrap_or_else(|| panic!("no field {path} in {v}"))
     })
 }

@@ -147,7 +147,10 @@ fn small_edit_of_large_file_sends_a_delta() {
     let mut data = random_bytes(42, 2 * MB);
     write(src.path(), "data.bin", &data);
     let r = ob.push(src.path(), "p", &[]);
-    assert!(num(&r, "wire.total") > 2 * MB as u64 / 2, "random bytes do not compress: {r}");
+    assert!(
+        num(&r, "wire.total") > 2 * MB as u64 / 2,
+        "random bytes do not compress: {r}"
+    );
     let mid = data.len() / 2;
     for (i, b) in data[mid..mid + 100].iter_mut().enumerate() {
         *b = !*b ^ (i as u8);
@@ -155,7 +158,10 @@ fn small_edit_of_large_file_sends_a_delta() {
     write(src.path(), "data.bin", &data);
     let r = ob.push(src.path(), "p", &[]);
     assert_eq!(num(&r, "changes.changed"), 1, "{r}");
-    assert!(num(&r, "wire.total") < 20 * 1024, "edit of 100 bytes cost: {r}");
+    assert!(
+        num(&r, "wire.total") < 20 * 1024,
+        "edit of 100 bytes cost: {r}"
+    );
     assert_same_tree(&ob.volume_path("p"), src.path());
 }
 
@@ -183,7 +189,10 @@ fn pods_are_isolated() {
 
     let b_paths = ls_paths(&ob, "b");
     for p in ["only-a", "only-a/file-a.txt"] {
-        assert!(!b_paths.iter().any(|x| x == p), "pod b lists {p}: {b_paths:?}");
+        assert!(
+            !b_paths.iter().any(|x| x == p),
+            "pod b lists {p}: {b_paths:?}"
+        );
     }
     let mut want = vec!["only-b", "only-b/file-b.txt", "shared-name.txt"];
     want.sort();
@@ -248,9 +257,17 @@ fn wrong_key_is_refused_and_changes_nothing() {
     write(src.path(), "a/readme.md", "# should never arrive\n");
     write(src.path(), "intruder.txt", "x\n");
     let folder = src.path().to_str().unwrap();
-    let r = ob.ground_with(&other_key, &state, &["push", folder, "--pod", "p", "--json"]);
+    let r = ob.ground_with(
+        &other_key,
+        &state,
+        &["push", folder, "--pod", "p", "--json"],
+    );
     assert_eq!(r.code, 5, "{r:#?}");
-    let r = ob.ground_with(&other_key, &state, &["push", folder, "--pod", "q", "--json"]);
+    let r = ob.ground_with(
+        &other_key,
+        &state,
+        &["push", folder, "--pod", "q", "--json"],
+    );
     assert_eq!(r.code, 5, "{r:#?}");
     let r = ob.ground_with(&other_key, &state, &["rm", "-r", "a", "--pod", "p"]);
     assert_eq!(r.code, 5, "{r:#?}");
@@ -286,8 +303,16 @@ fn hostile_inputs_are_refused() {
         let r = ob.ground(args);
         assert_ne!(r.code, 0, "{args:?} was accepted: {r:#?}");
         assert_ne!(r.code, 101, "{args:?} panicked: {r:#?}");
-        assert_eq!(tree_hash(&ob.volumes()), vols_before, "{args:?} changed the volumes");
-        assert_eq!(top_names(), top_before, "{args:?} created something outside the volumes");
+        assert_eq!(
+            tree_hash(&ob.volumes()),
+            vols_before,
+            "{args:?} changed the volumes"
+        );
+        assert_eq!(
+            top_names(),
+            top_before,
+            "{args:?} created something outside the volumes"
+        );
     };
     for pod in ["../x", "a/b", "..", ".", "", "/abs", "x/../../y"] {
         refused(&["push", folder, "--pod", pod]);
@@ -311,7 +336,14 @@ fn hostile_inputs_are_refused() {
         sample_tree(bad.path());
         symlink(bad.path(), name, target);
         refused(&["push", bad.path().to_str().unwrap(), "--pod", "p"]);
-        refused(&["push", bad.path().to_str().unwrap(), "--pod", "p", "--dest", "in"]);
+        refused(&[
+            "push",
+            bad.path().to_str().unwrap(),
+            "--pod",
+            "p",
+            "--dest",
+            "in",
+        ]);
     }
     assert_same_tree(&ob.volume_path("p"), src.path());
     assert!(!ob.dir.path().join("x").exists());
@@ -348,11 +380,15 @@ fn rm_removes_files_and_needs_recursive_for_folders() {
     assert_ne!(r.code, 0, "{r:#?}");
     assert_eq!(tree_hash(&vol), before);
 
-    let r = ob.ground(&["rm", "-r", "a/b/", "--pod", "p", "--json"]).ok().json();
+    let r = ob
+        .ground(&["rm", "-r", "a/b/", "--pod", "p", "--json"])
+        .ok()
+        .json();
     assert!(num(&r, "changes.removed") >= 2, "{r}");
     fs::remove_dir_all(s.join("a/b")).unwrap();
     assert_same_tree(&vol, s);
-    ob.ground(&["rm", "--recursive", "empty", "--pod", "p"]).ok();
+    ob.ground(&["rm", "--recursive", "empty", "--pod", "p"])
+        .ok();
     fs::remove_dir(s.join("empty")).unwrap();
     assert_same_tree(&vol, s);
 
@@ -377,14 +413,20 @@ fn ls_json_lists_hashes_that_match_the_files() {
     let vol = ob.volume_path("p");
     let v = ob.ground(&["ls", "--pod", "p", "--json"]).ok().json();
     let entries = v.as_array().unwrap();
-    let listed: Vec<&str> = entries.iter().map(|e| e["path"].as_str().unwrap()).collect();
+    let listed: Vec<&str> = entries
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
     let on_disk: Vec<String> = tree_hash(&vol)
         .iter()
         .map(|l| l.split(' ').next().unwrap().to_string())
         .collect();
     let mut sorted = listed.clone();
     sorted.sort();
-    assert_eq!(sorted, on_disk, "ls lists other paths than the volume holds");
+    assert_eq!(
+        sorted, on_disk,
+        "ls lists other paths than the volume holds"
+    );
 
     let mut files = 0;
     for e in entries {
@@ -425,7 +467,10 @@ fn ls_json_lists_hashes_that_match_the_files() {
     assert_eq!(files, 6);
 
     // ls PATH lists that folder and what is in it; a missing path is an error.
-    let v = ob.ground(&["ls", "a/b", "--pod", "p", "--json"]).ok().json();
+    let v = ob
+        .ground(&["ls", "a/b", "--pod", "p", "--json"])
+        .ok()
+        .json();
     let mut sub: Vec<&str> = v
         .as_array()
         .unwrap()
@@ -433,7 +478,10 @@ fn ls_json_lists_hashes_that_match_the_files() {
         .map(|e| e["path"].as_str().unwrap())
         .collect();
     sub.sort();
-    assert_eq!(sub, ["a/b", "a/b/c", "a/b/c/deep.txt", "a/b/notes.txt", "a/b/up"]);
+    assert_eq!(
+        sub,
+        ["a/b", "a/b/c", "a/b/c/deep.txt", "a/b/notes.txt", "a/b/up"]
+    );
     let r = ob.ground(&["ls", "no/such", "--pod", "p", "--json"]);
     assert_ne!(r.code, 0, "{r:#?}");
 
@@ -487,4 +535,136 @@ fn pod_writes_are_seen_by_ls_and_removed_by_the_next_push_to_the_root() {
     let r = ob.push(src.path(), "p", &[]);
     assert_eq!(field(&r, "up_to_date"), false, "{r}");
     assert_same_tree(&vol, src.path());
+}
+
+/// A ground state that has never seen any pod (so the onboard side sends full manifests).
+fn fresh_state(tmp: &tempfile::TempDir, name: &str) -> std::path::PathBuf {
+    tmp.path().join(name)
+}
+
+#[test]
+fn pod_symlinks_leaving_the_volume_never_redirect_a_push_outside() {
+    let ob = Onboard::start();
+    let src = local();
+    let s = src.path();
+    write(s, "a/f.txt", "hi\n");
+    write(s, "t.txt", "top\n");
+    ob.push(s, "p", &[]);
+    let vol = ob.volume_path("p");
+
+    let outside = local();
+    write(outside.path(), "canary.txt", "do not touch\n");
+    let outside_before = tree_hash(outside.path());
+    let out = outside.path().to_str().unwrap();
+
+    // The pod swaps a folder for a link out of its volume, and adds more such links.
+    fs::remove_dir_all(vol.join("a")).unwrap();
+    symlink(&vol, "a", out);
+    symlink(&vol, "inputs", out);
+    symlink(&vol, "up", "../..");
+    write(s, "a/f.txt", "changed\n");
+    write(s, "a/g.txt", "new\n");
+    write(s, "up/h.txt", "through a link?\n");
+    write(s, "canary.txt", "overwritten?\n");
+
+    // Whatever a ground that knew the old volume makes of it, nothing lands outside.
+    let folder = s.to_str().unwrap();
+    let r = ob.ground(&["push", folder, "--pod", "p", "--json"]);
+    assert_ne!(r.code, 101, "{r:#?}");
+    assert_eq!(tree_hash(outside.path()), outside_before, "{r:#?}");
+
+    // A ground that learns the volume afresh replaces the links with the local tree.
+    let states = local();
+    let r = ob.ground_with(
+        &ob.key(),
+        &fresh_state(&states, "g1"),
+        &["push", folder, "--pod", "p", "--json"],
+    );
+    r.ok();
+    assert_same_tree(&vol, s);
+    assert_eq!(tree_hash(outside.path()), outside_before);
+
+    // The same with --dest pointing at a link the pod made.
+    symlink(&vol, "results", out);
+    let r = ob.ground_with(
+        &ob.key(),
+        &fresh_state(&states, "g2"),
+        &[
+            "push",
+            folder,
+            "--pod",
+            "p",
+            "--dest",
+            "results/run1",
+            "--json",
+        ],
+    );
+    r.ok();
+    assert!(!vol.join("results").is_symlink());
+    assert_same_tree(&vol.join("results/run1"), s);
+    assert_eq!(tree_hash(outside.path()), outside_before);
+
+    // A file the pod put where --dest wants a folder is replaced by the folder.
+    write(&vol, "plain", "a file\n");
+    ob.ground_with(
+        &ob.key(),
+        &fresh_state(&states, "g3"),
+        &["push", folder, "--pod", "p", "--dest", "plain", "--json"],
+    )
+    .ok();
+    assert_same_tree(&vol.join("plain"), s);
+    assert_eq!(tree_hash(outside.path()), outside_before);
+}
+
+#[test]
+fn ground_that_knows_the_pod_still_works_after_the_pod_links_outside() {
+    let ob = Onboard::start();
+    let src = local();
+    let s = src.path();
+    write(s, "a/f.txt", "hi\n");
+    write(s, "t.txt", "top\n");
+    ob.push(s, "p", &[]);
+    let vol = ob.volume_path("p");
+    let outside = local();
+
+    // The pod is free to keep any symlink in its volume (the volume scan keeps them).
+    symlink(&vol, "escape", outside.path().to_str().unwrap());
+    let v = ob.ground(&["ls", "--pod", "p", "--json"]).ok().json();
+    assert!(
+        v.as_array().unwrap().iter().any(|e| e["path"] == "escape"),
+        "{v}"
+    );
+    ob.ground(&["rm", "escape", "--pod", "p"]).ok();
+    assert!(!vol.join("escape").is_symlink());
+
+    symlink(&vol, "escape", outside.path().to_str().unwrap());
+    ob.push(s, "p", &[]);
+    assert_same_tree(&vol, s);
+}
+
+/// Regression: `sync-ground ls | head` used to panic ("failed printing to stdout: Broken pipe")
+/// when the reader went away; a closed pipe must end the listing quietly with status 0.
+#[test]
+fn ls_into_a_closed_pipe_exits_cleanly() {
+    let ob = Onboard::start();
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..2000 {
+        write(src.path(), &format!("d/file-{i:05}.txt"), format!("{i}\n"));
+    }
+    ob.push(src.path(), "p", &[]);
+    let mut child = std::process::Command::new(ground_bin())
+        .args(["ls", "--pod", "p", "--to", &ob.addr])
+        .arg("--key")
+        .arg(ob.key())
+        .arg("--state")
+        .arg(ob.ground_state())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
 }

@@ -108,9 +108,10 @@ pub fn diff(base: &Manifest, target: &Manifest) -> Vec<Change> {
 pub trait SourceResolver {
     /// Id and size of pack object `index`, if the pack carries it.
     fn object(&self, index: u32) -> Option<(ContentId, u64)>;
-    /// Whether [`FileSource::Known`] content must already be in the base (true for packs: the
-    /// receiver has to copy it from somewhere; false for manifest deltas, which only describe).
-    fn known_must_exist(&self) -> bool;
+    /// Whether the receiver's rules hold (true for packs, which create things: known content
+    /// must already be in the base, symlinks must stay inside the volume; false for manifest
+    /// deltas, which only describe what a volume holds, including whatever a pod made).
+    fn enforce_receiver_rules(&self) -> bool;
 }
 
 /// Resolver for manifest deltas: there are no objects and known ids are just data.
@@ -120,7 +121,7 @@ impl SourceResolver for Describe {
     fn object(&self, _: u32) -> Option<(ContentId, u64)> {
         None
     }
-    fn known_must_exist(&self) -> bool {
+    fn enforce_receiver_rules(&self) -> bool {
         false
     }
 }
@@ -131,7 +132,7 @@ pub fn apply_changes(
     changes: &[Change],
     resolver: &dyn SourceResolver,
 ) -> Result<Manifest, ManifestError> {
-    let held = if resolver.known_must_exist() {
+    let held = if resolver.enforce_receiver_rules() {
         Some(base.content_index())
     } else {
         None
@@ -157,7 +158,9 @@ pub fn apply_changes(
                 let kind = match &put.kind {
                     PutKind::Dir => EntryKind::Dir,
                     PutKind::Symlink(target) => {
-                        check_symlink_target(&put.path, target)?;
+                        if resolver.enforce_receiver_rules() {
+                            check_symlink_target(&put.path, target)?;
+                        }
                         EntryKind::Symlink {
                             target: target.clone(),
                         }
@@ -248,7 +251,7 @@ mod tests {
         fn object(&self, i: u32) -> Option<(ContentId, u64)> {
             (i == 0).then(|| (ContentId::of(b"new"), 3))
         }
-        fn known_must_exist(&self) -> bool {
+        fn enforce_receiver_rules(&self) -> bool {
             true
         }
     }
@@ -291,6 +294,21 @@ mod tests {
             apply_changes(&base, &setuid, &Pack),
             Err(ManifestError::BadMode { .. })
         ));
+    }
+
+    /// Regression: a pod may plant a link leaving its volume; describing the volume to the ground
+    /// (a manifest delta) must carry it, while a pack may never create one.
+    #[test]
+    fn escaping_symlink_is_described_but_never_created() {
+        let base = Manifest::default();
+        let link = vec![Change::Put(Put {
+            path: VolumePath::new("escape").unwrap(),
+            kind: PutKind::Symlink("/tmp/outside".into()),
+            mode: 0o777,
+            mtime: 0,
+        })];
+        assert!(apply_changes(&base, &link, &Describe).is_ok());
+        assert!(apply_changes(&base, &link, &Pack).is_err());
     }
 
     fn arb_manifest() -> impl Strategy<Value = Manifest> {

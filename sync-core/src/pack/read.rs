@@ -184,7 +184,7 @@ impl SourceResolver for Sizes<'_> {
         id[..4].copy_from_slice(&index.to_le_bytes());
         Some((ContentId(id), size))
     }
-    fn known_must_exist(&self) -> bool {
+    fn enforce_receiver_rules(&self) -> bool {
         true
     }
 }
@@ -195,7 +195,7 @@ impl SourceResolver for Hashed {
     fn object(&self, index: u32) -> Option<(ContentId, u64)> {
         self.0.get(index as usize).copied()
     }
-    fn known_must_exist(&self) -> bool {
+    fn enforce_receiver_rules(&self) -> bool {
         true
     }
 }
