@@ -105,11 +105,9 @@ fn check(what: &'static str, value: u64, limit: u64) -> Result<(), PackError> {
     }
 }
 
-/// Checks a header against the base and the limits before anything is decoded.
+/// Checks a header against the base and the limits before anything is decoded. The base root
+/// itself was checked by [`read_header`].
 fn validate(header: &PackHeader, base: &Manifest, limits: &Limits) -> Result<(), PackError> {
-    if header.base_root != base.root() {
-        return Err(PackError::WrongBase);
-    }
     check(
         "change count",
         header.changes.len() as u64,

@@ -296,13 +296,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         (c.sent(), c.received())
     }
 
-    async fn recv(&mut self, expected: &'static str) -> Result<Message, GroundError> {
+    /// The next message; an `Error` from the onboard side becomes [`GroundError::Remote`].
+    async fn recv(&mut self) -> Result<Message, GroundError> {
         match self.link.recv().await? {
             Message::Error { kind, message } => Err(remote(kind, message)),
-            m => {
-                let _ = expected;
-                Ok(m)
-            }
+            m => Ok(m),
         }
     }
 
@@ -320,7 +318,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 known: known.as_ref().map(|k| k.root),
             })
             .await?;
-        let (root, body) = match self.recv("ManifestReply").await? {
+        let (root, body) = match self.recv().await? {
             Message::ManifestReply { root, body, .. } => (root, body),
             _ => {
                 return Err(GroundError::Unexpected {
@@ -446,7 +444,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
         let signatures = self.signatures(pod, &plan).await?;
         let mut bytes = Vec::new();
-        let stats = plan.encode(base, provider, &signatures, &self.limits, &mut bytes)?;
+        // The bytes read (and verified) for encoding go straight into the content store, where
+        // they become the bases of the next push; nothing is read twice.
+        let keeping = Keeping {
+            inner: provider,
+            store: &ground.store,
+        };
+        let stats = plan.encode(base, &keeping, &signatures, &self.limits, &mut bytes)?;
         let pack = PackId(*blake3::hash(&bytes).as_bytes());
         let path = ground.pack_path(&pack);
         std::fs::write(&path, &bytes).map_err(io_at(&path))?;
@@ -468,14 +472,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         if root != plan.target_root {
             return Err(GroundError::BadReply("applied root"));
         }
-        // The onboard side now holds the target: record it, keep its new content as future
-        // bases, and let go of content no pod holds any more.
+        // The onboard side now holds the target: record it, and let go of content no pod holds
+        // any more (including anything kept for a push that never applied).
         ground.db.set_known_manifest(&self.node, pod, target)?;
-        for o in &plan.objects {
-            if let Ok(b) = provider.target(&o.path, &o.id) {
-                ground.store.put(&o.id, &b).map_err(io_at(&path))?;
-            }
-        }
         let keep = ground.db.referenced_content()?;
         ground.store.retain(&keep).map_err(io_at(&path))?;
         ground.db.delete_outgoing(&pack)?;
@@ -503,7 +502,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 entries,
             })
             .await?;
-        match self.recv("Signatures").await? {
+        match self.recv().await? {
             Message::Signatures { blob } => {
                 let list: Vec<(u32, Vec<u8>)> = postcard::from_bytes(&inflate(&blob)?)
                     .map_err(|_| GroundError::BadReply("signatures"))?;
@@ -534,7 +533,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 target_root: plan.target_root,
             })
             .await?;
-        let mut offset = match self.recv("PackAccept").await? {
+        let mut offset = match self.recv().await? {
             Message::PackAccept { pack: p, offset } if p == pack && offset <= total => offset,
             _ => {
                 return Err(GroundError::Unexpected {
@@ -560,7 +559,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             });
         }
         loop {
-            match self.recv("PackApplied").await? {
+            match self.recv().await? {
                 Message::PackAck { pack: p, offset } if p == pack => {
                     acked = offset;
                     ground.db.set_outgoing_progress(&pack, acked, "sending")?;
@@ -586,6 +585,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let counts = self.wire_bytes();
         let _ = self.link.close().await;
         Ok(counts)
+    }
+}
+
+/// Keeps every target read for encoding in the content store.
+struct Keeping<'a> {
+    inner: &'a dyn ContentProvider,
+    store: &'a ObjectStore,
+}
+
+impl ContentProvider for Keeping<'_> {
+    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
+        let bytes = self.inner.target(path, id)?;
+        self.store.put(id, &bytes)?;
+        Ok(bytes)
+    }
+
+    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
+        self.inner.base(id)
     }
 }
 
