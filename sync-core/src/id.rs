@@ -71,7 +71,7 @@ impl ContentId {
 
 /// A random identity the onboard side creates once and keeps in its state, so the ground can tell
 /// two satellites (or a re-installed one) apart and never trusts knowledge about another node.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct NodeId(pub [u8; 16]);
 
 impl NodeId {
@@ -83,6 +83,11 @@ impl NodeId {
         let mut out = [0u8; 16];
         hex::decode_to_slice(s, &mut out).ok()?;
         Some(Self(out))
+    }
+
+    /// The first 8 hex digits, for human output.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..4])
     }
 }
 

@@ -7,5 +7,6 @@ pub mod pack;
 pub mod path;
 pub mod session;
 pub mod state;
+pub mod units;
 pub mod volume;
 pub mod wire;

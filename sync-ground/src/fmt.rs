@@ -1,20 +1,6 @@
 //! Human formatting: sizes, times, durations.
 
-/// 1234567 → "1.2 MB" (decimal units, as link budgets are quoted).
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1000.0 && u < UNITS.len() - 1 {
-        v /= 1000.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use sync_core::units::{fmt_bytes as bytes, fmt_rate as rate};
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC.
 pub fn utc(secs: i64) -> String {

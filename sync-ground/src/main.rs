@@ -2,18 +2,21 @@
 
 mod fmt;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use sync_core::id::{NodeId, PackId};
 use sync_core::link::{Link, LinkError};
 use sync_core::manifest::EntryKind;
 use sync_core::path::{PodName, VolumePath};
-use sync_core::session::ground::{Client, Ground, GroundError, PushReport};
+use sync_core::session::ground::{Allowance, Client, Ground, GroundError, Progress, PushReport};
+use sync_core::state::OutgoingPack;
 use sync_core::wire::{ErrorKind, LinkKey};
 use tokio::net::TcpStream;
 
@@ -24,7 +27,9 @@ const EXIT_HELP: &str = "Exit status:
   3  refused by the onboard side (bad path or pod name, over a limit): retrying will not help
   4  link failure (cannot connect, connection lost, silent link): retry at the next pass
   5  authentication failed: the two sides do not hold the same key
-  6  the pod's volume changed during the push: run it again";
+  6  the pod's volume changed during the push: run it again
+ 75  incomplete: the budget, the deadline or the link ran out; what was sent is kept onboard
+     and the push resumes at the next `push` or `pass`";
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +58,15 @@ the pod's outputs elsewhere in the volume are left alone.\n\nExample:\n  sync-gr
     Push(PushArgs),
     /// List the files of a pod's volume: path, type, size, time, hash.
     Ls(LsArgs),
+    /// Show what is queued, in flight and recently done, per pod (no link needed).
+    Status(StatusArgs),
+    /// Run everything queued for a node, in priority order, within a budget and a deadline.
+    #[command(
+        after_help = "Each queued push continues at the byte the onboard side has durably \
+stored; nothing is encoded again. With --rate (or the rate measured in earlier passes) the \
+pass first prints what fits.\n\nExample:\n  sync-ground pass --to 10.0.0.2:7700 --key link.key --deadline 9m --rate 9600bit"
+    )]
+    Pass(PassArgs),
     /// Remove files or folders from a pod's volume.
     Rm(RmArgs),
 }
@@ -68,15 +82,47 @@ struct Conn {
     /// File holding the link key (64 hex digits), the same as the onboard side's.
     #[arg(long, env = "SYNC_KEY", value_name = "FILE")]
     key: PathBuf,
+    #[command(flatten)]
+    local: Local,
+    /// Give up on a link that has been silent this many seconds (both sides send keep-alives
+    /// every 3 s, so a few times that is plenty).
+    #[arg(long, default_value_t = 12, value_name = "SECS")]
+    timeout: u64,
+}
+
+#[derive(Args)]
+struct Local {
     /// Folder for the ground's state [default: $XDG_DATA_HOME/sync-ground].
     #[arg(long, env = "SYNC_STATE", value_name = "DIR")]
     state: Option<PathBuf>,
     /// Print one JSON object (for scripts) instead of the human summary.
     #[arg(long)]
     json: bool,
-    /// Give up on a link that has been silent this many seconds.
-    #[arg(long, default_value_t = 120, value_name = "SECS")]
-    timeout: u64,
+}
+
+/// Limits of one run over the link.
+#[derive(Args)]
+struct Limits {
+    /// Stop after this many bytes on the wire, both directions (4MB, 576KB, 2MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    budget: Option<u64>,
+    /// Stop cleanly this long after starting (90s, 8m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_dur)]
+    deadline: Option<Duration>,
+    /// The link's rate, for planning what fits (9600bit, 2Mbit, 1200B) [default: measured in
+    /// earlier passes].
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    rate: Option<f64>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    sync_core::units::parse_bytes(s).map_err(|e| e.to_string())
+}
+fn parse_dur(s: &str) -> Result<Duration, String> {
+    sync_core::units::parse_duration(s).map_err(|e| e.to_string())
+}
+fn parse_rate(s: &str) -> Result<f64, String> {
+    sync_core::units::parse_rate(s).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]
@@ -86,8 +132,41 @@ struct PushArgs {
     /// Folder of the volume to push into [default: the volume root].
     #[arg(long, value_name = "PATH")]
     dest: Option<String>,
+    /// Order among queued pushes in a pass: higher goes first.
+    #[arg(
+        long,
+        default_value_t = 0,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    priority: i64,
+    #[command(flatten)]
+    limits: Limits,
     #[command(flatten)]
     conn: Conn,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    local: Local,
+}
+
+#[derive(Args)]
+struct PassArgs {
+    /// Address of sync-onboard.
+    #[arg(long, env = "SYNC_TO", value_name = "HOST:PORT")]
+    to: String,
+    /// File holding the link key (64 hex digits), the same as the onboard side's.
+    #[arg(long, env = "SYNC_KEY", value_name = "FILE")]
+    key: PathBuf,
+    #[command(flatten)]
+    local: Local,
+    /// Give up on a link that has been silent this many seconds.
+    #[arg(long, default_value_t = 12, value_name = "SECS")]
+    timeout: u64,
+    #[command(flatten)]
+    limits: Limits,
 }
 
 #[derive(Args)]
@@ -127,6 +206,8 @@ fn main() -> ExitCode {
             Command::Push(a) => push(a).await,
             Command::Ls(a) => ls(a).await,
             Command::Rm(a) => rm(a).await,
+            Command::Status(a) => status(a),
+            Command::Pass(a) => pass(a).await,
         }
     });
     match result {
@@ -138,8 +219,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The work stopped before the end and resumes at the next pass.
+#[derive(Debug)]
+struct Incomplete(String);
+
+impl std::fmt::Display for Incomplete {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Incomplete {}
+
+const EX_TEMPFAIL: u8 = 75;
+
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if cause.downcast_ref::<Incomplete>().is_some() {
+            return EX_TEMPFAIL;
+        }
         if let Some(g) = cause.downcast_ref::<GroundError>() {
             return match g {
                 GroundError::Remote { kind, .. } => match kind {
@@ -165,8 +263,8 @@ fn link_code(l: &LinkError) -> u8 {
     }
 }
 
-fn state_dir(conn: &Conn) -> Result<PathBuf> {
-    if let Some(s) = &conn.state {
+fn state_dir(local: &Local) -> Result<PathBuf> {
+    if let Some(s) = &local.state {
         return Ok(s.clone());
     }
     let base = std::env::var_os("XDG_DATA_HOME")
@@ -184,31 +282,114 @@ struct Session {
 }
 
 async fn open(conn: &Conn) -> Result<Session> {
-    let started = Instant::now();
     let pod = PodName::new(conn.pod.clone())?;
-    let key_text = std::fs::read_to_string(&conn.key)
-        .with_context(|| format!("reading the link key from {}", conn.key.display()))?;
-    let key = LinkKey::from_hex(&key_text)
-        .with_context(|| format!("link key in {}", conn.key.display()))?;
-    let state = state_dir(conn)?;
-    let ground = Ground::open(&state)
-        .with_context(|| format!("opening the ground state in {}", state.display()))?;
-    let stream = tokio::time::timeout(Duration::from_secs(15), TcpStream::connect(&conn.to))
-        .await
-        .map_err(|_| LinkError::Timeout(Duration::from_secs(15)))
-        .and_then(|r| r.map_err(LinkError::Io))
-        .with_context(|| format!("connecting to {}", conn.to))?;
-    let _ = stream.set_nodelay(true);
-    let link = Link::connect(stream, &key, Duration::from_secs(conn.timeout))
-        .await
-        .with_context(|| format!("opening the link to {}", conn.to))?;
-    let client = Client::start(link).await?;
+    let ground = open_ground(&conn.local)?;
+    let (client, started) = connect(&conn.to, &conn.key, conn.timeout).await?;
     Ok(Session {
         client,
         ground,
         pod,
         started,
     })
+}
+
+fn open_ground(local: &Local) -> Result<Ground> {
+    let state = state_dir(local)?;
+    Ground::open(&state).with_context(|| format!("opening the ground state in {}", state.display()))
+}
+
+async fn connect(to: &str, key: &Path, timeout: u64) -> Result<(Client<TcpStream>, Instant)> {
+    let started = Instant::now();
+    let key_text = std::fs::read_to_string(key)
+        .with_context(|| format!("reading the link key from {}", key.display()))?;
+    let key =
+        LinkKey::from_hex(&key_text).with_context(|| format!("link key in {}", key.display()))?;
+    let stream = tokio::time::timeout(Duration::from_secs(15), TcpStream::connect(to))
+        .await
+        .map_err(|_| LinkError::Timeout(Duration::from_secs(15)))
+        .and_then(|r| r.map_err(LinkError::Io))
+        .with_context(|| format!("connecting to {to}"))?;
+    let _ = stream.set_nodelay(true);
+    let link = Link::connect(stream, &key, Duration::from_secs(timeout))
+        .await
+        .with_context(|| format!("opening the link to {to}"))?;
+    let client = Client::start(link).await?;
+    Ok((client, started))
+}
+
+impl Limits {
+    fn allowance(&self, ground: &Ground, node: &NodeId) -> Allowance {
+        Allowance {
+            budget: self.budget,
+            deadline: self.deadline.map(|d| tokio::time::Instant::now() + d),
+            rate: self
+                .rate
+                .or_else(|| ground.db.measured_rate(node).ok().flatten()),
+        }
+    }
+}
+
+/// Progress on stderr: a bar with rate and ETA on a terminal, a line every few seconds
+/// otherwise. Nothing in --json mode.
+struct Bars {
+    json: bool,
+    tty: bool,
+    bar: Option<(PackId, ProgressBar)>,
+    last_line: Instant,
+}
+
+impl Bars {
+    fn new(json: bool) -> Self {
+        Self {
+            json,
+            tty: std::io::stderr().is_terminal(),
+            bar: None,
+            last_line: Instant::now(),
+        }
+    }
+
+    fn update(&mut self, p: Progress) {
+        if self.json || p.total < 64 * 1024 {
+            return;
+        }
+        if !self.tty {
+            if self.last_line.elapsed() > Duration::from_secs(5) || p.acked == p.total {
+                self.last_line = Instant::now();
+                eprintln!(
+                    "  pack {}: sent {} of {}, {} durable onboard",
+                    p.pack.short(),
+                    fmt::bytes(p.sent),
+                    fmt::bytes(p.total),
+                    fmt::bytes(p.acked)
+                );
+            }
+            return;
+        }
+        if self.bar.as_ref().is_none_or(|(id, _)| *id != p.pack) {
+            if let Some((_, b)) = self.bar.take() {
+                b.finish_and_clear();
+            }
+            let bar = ProgressBar::new(p.total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "  {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+                )
+                .expect("progress template")
+                .progress_chars("=> "),
+            );
+            bar.set_message(format!("pack {}", p.pack.short()));
+            self.bar = Some((p.pack, bar));
+        }
+        if let Some((_, b)) = &self.bar {
+            b.set_position(p.sent);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((_, b)) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -254,20 +435,10 @@ async fn push(a: PushArgs) -> Result<()> {
         .ground
         .scan_local(&a.folder)
         .with_context(|| format!("scanning {}", a.folder.display()))?;
-    let json = a.conn.json;
-    let mut last_line = Instant::now();
-    let mut progress = |p: sync_core::session::ground::Progress| {
-        if !json && p.total > 256 * 1024 && last_line.elapsed() > Duration::from_secs(2) {
-            last_line = Instant::now();
-            eprintln!(
-                "  sent {} of {} ({}%)",
-                fmt::bytes(p.sent),
-                fmt::bytes(p.total),
-                p.sent * 100 / p.total.max(1)
-            );
-        }
-    };
-    let report = s
+    let json = a.conn.local.json;
+    let allow = a.limits.allowance(&s.ground, &s.client.node);
+    let mut bars = Bars::new(json);
+    let result = s
         .client
         .push(
             &mut s.ground,
@@ -275,12 +446,20 @@ async fn push(a: PushArgs) -> Result<()> {
             &local,
             &s.pod,
             dest.as_ref(),
-            &mut progress,
+            a.priority,
+            &allow,
+            &mut |p| bars.update(p),
         )
-        .await?;
-    let (sent, received) = s.client.bye().await?;
+        .await;
+    bars.finish();
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => return Err(queued_hint(&s.ground, &s.client.node, e)),
+    };
+    let (sent, received) = s.client.bye(&s.ground).await?;
     let seconds = s.started.elapsed().as_secs_f64();
     let dest_str = dest.as_ref().map(|d| d.as_str());
+    let left = report.pack_bytes.saturating_sub(report.acked);
     if json {
         let out = PushJson {
             report: &report,
@@ -303,38 +482,324 @@ async fn push(a: PushArgs) -> Result<()> {
             },
         };
         println!("{}", serde_json::to_string(&out)?);
-        return Ok(());
-    }
-    let place = format!("{}:/{}", report.pod, dest_str.unwrap_or(""));
-    if report.up_to_date {
-        println!(
-            "{place} is up to date ({} files; wire {} in {seconds:.2} s)",
-            scan.files,
-            fmt::bytes(sent + received)
-        );
-        return Ok(());
-    }
-    let c = &report.changes;
-    println!("pushed {} → {place}", a.folder.display());
-    println!(
-        "  {} added, {} changed, {} removed, {} renamed or copied, {} metadata only; folders +{} -{}",
-        c.added, c.changed, c.removed, c.copied, c.metadata, c.dirs_added, c.dirs_removed
-    );
-    let ratio = if report.content_bytes > 0 {
-        format!(
-            ", {:.1}% of the {} of new content",
-            (sent + received) as f64 * 100.0 / report.content_bytes as f64,
-            fmt::bytes(report.content_bytes)
-        )
     } else {
-        String::new()
+        for n in &report.notes {
+            eprintln!("note: {n}");
+        }
+        let place = format!("{}:/{}", report.pod, dest_str.unwrap_or(""));
+        if report.up_to_date {
+            println!(
+                "{place} is up to date ({} files; wire {} in {seconds:.2} s)",
+                scan.files,
+                fmt::bytes(sent + received)
+            );
+            return Ok(());
+        }
+        let c = &report.changes;
+        let verb = if report.complete { "pushed" } else { "pushing" };
+        println!("{verb} {} → {place}", a.folder.display());
+        println!(
+            "  {} added, {} changed, {} removed, {} renamed or copied, {} metadata only; folders +{} -{}",
+            c.added, c.changed, c.removed, c.copied, c.metadata, c.dirs_added, c.dirs_removed
+        );
+        let ratio = if report.content_bytes > 0 && report.complete {
+            format!(
+                ", {:.1}% of the {} of new content",
+                (sent + received) as f64 * 100.0 / report.content_bytes as f64,
+                fmt::bytes(report.content_bytes)
+            )
+        } else {
+            String::new()
+        };
+        println!(
+            "  wire {} (up {}, down {}){ratio}, in {seconds:.2} s",
+            fmt::bytes(sent + received),
+            fmt::bytes(sent),
+            fmt::bytes(received)
+        );
+    }
+    if !report.complete {
+        return Err(Incomplete(format!(
+            "incomplete: {} left of a {} pack, resumes at the next pass",
+            fmt::bytes(left),
+            fmt::bytes(report.pack_bytes)
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// A link that fails while pushes are queued is not the end: say what resumes, exit 75.
+fn queued_hint(ground: &Ground, node: &NodeId, e: GroundError) -> anyhow::Error {
+    let queued = ground.db.queued_for_node(node).unwrap_or_default();
+    match (&e, queued.is_empty()) {
+        (GroundError::Link(l), false) if link_code(l) == 4 => {
+            let left: u64 = queued.iter().map(|q| q.len - q.acked).sum();
+            anyhow::Error::new(Incomplete(format!(
+                "incomplete: {e}; {} left in {} queued push(es), resumes at the next pass",
+                fmt::bytes(left),
+                queued.len()
+            )))
+        }
+        _ => e.into(),
+    }
+}
+
+#[derive(Serialize)]
+struct QueueJson {
+    pack: String,
+    node: String,
+    pod: String,
+    dest: Option<String>,
+    source: String,
+    state: String,
+    priority: i64,
+    total: u64,
+    acked: u64,
+    content_bytes: u64,
+    created_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl From<&OutgoingPack> for QueueJson {
+    fn from(q: &OutgoingPack) -> Self {
+        Self {
+            pack: q.pack.to_hex(),
+            node: q.node.to_hex(),
+            pod: q.pod.to_string(),
+            dest: q.dest.clone(),
+            source: q.source.clone(),
+            state: q.state.clone(),
+            priority: q.priority,
+            total: q.len,
+            acked: q.acked,
+            content_bytes: q.content_bytes,
+            created_at: q.created_at,
+            finished_at: q.finished_at,
+        }
+    }
+}
+
+fn status(a: StatusArgs) -> Result<()> {
+    let ground = open_ground(&a.local)?;
+    let all = ground.db.all_outgoing()?;
+    if a.local.json {
+        let out: Vec<QueueJson> = all.iter().map(QueueJson::from).collect();
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("nothing queued, nothing done recently");
+        return Ok(());
+    }
+    let mut pods: Vec<(&NodeId, &PodName)> = all.iter().map(|q| (&q.node, &q.pod)).collect();
+    pods.sort();
+    pods.dedup();
+    for (node, pod) in pods {
+        println!("pod {pod} (node {})", node.short());
+        for q in all.iter().filter(|q| &q.node == node && &q.pod == pod) {
+            let place = format!(
+                "{} → /{}",
+                if q.source.is_empty() {
+                    "(rm)"
+                } else {
+                    &q.source
+                },
+                q.dest.as_deref().unwrap_or("")
+            );
+            match q.state.as_str() {
+                "applied" => println!(
+                    "  done      {}  {}  {place}",
+                    q.pack.short(),
+                    fmt::bytes(q.len)
+                ),
+                _ if q.acked > 0 || q.state == "sending" => println!(
+                    "  in flight {}  {} of {} acknowledged ({}%), priority {}  {place}",
+                    q.pack.short(),
+                    fmt::bytes(q.acked),
+                    fmt::bytes(q.len),
+                    q.acked * 100 / q.len.max(1),
+                    q.priority
+                ),
+                _ => println!(
+                    "  queued    {}  {}, priority {}  {place}",
+                    q.pack.short(),
+                    fmt::bytes(q.len),
+                    q.priority
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct PassJson {
+    node: String,
+    planned: Vec<PlanLine>,
+    results: Vec<PushReport>,
+    complete: bool,
+    left: u64,
+    wire: Wire,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct PlanLine {
+    pack: String,
+    pod: String,
+    left: u64,
+    /// Bytes of it expected to go in this pass at the rate (all of `left` if it fits).
+    fits: u64,
+}
+
+async fn pass(a: PassArgs) -> Result<()> {
+    let mut ground = open_ground(&a.local)?;
+    let (mut client, started) = connect(&a.to, &a.key, a.timeout).await?;
+    let node = client.node;
+    let allow = a.limits.allowance(&ground, &node);
+    let queue = ground.db.queued_for_node(&node)?;
+    // What fits: the budget, or the rate times the deadline, whichever is smaller.
+    let capacity = match (allow.budget, allow.rate, a.limits.deadline) {
+        (b, Some(r), Some(d)) => Some(b.unwrap_or(u64::MAX).min((r * d.as_secs_f64()) as u64)),
+        (b, _, _) => b,
     };
-    println!(
-        "  wire {} (up {}, down {}){ratio}, in {seconds:.2} s",
-        fmt::bytes(sent + received),
-        fmt::bytes(sent),
-        fmt::bytes(received)
-    );
+    let mut room = capacity.unwrap_or(u64::MAX);
+    let planned: Vec<PlanLine> = queue
+        .iter()
+        .map(|q| {
+            let left = q.len - q.acked;
+            let fits = left.min(room);
+            room -= fits;
+            PlanLine {
+                pack: q.pack.to_hex(),
+                pod: q.pod.to_string(),
+                left,
+                fits,
+            }
+        })
+        .collect();
+    let json = a.local.json;
+    if !json {
+        if queue.is_empty() {
+            println!("nothing queued for node {}", node.short());
+        } else {
+            let total: u64 = planned.iter().map(|p| p.left).sum();
+            let how = match (allow.rate, capacity) {
+                (Some(r), Some(c)) => format!(
+                    "; at {} this pass carries about {}",
+                    fmt::rate(r),
+                    fmt::bytes(c)
+                ),
+                (None, Some(c)) => format!("; the budget allows {}", fmt::bytes(c)),
+                _ => String::new(),
+            };
+            println!(
+                "pass to node {}: {} queued, {} to send{how}",
+                node.short(),
+                queue.len(),
+                fmt::bytes(total)
+            );
+            for p in &planned {
+                let verdict = if p.fits == p.left {
+                    "completes".to_string()
+                } else if p.fits == 0 {
+                    "waits".to_string()
+                } else {
+                    format!("{} of it", fmt::bytes(p.fits))
+                };
+                println!(
+                    "  {} {:<16} {:>10}  {verdict}",
+                    &p.pack[..12],
+                    p.pod,
+                    fmt::bytes(p.left)
+                );
+            }
+        }
+    }
+    let mut bars = Bars::new(json);
+    let mut results = Vec::new();
+    let mut failure = None;
+    for q in &queue {
+        // Each pack gets what the pass has left.
+        match client
+            .send_queued(&ground, q, &allow, &mut |p| bars.update(p))
+            .await
+        {
+            Ok(r) => {
+                let stop = !r.complete;
+                results.push(r);
+                if stop {
+                    break;
+                }
+            }
+            Err(GroundError::Remote {
+                kind: ErrorKind::Conflict,
+                message,
+            }) => {
+                // The volume moved on: plan again from the same folder on the next push.
+                if !json {
+                    eprintln!(
+                        "note: {} for pod {} no longer applies ({message}); push it again",
+                        q.pack.short(),
+                        q.pod
+                    );
+                }
+                ground.db.delete_outgoing(&q.pack)?;
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    bars.finish();
+    if let Some(e) = failure {
+        return Err(queued_hint(&ground, &node, e));
+    }
+    let (sent, received) = client.bye(&ground).await?;
+    let left_now: u64 = ground
+        .db
+        .queued_for_node(&node)?
+        .iter()
+        .map(|q| q.len - q.acked)
+        .sum();
+    let seconds = started.elapsed().as_secs_f64();
+    let complete = left_now == 0;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&PassJson {
+                node: node.to_hex(),
+                planned,
+                results,
+                complete,
+                left: left_now,
+                wire: Wire {
+                    sent,
+                    received,
+                    total: sent + received
+                },
+                seconds,
+            })?
+        );
+    } else {
+        let done = results.iter().filter(|r| r.complete).count();
+        println!(
+            "  {done} applied; wire {} (up {}, down {}) in {seconds:.1} s",
+            fmt::bytes(sent + received),
+            fmt::bytes(sent),
+            fmt::bytes(received)
+        );
+    }
+    let _ = &mut ground;
+    if !complete {
+        return Err(Incomplete(format!(
+            "incomplete: {} left, resumes at the next pass",
+            fmt::bytes(left_now)
+        ))
+        .into());
+    }
     Ok(())
 }
 
@@ -353,7 +818,7 @@ struct LsEntry<'a> {
 async fn ls(a: LsArgs) -> Result<()> {
     let mut s = open(&a.conn).await?;
     let manifest = s.client.manifest(&s.ground, &s.pod).await?;
-    s.client.bye().await?;
+    s.client.bye(&s.ground).await?;
     let filter = a
         .path
         .as_deref()
@@ -372,7 +837,7 @@ async fn ls(a: LsArgs) -> Result<()> {
     {
         return Err(GroundError::NotFound(f.to_string()).into());
     }
-    if a.conn.json {
+    if a.conn.local.json {
         let out: Vec<LsEntry> = entries
             .iter()
             .map(|e| LsEntry {
@@ -446,8 +911,8 @@ async fn rm(a: RmArgs) -> Result<()> {
         .client
         .remove(&mut s.ground, &s.pod, &paths, a.recursive)
         .await?;
-    let (sent, received) = s.client.bye().await?;
-    if a.conn.json {
+    let (sent, received) = s.client.bye(&s.ground).await?;
+    if a.conn.local.json {
         #[derive(Serialize)]
         struct RmJson<'a> {
             #[serde(flatten)]

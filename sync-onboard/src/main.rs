@@ -51,8 +51,9 @@ struct ServeArgs {
     /// File holding the link key (64 hex digits), as written by `keygen`.
     #[arg(long, value_name = "FILE")]
     key: PathBuf,
-    /// Drop a connection that has been silent this many seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    /// Drop a connection that has been silent this many seconds (the ground sends keep-alives
+    /// every 3 s; what was received before is kept and the next connection resumes after it).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
     idle_timeout: u64,
     /// Refuse any single file larger than this many bytes.
     #[arg(long, value_name = "BYTES")]

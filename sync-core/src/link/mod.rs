@@ -7,14 +7,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod serve;
+pub mod sim;
 
-pub use serve::{ServeOptions, serve};
+pub use serve::{ServeOptions, serve, serve_connection};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+/// A side that has sent nothing for this long sends a keep-alive, so the other side's idle
+/// timeout can be a few seconds even while this side is busy (applying, waiting for acks).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+/// The onboard side acknowledges received bytes at most this long after they arrive (sooner
+/// every 256 KiB). Each acknowledgement costs about 25 bytes on the downlink; at 9.6 kbit/s
+/// one every 3 s is 0.6% of the link.
+pub const ACK_INTERVAL: Duration = Duration::from_secs(3);
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::time::Instant;
 
 use crate::wire::{
-    Handshake, LinkKey, Message, MessageDecoder, PREAMBLE_LEN, RecordDecoder, SecureChannel,
-    WireError, check_preamble, encode_message, preamble,
+    Handshake, LinkKey, Message, MessageDecoder, Opener, PREAMBLE_LEN, RecordDecoder, Sealer,
+    SecureChannel, WireError, check_preamble, encode_message, preamble,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,30 +63,31 @@ impl Counters {
     }
 }
 
-/// An authenticated, encrypted message link over any byte stream.
+/// An authenticated, encrypted message link over any byte stream. [`Link::split`] gives a
+/// reader and a writer that work at the same time (a windowed sender reads acknowledgements
+/// while it writes).
 pub struct Link<S> {
-    stream: S,
-    channel: SecureChannel,
-    records: RecordDecoder,
-    messages: MessageDecoder,
-    counters: Arc<Counters>,
-    idle: Duration,
-    buf: Vec<u8>,
+    rx: LinkReader<ReadHalf<S>>,
+    tx: LinkWriter<WriteHalf<S>>,
+    rtt: Duration,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// The ground's side: sends the first handshake message.
     pub async fn connect(stream: S, key: &LinkKey, idle: Duration) -> Result<Self, LinkError> {
         let mut s = Start::new(stream, idle);
+        let t0 = Instant::now();
         s.write(&preamble()).await?;
         let theirs = s.read_exact::<PREAMBLE_LEN>(true).await?;
+        // The preambles cross in one round trip: a first measure of the link's latency.
+        let rtt = t0.elapsed();
         check_preamble(&theirs)?;
         let prologue = [preamble(), theirs].concat();
         let mut hs = Handshake::initiator(key, &prologue)?;
         s.write(&hs.write_message()?).await?;
         let m2 = s.read_handshake().await?;
         hs.read_message(&m2)?;
-        s.into_link(hs.into_channel()?)
+        s.into_link(hs.into_channel()?, rtt)
     }
 
     /// The onboard side: answers the handshake; a peer without the key fails here, before any
@@ -91,43 +102,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         let mut hs = Handshake::responder(key, &prologue)?;
         let m1 = s.read_handshake().await?;
         hs.read_message(&m1)?;
+        let t0 = Instant::now();
         s.write(&hs.write_message()?).await?;
-        s.into_link(hs.into_channel()?)
+        s.into_link(hs.into_channel()?, t0.elapsed())
     }
 
     pub fn counters(&self) -> Arc<Counters> {
-        self.counters.clone()
+        self.rx.counters.clone()
+    }
+
+    /// The round trip measured during the handshake (the preambles' exchange).
+    pub fn rtt(&self) -> Duration {
+        self.rtt
     }
 
     pub fn set_idle_timeout(&mut self, idle: Duration) {
-        self.idle = idle;
+        self.rx.idle = idle;
     }
 
     pub async fn send(&mut self, msg: &Message) -> Result<(), LinkError> {
-        self.send_all(std::slice::from_ref(msg)).await
+        self.tx.send(msg).await
     }
 
-    /// Sends several messages sealed together: fewer records, fewer bytes.
     pub async fn send_all(&mut self, msgs: &[Message]) -> Result<(), LinkError> {
-        let plain: Vec<u8> = msgs.iter().flat_map(encode_message).collect();
-        let mut out = Vec::with_capacity(plain.len() + 64);
-        self.channel.seal(&plain, &mut out)?;
-        self.stream.write_all(&out).await?;
-        self.stream.flush().await?;
-        self.counters
-            .sent
-            .fetch_add(out.len() as u64, Ordering::Relaxed);
-        Ok(())
+        self.tx.send_all(msgs).await
     }
 
-    /// The next message; waits at most the idle timeout for each read.
+    pub async fn recv(&mut self) -> Result<Message, LinkError> {
+        self.rx.recv().await
+    }
+
+    pub fn split(self) -> (LinkReader<ReadHalf<S>>, LinkWriter<WriteHalf<S>>) {
+        (self.rx, self.tx)
+    }
+
+    /// Puts the halves back together.
+    pub fn unsplit(
+        rx: LinkReader<ReadHalf<S>>,
+        tx: LinkWriter<WriteHalf<S>>,
+        rtt: Duration,
+    ) -> Self {
+        Self { rx, tx, rtt }
+    }
+
+    /// Flushes and shuts the write side down.
+    pub async fn close(self) -> Result<(), LinkError> {
+        self.tx.close().await
+    }
+}
+
+/// The receiving half of a [`Link`].
+pub struct LinkReader<R> {
+    stream: R,
+    opener: Opener,
+    records: RecordDecoder,
+    messages: MessageDecoder,
+    counters: Arc<Counters>,
+    idle: Duration,
+    buf: Vec<u8>,
+}
+
+impl<R: AsyncRead + Unpin> LinkReader<R> {
+    /// The next message; fails with [`LinkError::Timeout`] when no byte at all arrives for the
+    /// idle timeout (the other side sends keep-alives, so silence means the link is gone).
     pub async fn recv(&mut self) -> Result<Message, LinkError> {
         loop {
             if let Some(m) = self.messages.next_message()? {
                 return Ok(m);
             }
             if let Some(rec) = self.records.next_record() {
-                let plain = self.channel.open(&rec)?;
+                let plain = self.opener.open(&rec)?;
                 self.messages.push(&plain);
                 continue;
             }
@@ -144,7 +188,43 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         }
     }
 
-    /// Flushes and shuts the write side down.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle
+    }
+}
+
+/// The sending half of a [`Link`].
+pub struct LinkWriter<W> {
+    stream: W,
+    sealer: Sealer,
+    counters: Arc<Counters>,
+    last_send: Instant,
+}
+
+impl<W: AsyncWrite + Unpin> LinkWriter<W> {
+    pub async fn send(&mut self, msg: &Message) -> Result<(), LinkError> {
+        self.send_all(std::slice::from_ref(msg)).await
+    }
+
+    /// Sends several messages sealed together: fewer records, fewer bytes.
+    pub async fn send_all(&mut self, msgs: &[Message]) -> Result<(), LinkError> {
+        let plain: Vec<u8> = msgs.iter().flat_map(encode_message).collect();
+        let mut out = Vec::with_capacity(plain.len() + 64);
+        self.sealer.seal(&plain, &mut out)?;
+        self.stream.write_all(&out).await?;
+        self.stream.flush().await?;
+        self.counters
+            .sent
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        self.last_send = Instant::now();
+        Ok(())
+    }
+
+    /// When this side last sent anything (for keep-alives).
+    pub fn last_send(&self) -> Instant {
+        self.last_send
+    }
+
     pub async fn close(mut self) -> Result<(), LinkError> {
         self.stream.shutdown().await?;
         Ok(())
@@ -222,17 +302,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Start<S> {
         }
     }
 
-    fn into_link(self, channel: SecureChannel) -> Result<Link<S>, LinkError> {
+    fn into_link(self, channel: SecureChannel, rtt: Duration) -> Result<Link<S>, LinkError> {
+        let (sealer, opener) = channel.split();
+        let (r, w) = tokio::io::split(self.stream);
         // Anything read past the handshake is the start of the transport phase: the same
         // decoder carries on with it.
         Ok(Link {
-            stream: self.stream,
-            channel,
-            records: self.pending,
-            messages: MessageDecoder::default(),
-            counters: self.counters,
-            idle: self.idle,
-            buf: vec![0u8; 64 * 1024],
+            rx: LinkReader {
+                stream: r,
+                opener,
+                records: self.pending,
+                messages: MessageDecoder::default(),
+                counters: self.counters.clone(),
+                idle: self.idle,
+                buf: vec![0u8; 64 * 1024],
+            },
+            tx: LinkWriter {
+                stream: w,
+                sealer,
+                counters: self.counters,
+                last_send: Instant::now(),
+            },
+            rtt,
         })
     }
 }

@@ -11,7 +11,16 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::id::{ContentId, ManifestId, NodeId, PackId};
-use crate::link::{Link, LinkError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{ReadHalf, WriteHalf};
+use tokio::time::{Instant, sleep_until};
+
+use super::upload::Upload;
+use crate::link::{
+    ACK_INTERVAL, Counters, KEEPALIVE_INTERVAL, Link, LinkError, LinkReader, LinkWriter,
+};
 use crate::manifest::{
     Change, Describe, EntryKind, FileSource, Manifest, PutKind, ScanOptions, ScanStats,
     apply_changes, scan_dir,
@@ -20,6 +29,7 @@ use crate::object::ObjectStore;
 use crate::pack::{ContentProvider, Limits, PackError, Plan, PlanStats};
 use crate::path::{PodName, VolumePath};
 use crate::state::{Db, OutgoingPack};
+use crate::units::fmt_bytes;
 use crate::wire::{ErrorKind, ManifestBody, Message};
 
 /// Pack bytes per `PackData` message: small enough that a cut link loses little, large enough
@@ -140,7 +150,7 @@ impl ContentProvider for LocalTree<'_> {
 }
 
 /// What a changeset does, in the operator's words.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ChangeSummary {
     pub added: u64,
     pub changed: u64,
@@ -207,6 +217,14 @@ pub struct PushReport {
     pub pod: String,
     pub node: String,
     pub up_to_date: bool,
+    /// Applied onboard. False when the budget or deadline stopped it: it stays queued.
+    pub complete: bool,
+    /// Pack bytes durable onboard.
+    pub acked: u64,
+    /// Where this connection's upload started (bytes already onboard from earlier passes).
+    pub resumed_from: u64,
+    /// What happened to an earlier queued push for the pod, in words.
+    pub notes: Vec<String>,
     pub changes: ChangeSummary,
     /// Bytes of new content the pack carries (what a plain copy would send).
     pub content_bytes: u64,
@@ -238,14 +256,42 @@ impl From<&PlanStats> for PlanCounts {
 /// Progress of a pack upload, for bars and lines.
 #[derive(Debug, Clone, Copy)]
 pub struct Progress {
+    pub pack: PackId,
     pub sent: u64,
     pub acked: u64,
     pub total: u64,
 }
 
-/// A connected ground client.
+/// What this connection may still spend: wire bytes (both ways, counted on the socket, this
+/// connection's handshake included) and time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Allowance {
+    pub budget: Option<u64>,
+    pub deadline: Option<Instant>,
+    /// The link's rate in bytes per second, if known (given or measured before).
+    pub rate: Option<f64>,
+}
+
+/// Bytes kept back from a budget for the messages that end a connection cleanly.
+const CLOSING_RESERVE: u64 = 256;
+
+/// How a pack's upload ended on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Verified and applied onboard; the volume is at this root.
+    Applied(ManifestId),
+    /// Stopped by the budget or the deadline; durable onboard up to `acked`.
+    Incomplete { acked: u64, total: u64 },
+}
+
+/// A connected ground client. The link is kept as its two halves so that a pack upload reads
+/// acknowledgements while it writes.
 pub struct Client<S> {
-    link: Link<S>,
+    rx: LinkReader<ReadHalf<S>>,
+    tx: LinkWriter<WriteHalf<S>>,
+    counters: Arc<Counters>,
+    rtt: Duration,
+    started: Instant,
     pub node: NodeId,
     pub limits: Limits,
     pub software: String,
@@ -272,35 +318,69 @@ fn inflate(blob: &[u8]) -> Result<Vec<u8>, GroundError> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Waits for the onboard side's welcome.
-    pub async fn start(mut link: Link<S>) -> Result<Self, GroundError> {
-        match link.recv().await? {
-            Message::Welcome {
-                node,
-                limits,
-                software,
-            } => Ok(Self {
-                link,
-                node,
-                limits,
-                software,
-            }),
-            Message::Error { kind, message } => Err(remote(kind, message)),
-            _ => Err(GroundError::Unexpected {
-                expected: "Welcome",
-            }),
+    pub async fn start(link: Link<S>) -> Result<Self, GroundError> {
+        let counters = link.counters();
+        let rtt = link.rtt();
+        let (mut rx, tx) = link.split();
+        let started = Instant::now();
+        loop {
+            match rx.recv().await? {
+                Message::Welcome {
+                    node,
+                    limits,
+                    software,
+                } => {
+                    return Ok(Self {
+                        rx,
+                        tx,
+                        counters,
+                        rtt,
+                        started,
+                        node,
+                        limits,
+                        software,
+                    });
+                }
+                Message::KeepAlive => continue,
+                Message::Error { kind, message } => return Err(remote(kind, message)),
+                _ => {
+                    return Err(GroundError::Unexpected {
+                        expected: "Welcome",
+                    });
+                }
+            }
         }
     }
 
+    /// Bytes on the wire so far: (sent, received).
     pub fn wire_bytes(&self) -> (u64, u64) {
-        let c = self.link.counters();
-        (c.sent(), c.received())
+        (self.counters.sent(), self.counters.received())
     }
 
-    /// The next message; an `Error` from the onboard side becomes [`GroundError::Remote`].
+    fn wire_total(&self) -> u64 {
+        self.counters.sent() + self.counters.received()
+    }
+
+    /// The round trip measured at connection.
+    pub fn rtt(&self) -> Duration {
+        self.rtt
+    }
+
+    /// The next message other than a keep-alive; an `Error` from the onboard side becomes
+    /// [`GroundError::Remote`]. Sends keep-alives while it waits (the onboard side may be busy
+    /// for long: scanning a large volume, applying a pack).
     async fn recv(&mut self) -> Result<Message, GroundError> {
-        match self.link.recv().await? {
-            Message::Error { kind, message } => Err(remote(kind, message)),
-            m => Ok(m),
+        loop {
+            tokio::select! {
+                m = self.rx.recv() => match m? {
+                    Message::KeepAlive => continue,
+                    Message::Error { kind, message } => return Err(remote(kind, message)),
+                    m => return Ok(m),
+                },
+                _ = sleep_until(self.tx.last_send() + KEEPALIVE_INTERVAL) => {
+                    self.tx.send(&Message::KeepAlive).await?;
+                }
+            }
         }
     }
 
@@ -312,7 +392,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         pod: &PodName,
     ) -> Result<Manifest, GroundError> {
         let known = ground.db.known_manifest(&self.node, pod)?;
-        self.link
+        self.tx
             .send(&Message::ManifestRequest {
                 pod: pod.clone(),
                 known: known.as_ref().map(|k| k.root),
@@ -347,7 +427,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         Ok(manifest)
     }
 
-    /// Makes `dest` (or the whole volume) of `pod` hold exactly `local`'s tree.
+    /// Makes `dest` (or the whole volume) of `pod` hold exactly `local`'s tree, as far as the
+    /// allowance goes. A push already queued for the pod is resumed if it carries the same
+    /// tree, replaced if none of it was sent yet, and otherwise finished first.
+    #[allow(clippy::too_many_arguments)]
     pub async fn push(
         &mut self,
         ground: &mut Ground,
@@ -355,31 +438,174 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         local: &Manifest,
         pod: &PodName,
         dest: Option<&VolumePath>,
+        priority: i64,
+        allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<PushReport, GroundError> {
-        // One retry: if the pod changed a base between our look and the apply, look again.
+        // Up to two retries: if the pod changed the volume between our look and the apply,
+        // look again and plan again.
         let mut attempt = 0;
+        let mut notes = Vec::new();
         loop {
             attempt += 1;
             let base = self.manifest(ground, pod).await?;
             let target = base.with_subtree(dest, local)?;
-            let abs = std::fs::canonicalize(local_dir).map_err(io_at(local_dir))?;
-            let provider = LocalTree {
-                dir: Dir::open_ambient_dir(&abs, ambient_authority()).map_err(io_at(&abs))?,
-                dest,
-                store: &ground.store,
+            let queued = self.settle_queue(ground, pod, &base, &mut notes)?;
+            let result = match queued {
+                Some(q) if q.target_root == target.root() => {
+                    notes.push(format!(
+                        "resuming the queued push ({} of {} already onboard)",
+                        fmt_bytes(q.acked),
+                        fmt_bytes(q.len)
+                    ));
+                    self.send_queued(ground, &q, allow, progress).await
+                }
+                Some(q) if q.acked == 0 => {
+                    notes.push("replaced the queued push, none of which had been sent".into());
+                    self.discard_queued(ground, &q)?;
+                    self.plan_and_send(
+                        ground, local_dir, pod, dest, priority, &base, &target, allow, progress,
+                    )
+                    .await
+                }
+                Some(q) => {
+                    notes.push(format!(
+                        "finishing the queued push first ({} of {} already onboard); the newer \
+                         changes follow it",
+                        fmt_bytes(q.acked),
+                        fmt_bytes(q.len)
+                    ));
+                    match self.send_queued(ground, &q, allow, progress).await {
+                        Ok(r) if r.complete => {
+                            // Now on top of what the queued push left.
+                            let base = q.target.clone();
+                            let target = base.with_subtree(dest, local)?;
+                            self.plan_and_send(
+                                ground, local_dir, pod, dest, priority, &base, &target, allow,
+                                progress,
+                            )
+                            .await
+                        }
+                        other => other,
+                    }
+                }
+                None => {
+                    self.plan_and_send(
+                        ground, local_dir, pod, dest, priority, &base, &target, allow, progress,
+                    )
+                    .await
+                }
             };
-            match self
-                .apply_target(ground, pod, &base, &target, &provider, &abs, progress)
-                .await
-            {
+            match result {
                 Err(GroundError::Remote {
                     kind: ErrorKind::Conflict,
                     ..
-                }) if attempt < 2 => continue,
-                other => return other,
+                }) if attempt < 3 => continue,
+                Ok(mut r) => {
+                    r.notes = notes;
+                    return Ok(r);
+                }
+                Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Looks at what is queued for `pod` against the volume as it is now: drops packs that
+    /// already applied or can no longer apply, and returns the one that still can.
+    fn settle_queue(
+        &mut self,
+        ground: &mut Ground,
+        pod: &PodName,
+        base: &Manifest,
+        notes: &mut Vec<String>,
+    ) -> Result<Option<OutgoingPack>, GroundError> {
+        let mut live = None;
+        for q in ground.db.outgoing_for(&self.node, pod)? {
+            if q.target_root == base.root() {
+                // Applied; the answer was lost with the link.
+                ground.db.finish_outgoing(&q.pack)?;
+                let _ = std::fs::remove_file(ground.pack_path(&q.pack));
+            } else if q.base_root != base.root() || live.is_some() {
+                if q.acked > 0 {
+                    notes.push(format!(
+                        "dropped a queued push: the volume changed since it was planned ({} of \
+                         it had been sent)",
+                        fmt_bytes(q.acked)
+                    ));
+                }
+                self.discard_queued(ground, &q)?;
+            } else {
+                live = Some(q);
+            }
+        }
+        Ok(live)
+    }
+
+    fn discard_queued(&self, ground: &Ground, q: &OutgoingPack) -> Result<(), GroundError> {
+        ground.db.delete_outgoing(&q.pack)?;
+        let _ = std::fs::remove_file(ground.pack_path(&q.pack));
+        Ok(())
+    }
+
+    /// Sends a queued pack from where the onboard side stands.
+    pub async fn send_queued(
+        &mut self,
+        ground: &Ground,
+        q: &OutgoingPack,
+        allow: &Allowance,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<PushReport, GroundError> {
+        let path = ground.pack_path(&q.pack);
+        let bytes = std::fs::read(&path).map_err(io_at(&path))?;
+        if bytes.len() as u64 != q.len || PackId(*blake3::hash(&bytes).as_bytes()) != q.pack {
+            // A damaged queue file is dropped; the next push plans again.
+            self.discard_queued(ground, q)?;
+            return Err(GroundError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::other("queued pack is damaged; push again"),
+            });
+        }
+        let summary: ChangeSummary = serde_json::from_str(&q.summary).unwrap_or_default();
+        let mut report = PushReport {
+            pod: q.pod.to_string(),
+            node: self.node.to_hex(),
+            up_to_date: false,
+            complete: false,
+            changes: summary,
+            content_bytes: q.content_bytes,
+            pack_bytes: q.len,
+            pack: Some(q.pack.to_hex()),
+            root: q.base_root.to_hex(),
+            plan: PlanCounts::default(),
+            acked: q.acked,
+            resumed_from: q.acked,
+            notes: Vec::new(),
+        };
+        match self.send_pack(ground, q, &bytes, allow, progress).await? {
+            (Sent::Applied(root), from) => {
+                if root != q.target_root {
+                    return Err(GroundError::BadReply("applied root"));
+                }
+                // The onboard side now holds the target: record it, and let go of content no
+                // pod holds any more and no queued pack needs.
+                ground
+                    .db
+                    .set_known_manifest(&self.node, &q.pod, &q.target)?;
+                ground.db.finish_outgoing(&q.pack)?;
+                let _ = std::fs::remove_file(&path);
+                let keep = ground.db.referenced_content()?;
+                ground.store.retain(&keep).map_err(io_at(&path))?;
+                report.complete = true;
+                report.acked = q.len;
+                report.resumed_from = from;
+                report.root = root.to_hex();
+            }
+            (Sent::Incomplete { acked, .. }, from) => {
+                report.acked = acked;
+                report.resumed_from = from;
+            }
+        }
+        Ok(report)
     }
 
     /// Removes `paths` from the pod's volume.
@@ -402,59 +628,93 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             keep.retain(|e| !e.path.is_within(p));
         }
         let target = Manifest::new(keep)?;
-        let empty = EmptyProvider;
-        self.apply_target(
-            ground,
-            pod,
-            &base,
-            &target,
-            &empty,
-            Path::new(""),
-            &mut |_| {},
-        )
-        .await
+        let mut notes = Vec::new();
+        if let Some(q) = self.settle_queue(ground, pod, &base, &mut notes)? {
+            // A removal changes the base under a queued push; it would only be dropped later.
+            notes.push("replaced the queued push: the volume changes first".into());
+            self.discard_queued(ground, &q)?;
+        }
+        let mut r = self
+            .plan_and_send(
+                ground,
+                Path::new(""),
+                pod,
+                None,
+                i64::MAX,
+                &base,
+                &target,
+                &Allowance::default(),
+                &mut |_| {},
+            )
+            .await?;
+        r.notes = notes;
+        Ok(r)
     }
 
+    /// Plans `base` → `target`, encodes the pack once, queues it on disk, and sends it.
     #[allow(clippy::too_many_arguments)]
-    async fn apply_target(
+    async fn plan_and_send(
         &mut self,
         ground: &Ground,
+        source: &Path,
         pod: &PodName,
+        dest: Option<&VolumePath>,
+        priority: i64,
         base: &Manifest,
         target: &Manifest,
-        provider: &dyn ContentProvider,
-        source: &Path,
+        allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<PushReport, GroundError> {
         let plan = Plan::new(base, target, &|id| ground.store.contains(id));
         let summary = ChangeSummary::of(base, &plan.changes);
-        let mut report = PushReport {
-            pod: pod.to_string(),
-            node: self.node.to_hex(),
-            up_to_date: plan.is_empty(),
-            changes: summary,
-            content_bytes: plan.object_bytes(),
-            pack_bytes: 0,
-            pack: None,
-            root: base.root().to_hex(),
-            plan: PlanCounts::default(),
-        };
         if plan.is_empty() {
-            return Ok(report);
+            return Ok(PushReport {
+                pod: pod.to_string(),
+                node: self.node.to_hex(),
+                up_to_date: true,
+                complete: true,
+                changes: summary,
+                content_bytes: 0,
+                pack_bytes: 0,
+                pack: None,
+                root: base.root().to_hex(),
+                plan: PlanCounts::default(),
+                acked: 0,
+                resumed_from: 0,
+                notes: Vec::new(),
+            });
         }
         let signatures = self.signatures(pod, &plan).await?;
         let mut bytes = Vec::new();
-        // The bytes read (and verified) for encoding go straight into the content store, where
-        // they become the bases of the next push; nothing is read twice.
-        let keeping = Keeping {
-            inner: provider,
-            store: &ground.store,
+        let stats = if source.as_os_str().is_empty() {
+            plan.encode(base, &EmptyProvider, &signatures, &self.limits, &mut bytes)?
+        } else {
+            let abs = std::fs::canonicalize(source).map_err(io_at(source))?;
+            let provider = LocalTree {
+                dir: Dir::open_ambient_dir(&abs, ambient_authority()).map_err(io_at(&abs))?,
+                dest,
+                store: &ground.store,
+            };
+            // The bytes read (and verified) for encoding go straight into the content store,
+            // where they become the bases of the next push; nothing is read twice.
+            let keeping = Keeping {
+                inner: &provider,
+                store: &ground.store,
+            };
+            plan.encode(base, &keeping, &signatures, &self.limits, &mut bytes)?
         };
-        let stats = plan.encode(base, &keeping, &signatures, &self.limits, &mut bytes)?;
         let pack = PackId(*blake3::hash(&bytes).as_bytes());
         let path = ground.pack_path(&pack);
-        std::fs::write(&path, &bytes).map_err(io_at(&path))?;
-        ground.db.insert_outgoing(&OutgoingPack {
+        // Written whole, synced and renamed: a queued pack on disk is never torn.
+        let tmp = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(io_at(&path))?;
+        let q = OutgoingPack {
             pack,
             node: self.node,
             pod: pod.clone(),
@@ -463,25 +723,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             base_root: plan.base_root,
             target_root: plan.target_root,
             target: target.clone(),
-            source: source.display().to_string(),
+            source: if source.as_os_str().is_empty() {
+                String::new()
+            } else {
+                std::fs::canonicalize(source)
+                    .map_err(io_at(source))?
+                    .display()
+                    .to_string()
+            },
+            dest: dest.map(|d| d.to_string()),
             state: "queued".into(),
-        })?;
-        let root = self
-            .send_pack(ground, pod, &plan, pack, &bytes, progress)
-            .await?;
-        if root != plan.target_root {
-            return Err(GroundError::BadReply("applied root"));
-        }
-        // The onboard side now holds the target: record it, and let go of content no pod holds
-        // any more (including anything kept for a push that never applied).
-        ground.db.set_known_manifest(&self.node, pod, target)?;
-        let keep = ground.db.referenced_content()?;
-        ground.store.retain(&keep).map_err(io_at(&path))?;
-        ground.db.delete_outgoing(&pack)?;
-        let _ = std::fs::remove_file(&path);
-        report.pack_bytes = stats.pack_bytes;
-        report.pack = Some(pack.to_hex());
-        report.root = root.to_hex();
+            priority,
+            content_bytes: plan.object_bytes(),
+            summary: serde_json::to_string(&summary).expect("summary"),
+            created_at: crate::state::now_secs(),
+            finished_at: None,
+        };
+        ground.db.insert_outgoing(&q)?;
+        let mut report = self.send_queued(ground, &q, allow, progress).await?;
         report.plan = PlanCounts::from(&stats);
         Ok(report)
     }
@@ -495,7 +754,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         if entries.is_empty() {
             return Ok(HashMap::new());
         }
-        self.link
+        self.tx
             .send(&Message::SignatureRequest {
                 pod: pod.clone(),
                 base_root: plan.base_root,
@@ -514,26 +773,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// Offers a pack and streams it from the offset the onboard side names, with a window of
+    /// bytes in flight, reading acknowledgements as they come. Stops at the allowance's budget
+    /// or deadline. Returns how it ended and the offset it started from.
     async fn send_pack(
         &mut self,
         ground: &Ground,
-        pod: &PodName,
-        plan: &Plan,
-        pack: PackId,
+        q: &OutgoingPack,
         bytes: &[u8],
+        allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<ManifestId, GroundError> {
+    ) -> Result<(Sent, u64), GroundError> {
         let total = bytes.len() as u64;
-        self.link
+        let pack = q.pack;
+        self.tx
             .send(&Message::PackOffer {
-                pod: pod.clone(),
+                pod: q.pod.clone(),
                 pack,
                 len: total,
-                base_root: plan.base_root,
-                target_root: plan.target_root,
+                base_root: q.base_root,
+                target_root: q.target_root,
             })
             .await?;
-        let mut offset = match self.recv().await? {
+        let from = match self.recv().await? {
             Message::PackAccept { pack: p, offset } if p == pack && offset <= total => offset,
             _ => {
                 return Err(GroundError::Unexpected {
@@ -541,49 +803,165 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 });
             }
         };
-        let mut acked = offset;
-        while offset < total {
-            let end = (offset + CHUNK_BYTES as u64).min(total);
-            self.link
-                .send(&Message::PackData {
-                    pack,
-                    offset,
-                    bytes: bytes[offset as usize..end as usize].to_vec(),
-                })
-                .await?;
-            offset = end;
-            progress(Progress {
-                sent: offset,
-                acked,
-                total,
-            });
-        }
+        ground.db.set_outgoing_progress(&pack, from, "sending")?;
+        let mut up = Upload::new(total, from, self.rtt, allow.rate);
+        let clock = Instant::now();
+        let mut stopped = false;
+        let report = |up: &Upload| Progress {
+            pack,
+            sent: up.sent(),
+            acked: up.acked(),
+            total,
+        };
+        progress(report(&up));
         loop {
-            match self.recv().await? {
-                Message::PackAck { pack: p, offset } if p == pack => {
-                    acked = offset;
-                    ground.db.set_outgoing_progress(&pack, acked, "sending")?;
+            let limit = if stopped {
+                up.sent()
+            } else {
+                self.send_limit(&up, allow)
+            };
+            if limit <= up.sent() && !up.all_sent() && up.in_flight() == 0 {
+                stopped = true;
+            }
+            if stopped && up.in_flight() == 0 {
+                return Ok((
+                    Sent::Incomplete {
+                        acked: up.acked(),
+                        total,
+                    },
+                    from,
+                ));
+            }
+            let frame = if stopped { None } else { up.next_frame(limit) };
+            let msg = match frame {
+                Some((a, b)) => Some(Message::PackData {
+                    offset: a,
+                    bytes: bytes[a as usize..b as usize].to_vec(),
+                }),
+                None => {
+                    if limit <= up.sent() && !up.all_sent() {
+                        // Out of budget or time: ask for a last acknowledgement and stop.
+                        stopped = true;
+                    }
+                    None
+                }
+            };
+            // Write (if there is a frame) while reading whatever comes back.
+            let incoming = match msg {
+                Some(m) => {
+                    let write = self.tx.send(&m);
+                    tokio::pin!(write);
+                    let mut got = None;
+                    loop {
+                        tokio::select! {
+                            biased;
+                            r = &mut write => { r?; break; }
+                            m = self.rx.recv(), if got.is_none() => { got = Some(m?); }
+                        }
+                    }
+                    got
+                }
+                None if stopped => {
+                    // Everything sent is in flight; the last acknowledgement comes within the
+                    // onboard side's ack interval, or the deadline passes.
+                    let wait = sleep_until(
+                        allow
+                            .deadline
+                            .unwrap_or_else(|| Instant::now() + ACK_INTERVAL * 3)
+                            .min(Instant::now() + ACK_INTERVAL * 3),
+                    );
+                    tokio::select! {
+                        m = self.rx.recv() => Some(m?),
+                        _ = wait => return Ok((Sent::Incomplete { acked: up.acked(), total }, from)),
+                    }
+                }
+                None => {
+                    tokio::select! {
+                        m = self.rx.recv() => Some(m?),
+                        _ = sleep_until(self.tx.last_send() + KEEPALIVE_INTERVAL) => {
+                            self.tx.send(&Message::KeepAlive).await?;
+                            None
+                        }
+                    }
+                }
+            };
+            match incoming {
+                None | Some(Message::KeepAlive) => {}
+                Some(Message::PackAck { offset }) => {
+                    up.on_ack(offset, clock.elapsed())
+                        .map_err(|_| GroundError::BadReply("acknowledgement"))?;
+                    ground.db.set_outgoing_progress(&pack, offset, "sending")?;
+                    progress(report(&up));
+                }
+                Some(Message::PackApplied { pack: p, root }) if p == pack && up.all_sent() => {
                     progress(Progress {
+                        pack,
                         sent: total,
-                        acked,
+                        acked: total,
                         total,
                     });
+                    return Ok((Sent::Applied(root), from));
                 }
-                Message::PackApplied { pack: p, root } if p == pack => return Ok(root),
-                _ => {
+                Some(Message::Error { kind, message }) => return Err(remote(kind, message)),
+                Some(_) => {
                     return Err(GroundError::Unexpected {
-                        expected: "PackApplied",
+                        expected: "PackAck or PackApplied",
                     });
                 }
+            }
+            if !stopped {
+                progress(report(&up));
             }
         }
     }
 
-    /// Says goodbye and closes the link.
-    pub async fn bye(mut self) -> Result<(u64, u64), GroundError> {
-        self.link.send(&Message::Bye).await?;
+    /// The offset this connection may send up to, given the budget and the deadline.
+    fn send_limit(&self, up: &Upload, allow: &Allowance) -> u64 {
+        let mut limit = up.total();
+        if let Some(budget) = allow.budget {
+            let left = budget.saturating_sub(self.wire_total() + CLOSING_RESERVE);
+            // Each frame costs its payload plus framing.
+            let frames = left / Upload::wire_cost(up.frame_size() as u64);
+            let rest = left % Upload::wire_cost(up.frame_size() as u64);
+            let payload = frames * up.frame_size() as u64
+                + rest.saturating_sub(super::upload::FRAME_OVERHEAD);
+            limit = limit.min(up.sent() + payload);
+        }
+        if let Some(deadline) = allow.deadline {
+            // Stop early enough for the bytes in flight to land and be acknowledged.
+            let rate = up.rate().or(allow.rate);
+            let drain = rate.map_or(Duration::ZERO, |r| {
+                Duration::from_secs_f64(up.in_flight() as f64 / r)
+            });
+            let margin = self.rtt + drain + Duration::from_secs(1);
+            if Instant::now() + margin >= deadline {
+                limit = limit.min(up.sent());
+            }
+        }
+        limit
+    }
+
+    /// Says goodbye, takes the onboard side's last acknowledgement, and closes the link.
+    /// Returns the bytes this connection moved, and records them for rate estimates.
+    pub async fn bye(mut self, ground: &Ground) -> Result<(u64, u64), GroundError> {
+        self.tx.send(&Message::Bye).await?;
+        // The onboard side answers a goodbye with a last acknowledgement, then closes.
+        let drain = async {
+            while let Ok(m) = self.rx.recv().await {
+                if let Message::PackAck { .. } = m {
+                    // Progress is recorded through the queue on the next connection.
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.rtt * 2 + Duration::from_secs(2), drain).await;
         let counts = self.wire_bytes();
-        let _ = self.link.close().await;
+        let _ = ground.db.log_link(
+            &self.node,
+            counts.0,
+            counts.1,
+            self.started.elapsed().as_secs_f64(),
+        );
+        let _ = self.tx.close().await;
         Ok(counts)
     }
 }

@@ -7,3 +7,4 @@
 
 pub mod ground;
 pub mod onboard;
+pub mod upload;

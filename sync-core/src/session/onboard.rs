@@ -17,7 +17,8 @@ use crate::state::{Db, IncomingPack, JournalEntry};
 use crate::volume::{self, ApplyPlan, VolumeError, Volumes};
 use crate::wire::{ErrorKind, ManifestBody, Message};
 
-/// Staged bytes are made durable and acknowledged at least this often.
+/// Staged bytes are made durable and acknowledged at least every this many bytes; the
+/// connection also flushes on a timer ([`crate::link::ACK_INTERVAL`]) and when the link drops.
 const ACK_EVERY_BYTES: u64 = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -415,14 +416,13 @@ impl OnboardSession {
                 len,
                 base_root,
                 target_root,
-            } => one(self.offer(pod, pack, len, base_root, target_root)?),
-            Message::PackData {
-                pack,
-                offset,
-                bytes,
-            } => self.data(pack, offset, &bytes),
+            } => self.offer(pod, pack, len, base_root, target_root),
+            Message::PackData { offset, bytes } => self.data(offset, &bytes),
+            Message::KeepAlive => Ok(Outcome::default()),
+            // A goodbye gets the last acknowledgement, so the ground knows where the next pass
+            // starts.
             Message::Bye => Ok(Outcome {
-                replies: vec![],
+                replies: self.flush().into_iter().collect(),
                 close: true,
             }),
             other => Err(reply(
@@ -439,7 +439,9 @@ impl OnboardSession {
         len: u64,
         base_root: ManifestId,
         target_root: ManifestId,
-    ) -> Result<Message, Reply> {
+    ) -> Result<Outcome, Reply> {
+        // A pack offered while another is half received on this connection: keep what came.
+        self.flush();
         let cap = self.svc.limits.max_total_bytes + self.svc.limits.max_header_bytes;
         if len > cap {
             return Err(reply(
@@ -447,23 +449,43 @@ impl OnboardSession {
                 format!("a pack of {len} bytes is over this node's limit of {cap}"),
             ));
         }
-        let path = self.svc.pack_file(&pack);
         let known = self.svc.db().incoming(&pack).map_err(internal)?;
-        let info = match known {
-            Some(k) if k.pod == pod && k.len == len => k,
-            _ => {
-                let fresh = IncomingPack {
-                    pack,
-                    pod,
-                    len,
-                    received: 0,
-                    base_root,
-                    target_root,
-                };
-                self.svc.db().put_incoming(&fresh).map_err(internal)?;
-                fresh
+        let known = known.filter(|k| k.pod == pod && k.len == len);
+        if known.is_none() {
+            // Before a byte is sent: is the pack still applicable? Already applied (the ground
+            // missed our answer), or built on a volume state that is gone?
+            match self.svc.pack_fits(&pod, &base_root, &target_root)? {
+                Fit::Applied => {
+                    return Ok(Outcome {
+                        replies: vec![
+                            Message::PackAccept { pack, offset: len },
+                            Message::PackApplied {
+                                pack,
+                                root: target_root,
+                            },
+                        ],
+                        close: false,
+                    });
+                }
+                Fit::Stale => {
+                    return Err(conflict(
+                        "the pod's volume changed since this pack was planned; plan again",
+                    ));
+                }
+                Fit::Fits => {}
             }
-        };
+        }
+        let boot = boot_id();
+        let path = self.svc.pack_file(&pack);
+        let mut info = known.unwrap_or(IncomingPack {
+            pack,
+            pod,
+            len,
+            received: 0,
+            base_root,
+            target_root,
+            boot: String::new(),
+        });
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -471,25 +493,45 @@ impl OnboardSession {
             .write(true)
             .open(&path)
             .map_err(|e| storage(e.to_string()))?;
-        // Anything past the durable offset may be torn: drop it and resume from the offset.
-        file.set_len(info.received)
+        let on_disk = file.metadata().map_err(|e| storage(e.to_string()))?.len();
+        // Bytes past the synced offset were written by this daemon before it died or lost the
+        // link. Within the same boot they are in the page cache, whole and in order (each one
+        // came out of an authenticated record), so keep them; after a reboot they may be torn.
+        let unsynced = if !boot.is_empty() && info.boot == boot && on_disk > info.received {
+            on_disk.min(len) - info.received
+        } else {
+            0
+        };
+        file.set_len(info.received + unsynced)
             .map_err(|e| storage(e.to_string()))?;
-        file.seek(SeekFrom::Start(info.received))
+        file.seek(SeekFrom::End(0))
             .map_err(|e| storage(e.to_string()))?;
-        let offset = info.received;
+        info.boot = boot;
+        self.svc.db().put_incoming(&info).map_err(internal)?;
+        let offset = info.received + unsynced;
         self.incoming = Some(Receiving {
             info,
             file,
-            unsynced: 0,
+            unsynced,
         });
-        Ok(Message::PackAccept { pack, offset })
+        let accept = Message::PackAccept { pack, offset };
+        if offset < len {
+            return Ok(Outcome {
+                replies: vec![accept],
+                close: false,
+            });
+        }
+        // Everything is here already (the daemon died between the last byte and the apply).
+        let mut out = self.complete()?;
+        out.replies.insert(0, accept);
+        Ok(out)
     }
 
-    fn data(&mut self, pack: PackId, offset: u64, bytes: &[u8]) -> Result<Outcome, Reply> {
-        let Some(rx) = self.incoming.as_mut().filter(|r| r.info.pack == pack) else {
+    fn data(&mut self, offset: u64, bytes: &[u8]) -> Result<Outcome, Reply> {
+        let Some(rx) = self.incoming.as_mut() else {
             return Err(reply(
                 ErrorKind::Protocol,
-                "data for a pack that was not offered",
+                "pack data without an accepted pack offer",
             ));
         };
         let at = rx.info.received + rx.unsynced;
@@ -503,26 +545,58 @@ impl OnboardSession {
             .write_all(bytes)
             .map_err(|e| storage(e.to_string()))?;
         rx.unsynced += bytes.len() as u64;
-        let complete = at + bytes.len() as u64 == rx.info.len;
-        if rx.unsynced < ACK_EVERY_BYTES && !complete {
-            return Ok(Outcome::default());
+        if at + bytes.len() as u64 == rx.info.len {
+            return self.complete();
         }
+        if rx.unsynced >= ACK_EVERY_BYTES {
+            return Ok(Outcome {
+                replies: self.flush().into_iter().collect(),
+                close: false,
+            });
+        }
+        Ok(Outcome::default())
+    }
+
+    /// Makes what was received durable, and says so: the acknowledgement, if there was
+    /// anything new. The connection calls this on a timer, and when the link goes away.
+    pub fn flush(&mut self) -> Option<Message> {
+        let rx = self.incoming.as_mut()?;
+        if rx.unsynced == 0 {
+            return None;
+        }
+        if let Err(e) = rx.file.sync_data() {
+            eprintln!("staging {}: {e}", rx.info.pack.short());
+            return None;
+        }
+        rx.info.received += rx.unsynced;
+        rx.unsynced = 0;
+        if let Err(e) = self.svc.db().put_incoming(&rx.info) {
+            eprintln!("staging {}: {e}", rx.info.pack.short());
+            return None;
+        }
+        Some(Message::PackAck {
+            offset: rx.info.received,
+        })
+    }
+
+    /// Bytes received and not yet acknowledged.
+    pub fn unacknowledged(&self) -> u64 {
+        self.incoming.as_ref().map_or(0, |r| r.unsynced)
+    }
+
+    /// The whole pack is here: make it durable, then verify and apply it.
+    fn complete(&mut self) -> Result<Outcome, Reply> {
+        let rx = self.incoming.as_mut().expect("a pack being received");
         rx.file.sync_data().map_err(|e| storage(e.to_string()))?;
         rx.info.received += rx.unsynced;
         rx.unsynced = 0;
         self.svc.db().put_incoming(&rx.info).map_err(internal)?;
-        let ack = Message::PackAck {
-            pack,
-            offset: rx.info.received,
-        };
-        if !complete {
-            return Ok(Outcome {
-                replies: vec![ack],
-                close: false,
-            });
-        }
         let info = rx.info.clone();
         self.incoming = None;
+        let pack = info.pack;
+        let ack = Message::PackAck {
+            offset: info.received,
+        };
         match self.svc.apply_pack(&info) {
             Ok(root) => Ok(Outcome {
                 replies: vec![ack, Message::PackApplied { pack, root }],
@@ -535,6 +609,41 @@ impl OnboardSession {
             }
         }
     }
+}
+
+/// Whether an offered pack can apply to the pod's volume as it is now.
+enum Fit {
+    Fits,
+    Applied,
+    Stale,
+}
+
+impl OnboardService {
+    fn pack_fits(
+        &self,
+        pod: &PodName,
+        base_root: &ManifestId,
+        target_root: &ManifestId,
+    ) -> Result<Fit, Reply> {
+        let lock = self.pod_lock(pod);
+        let _held = lock.lock().expect("pod lock");
+        let now = self.scan_pod(pod).map_err(internal)?.root();
+        if now == *base_root {
+            Ok(Fit::Fits)
+        } else if now == *target_root {
+            Ok(Fit::Applied)
+        } else {
+            Ok(Fit::Stale)
+        }
+    }
+}
+
+/// This boot of the machine, as the kernel names it; "" where there is no such name (then
+/// unsynced bytes are never trusted after a restart).
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn message_name(m: &Message) -> &'static str {
@@ -551,5 +660,6 @@ fn message_name(m: &Message) -> &'static str {
         Message::PackApplied { .. } => "PackApplied",
         Message::Error { .. } => "Error",
         Message::Bye => "Bye",
+        Message::KeepAlive => "KeepAlive",
     }
 }

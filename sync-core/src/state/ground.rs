@@ -13,19 +13,76 @@ pub struct KnownManifest {
     pub manifest: Manifest,
 }
 
+/// A pack built for a pod: queued, partly sent, or applied (kept a while for `status`).
 #[derive(Debug, Clone)]
 pub struct OutgoingPack {
     pub pack: PackId,
     pub node: NodeId,
     pub pod: PodName,
     pub len: u64,
+    /// Durable onboard, as last acknowledged.
     pub acked: u64,
     pub base_root: ManifestId,
     pub target_root: ManifestId,
     pub target: Manifest,
-    /// The local folder the pack was built from, for status output.
+    /// The local folder the pack was built from (to plan again if the volume moved on).
     pub source: String,
+    /// `--dest`, if any.
+    pub dest: Option<String>,
+    /// "queued", "sending", "applied".
     pub state: String,
+    pub priority: i64,
+    /// Bytes of new content the pack carries.
+    pub content_bytes: u64,
+    /// The change summary, as JSON, for status.
+    pub summary: String,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+const OUTGOING_COLUMNS: &str = "pack, node, pod, len, acked, base_root, target_root, target, \
+     source, dest, state, priority, content_bytes, summary, created_at, finished_at";
+
+fn outgoing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutgoingPack, StateError>> {
+    let pack: Vec<u8> = r.get(0)?;
+    let node: String = r.get(1)?;
+    let pod: String = r.get(2)?;
+    let base: Vec<u8> = r.get(5)?;
+    let target_root: Vec<u8> = r.get(6)?;
+    let target: Vec<u8> = r.get(7)?;
+    let rest = (
+        r.get::<_, i64>(3)?,
+        r.get::<_, i64>(4)?,
+        r.get::<_, String>(8)?,
+        r.get::<_, Option<String>>(9)?,
+        r.get::<_, String>(10)?,
+        r.get::<_, i64>(11)?,
+        r.get::<_, i64>(12)?,
+        r.get::<_, String>(13)?,
+        r.get::<_, i64>(14)?,
+        r.get::<_, Option<i64>>(15)?,
+    );
+    Ok((|| {
+        let (len, acked, source, dest, state, priority, content, summary, created, finished) = rest;
+        Ok(OutgoingPack {
+            pack: PackId(blob32(pack, "pack id")?),
+            node: NodeId::from_hex(&node).ok_or(StateError::Corrupt("node id"))?,
+            pod: PodName::new(pod).map_err(|_| StateError::Corrupt("pod name"))?,
+            len: len as u64,
+            acked: acked as u64,
+            base_root: ManifestId(blob32(base, "manifest root")?),
+            target_root: ManifestId(blob32(target_root, "manifest root")?),
+            target: unpack_manifest(&target)?,
+            source,
+            dest,
+            state,
+            priority,
+            content_bytes: content as u64,
+            summary,
+            created_at: created,
+            finished_at: finished,
+        })
+    })())
 }
 
 impl Db {
@@ -77,7 +134,11 @@ impl Db {
 
     /// Every content id some known manifest refers to: what the content store must keep.
     pub fn referenced_content(&self) -> Result<std::collections::HashSet<ContentId>, StateError> {
-        let mut stmt = self.conn().prepare("SELECT manifest FROM known_manifest")?;
+        // Content of queued packs' targets is kept too: it is the base of the push after them.
+        let mut stmt = self.conn().prepare(
+            "SELECT manifest FROM known_manifest
+             UNION ALL SELECT target FROM outgoing WHERE state != 'applied'",
+        )?;
         let mut out = std::collections::HashSet::new();
         for blob in stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))? {
             for e in unpack_manifest(&blob?)?.entries() {
@@ -91,9 +152,10 @@ impl Db {
 
     pub fn insert_outgoing(&self, p: &OutgoingPack) -> Result<(), StateError> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO outgoing
-             (pack, node, pod, len, acked, base_root, target_root, target, source, state, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            &format!(
+                "INSERT OR REPLACE INTO outgoing ({OUTGOING_COLUMNS})
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            ),
             params![
                 &p.pack.0[..],
                 p.node.to_hex(),
@@ -104,8 +166,13 @@ impl Db {
                 &p.target_root.0[..],
                 pack_manifest(&p.target),
                 p.source,
+                p.dest,
                 p.state,
-                now_secs()
+                p.priority,
+                p.content_bytes as i64,
+                p.summary,
+                p.created_at,
+                p.finished_at,
             ],
         )?;
         Ok(())
@@ -124,50 +191,107 @@ impl Db {
         Ok(())
     }
 
+    /// Marks a pack applied; applied rows older than a week, or beyond the last 20 per pod,
+    /// are dropped.
+    pub fn finish_outgoing(&self, pack: &PackId) -> Result<(), StateError> {
+        let c = self.conn();
+        c.execute(
+            "UPDATE outgoing SET acked = len, state = 'applied', finished_at = ?2 WHERE pack = ?1",
+            params![&pack.0[..], now_secs()],
+        )?;
+        c.execute(
+            "DELETE FROM outgoing WHERE state = 'applied' AND (finished_at < ?1 OR rowid NOT IN (
+                 SELECT o.rowid FROM outgoing o WHERE o.state = 'applied'
+                 AND o.node = outgoing.node AND o.pod = outgoing.pod
+                 ORDER BY o.finished_at DESC LIMIT 20))",
+            params![now_secs() - 7 * 24 * 3600],
+        )?;
+        Ok(())
+    }
+
     pub fn delete_outgoing(&self, pack: &PackId) -> Result<(), StateError> {
         self.conn()
             .execute("DELETE FROM outgoing WHERE pack = ?1", [&pack.0[..]])?;
         Ok(())
     }
 
-    /// Outgoing packs for a pod of a node, oldest first.
+    fn outgoing_where(
+        &self,
+        filter: &str,
+        args: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<OutgoingPack>, StateError> {
+        let mut stmt = self.conn().prepare(&format!(
+            "SELECT {OUTGOING_COLUMNS} FROM outgoing WHERE {filter}
+             ORDER BY priority DESC, created_at, rowid"
+        ))?;
+        let rows = stmt.query_map(args, outgoing_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row??);
+        }
+        Ok(out)
+    }
+
+    /// Packs not yet applied for a pod of a node, in the order a pass sends them.
     pub fn outgoing_for(
         &self,
         node: &NodeId,
         pod: &PodName,
     ) -> Result<Vec<OutgoingPack>, StateError> {
-        let mut stmt = self.conn().prepare(
-            "SELECT pack, len, acked, base_root, target_root, target, source, state
-             FROM outgoing WHERE node = ?1 AND pod = ?2 ORDER BY created_at, rowid",
+        self.outgoing_where(
+            "node = ?1 AND pod = ?2 AND state != 'applied'",
+            &[&node.to_hex(), &pod.as_str()],
+        )
+    }
+
+    /// Every pack not yet applied for a node, in the order a pass sends them (priority, then
+    /// age).
+    pub fn queued_for_node(&self, node: &NodeId) -> Result<Vec<OutgoingPack>, StateError> {
+        self.outgoing_where("node = ?1 AND state != 'applied'", &[&node.to_hex()])
+    }
+
+    /// Every row, queued and recently applied, for status.
+    pub fn all_outgoing(&self) -> Result<Vec<OutgoingPack>, StateError> {
+        self.outgoing_where("1 = 1", &[])
+    }
+
+    /// Records what one connection moved, for rate estimates.
+    pub fn log_link(
+        &self,
+        node: &NodeId,
+        sent: u64,
+        received: u64,
+        secs: f64,
+    ) -> Result<(), StateError> {
+        let c = self.conn();
+        c.execute(
+            "INSERT INTO link_log (node, at, sent, received, secs) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                node.to_hex(),
+                now_secs(),
+                sent as i64,
+                received as i64,
+                secs
+            ],
         )?;
-        let rows = stmt.query_map(params![node.to_hex(), pod.as_str()], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, Vec<u8>>(3)?,
-                r.get::<_, Vec<u8>>(4)?,
-                r.get::<_, Vec<u8>>(5)?,
-                r.get::<_, String>(6)?,
-                r.get::<_, String>(7)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (pack, len, acked, base, target_root, target, source, state) = row?;
-            out.push(OutgoingPack {
-                pack: PackId(blob32(pack, "pack id")?),
-                node: *node,
-                pod: pod.clone(),
-                len: len as u64,
-                acked: acked as u64,
-                base_root: ManifestId(blob32(base, "manifest root")?),
-                target_root: ManifestId(blob32(target_root, "manifest root")?),
-                target: unpack_manifest(&target)?,
-                source,
-                state,
-            });
-        }
-        Ok(out)
+        c.execute(
+            "DELETE FROM link_log WHERE rowid NOT IN (SELECT rowid FROM link_log ORDER BY at DESC LIMIT 50)",
+            [],
+        )?;
+        Ok(())
+    }
+
+    /// The uplink rate seen over recent connections that moved enough to tell (bytes/s).
+    pub fn measured_rate(&self, node: &NodeId) -> Result<Option<f64>, StateError> {
+        let (bytes, secs): (Option<i64>, Option<f64>) = self.conn().query_row(
+            "SELECT SUM(sent), SUM(secs) FROM (SELECT sent, secs FROM link_log
+             WHERE node = ?1 AND sent > 65536 AND secs > 1 ORDER BY at DESC LIMIT 10)",
+            [node.to_hex()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(match (bytes, secs) {
+            (Some(b), Some(s)) if s > 0.0 => Some(b as f64 / s),
+            _ => None,
+        })
     }
 }

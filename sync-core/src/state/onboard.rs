@@ -18,6 +18,8 @@ pub struct IncomingPack {
     pub received: u64,
     pub base_root: ManifestId,
     pub target_root: ManifestId,
+    /// The boot id of the machine when the staged file was last written ("" if unknown).
+    pub boot: String,
 }
 
 #[derive(Debug, Clone)]
@@ -75,7 +77,7 @@ impl Db {
         let row = self
             .conn()
             .query_row(
-                "SELECT pod, len, received, base_root, target_root FROM incoming WHERE pack = ?1",
+                "SELECT pod, len, received, base_root, target_root, boot FROM incoming WHERE pack = ?1",
                 [&pack.0[..]],
                 |r| {
                     Ok((
@@ -84,11 +86,12 @@ impl Db {
                         r.get::<_, i64>(2)?,
                         r.get::<_, Vec<u8>>(3)?,
                         r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, String>(5)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((pod, len, received, base, target)) = row else {
+        let Some((pod, len, received, base, target, boot)) = row else {
             return Ok(None);
         };
         Ok(Some(IncomingPack {
@@ -98,13 +101,15 @@ impl Db {
             received: received as u64,
             base_root: ManifestId(blob32(base, "manifest root")?),
             target_root: ManifestId(blob32(target, "manifest root")?),
+            boot,
         }))
     }
 
     pub fn put_incoming(&self, p: &IncomingPack) -> Result<(), StateError> {
         self.conn().execute(
-            "INSERT OR REPLACE INTO incoming (pack, pod, len, received, base_root, target_root, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR REPLACE INTO incoming
+             (pack, pod, len, received, base_root, target_root, updated_at, boot)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 &p.pack.0[..],
                 p.pod.as_str(),
@@ -112,7 +117,8 @@ impl Db {
                 p.received as i64,
                 &p.base_root.0[..],
                 &p.target_root.0[..],
-                now_secs()
+                now_secs(),
+                p.boot
             ],
         )?;
         Ok(())

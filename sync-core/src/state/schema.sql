@@ -74,3 +74,26 @@ CREATE TABLE journal (
     plan       BLOB NOT NULL,
     started_at INTEGER NOT NULL
 );
+
+-- migration 2
+-- Onboard: the boot during which the staged pack file was last written. Within the same boot,
+-- bytes written past the synced offset survive a killed daemon (they are in the page cache),
+-- so a resume can start at the file's end instead of the last synced offset.
+ALTER TABLE incoming ADD COLUMN boot TEXT NOT NULL DEFAULT '';
+
+-- Ground: a queued push's priority (higher goes first in a pass) and a description for status.
+ALTER TABLE outgoing ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outgoing ADD COLUMN dest TEXT;
+ALTER TABLE outgoing ADD COLUMN content_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE outgoing ADD COLUMN summary TEXT NOT NULL DEFAULT '{}';
+-- When it was applied onboard (state 'applied'); applied rows are kept a while for status.
+ALTER TABLE outgoing ADD COLUMN finished_at INTEGER;
+
+-- Ground: what each connection to a node moved, to estimate the link's rate for planning.
+CREATE TABLE link_log (
+    node     TEXT NOT NULL,
+    at       INTEGER NOT NULL,
+    sent     INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    secs     REAL NOT NULL
+);

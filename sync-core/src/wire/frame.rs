@@ -109,21 +109,17 @@ impl MessageDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::id::PackId;
 
     #[test]
     fn messages_survive_any_split() {
         let msgs = vec![
             Message::Bye,
             Message::PackData {
-                pack: PackId([3; 32]),
                 offset: 1 << 40,
                 bytes: vec![9; 70_000],
             },
-            Message::PackAck {
-                pack: PackId([4; 32]),
-                offset: 5,
-            },
+            Message::PackAck { offset: 5 },
+            Message::KeepAlive,
         ];
         let stream: Vec<u8> = msgs.iter().flat_map(encode_message).collect();
         for step in [1, 2, 7, 1000, stream.len()] {

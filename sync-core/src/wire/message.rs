@@ -48,20 +48,24 @@ pub enum Message {
     },
     /// Onboard → ground: send from `offset` (what is already durably staged).
     PackAccept { pack: PackId, offset: u64 },
+    /// Ground → onboard: pack bytes at `offset`, for the pack accepted on this connection.
     PackData {
-        pack: PackId,
         offset: u64,
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
-    /// Onboard → ground: everything below `offset` is durably stored.
-    PackAck { pack: PackId, offset: u64 },
+    /// Onboard → ground: everything below `offset` of the pack accepted on this connection is
+    /// durably stored.
+    PackAck { offset: u64 },
     /// Onboard → ground: the pack is verified and applied; the volume is at `root`.
     PackApplied { pack: PackId, root: ManifestId },
     /// Either way: a request failed. The connection stays usable unless the sender closes it.
     Error { kind: ErrorKind, message: String },
     /// Ground → onboard: done; close cleanly.
     Bye,
+    /// Either way, when a side has sent nothing for a while: "still here". Lets each side
+    /// notice a silent link within seconds even while the other is busy applying or waiting.
+    KeepAlive,
 }
 
 /// How a pod's manifest travels: not at all when the ground's copy is current, as the changes

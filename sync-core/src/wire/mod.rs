@@ -17,7 +17,9 @@ pub mod secure;
 
 pub use frame::{MAX_MESSAGE_BYTES, MessageDecoder, RecordDecoder, encode_message};
 pub use message::{ErrorKind, ManifestBody, Message, PROTOCOL_VERSION};
-pub use secure::{Handshake, LinkKey, PREAMBLE_LEN, SecureChannel, check_preamble, preamble};
+pub use secure::{
+    Handshake, LinkKey, Opener, PREAMBLE_LEN, Sealer, SecureChannel, check_preamble, preamble,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {

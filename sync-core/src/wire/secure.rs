@@ -5,6 +5,8 @@
 //!
 //! Sans-IO: bytes in, bytes out. The link layer moves them.
 
+use std::sync::Arc;
+
 use super::WireError;
 use super::message::PROTOCOL_VERSION;
 
@@ -127,41 +129,85 @@ impl Handshake {
     }
 
     pub fn into_channel(self) -> Result<SecureChannel, WireError> {
+        let transport = Arc::new(self.state.into_stateless_transport_mode().map_err(noise)?);
         Ok(SecureChannel {
-            transport: self.state.into_transport_mode().map_err(noise)?,
-            scratch: vec![0u8; MAX_RECORD],
+            sealer: Sealer {
+                transport: transport.clone(),
+                nonce: 0,
+                scratch: vec![0u8; MAX_RECORD],
+            },
+            opener: Opener {
+                transport,
+                nonce: 0,
+                scratch: vec![0u8; MAX_RECORD],
+            },
         })
     }
 }
 
+/// Both directions of an established link. [`SecureChannel::split`] gives each direction its
+/// own half, so one task can send while another receives.
 pub struct SecureChannel {
-    transport: snow::TransportState,
-    scratch: Vec<u8>,
+    sealer: Sealer,
+    opener: Opener,
 }
 
 impl SecureChannel {
+    pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        self.sealer.seal(plaintext, out)
+    }
+
+    pub fn open(&mut self, record: &[u8]) -> Result<Vec<u8>, WireError> {
+        self.opener.open(record)
+    }
+
+    pub fn split(self) -> (Sealer, Opener) {
+        (self.sealer, self.opener)
+    }
+}
+
+/// The sending direction. Each record uses the next nonce, so records cannot be replayed,
+/// dropped or reordered without the receiver noticing.
+pub struct Sealer {
+    transport: Arc<snow::StatelessTransportState>,
+    nonce: u64,
+    scratch: Vec<u8>,
+}
+
+impl Sealer {
     /// Encrypts `plaintext` into as many framed records as it needs, appended to `out`.
     pub fn seal(&mut self, plaintext: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
         for chunk in plaintext.chunks(MAX_RECORD_PLAINTEXT) {
             let n = self
                 .transport
-                .write_message(chunk, &mut self.scratch)
+                .write_message(self.nonce, chunk, &mut self.scratch)
                 .map_err(noise)?;
+            self.nonce += 1;
             out.extend_from_slice(&(n as u16).to_be_bytes());
             out.extend_from_slice(&self.scratch[..n]);
         }
         Ok(())
     }
+}
 
+/// The receiving direction.
+pub struct Opener {
+    transport: Arc<snow::StatelessTransportState>,
+    nonce: u64,
+    scratch: Vec<u8>,
+}
+
+impl Opener {
     /// Decrypts one record (without its length).
     pub fn open(&mut self, record: &[u8]) -> Result<Vec<u8>, WireError> {
         let n = self
             .transport
-            .read_message(record, &mut self.scratch)
+            .read_message(self.nonce, record, &mut self.scratch)
             .map_err(|e| match e {
                 snow::Error::Decrypt => WireError::Corrupt,
                 other => noise(other),
             })?;
+        self.nonce += 1;
         Ok(self.scratch[..n].to_vec())
     }
 }
