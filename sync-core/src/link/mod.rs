@@ -159,6 +159,7 @@ pub struct LinkReader<R> {
     messages: MessageDecoder,
     counters: Arc<Counters>,
     idle: Duration,
+    last_recv: Instant,
     buf: Vec<u8>,
 }
 
@@ -175,12 +176,18 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
                 self.messages.push(&plain);
                 continue;
             }
-            let n = tokio::time::timeout(self.idle, self.stream.read(&mut self.buf))
-                .await
-                .map_err(|_| LinkError::Timeout(self.idle))??;
+            // Silence is measured from the last byte received, not from this call: a caller
+            // that stops waiting now and then (to send a keep-alive) must not reset it.
+            let n = tokio::time::timeout_at(
+                self.last_recv + self.idle,
+                self.stream.read(&mut self.buf),
+            )
+            .await
+            .map_err(|_| LinkError::Timeout(self.idle))??;
             if n == 0 {
                 return Err(LinkError::Closed);
             }
+            self.last_recv = Instant::now();
             self.counters
                 .received
                 .fetch_add(n as u64, Ordering::Relaxed);
@@ -315,6 +322,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Start<S> {
                 messages: MessageDecoder::default(),
                 counters: self.counters.clone(),
                 idle: self.idle,
+                last_recv: Instant::now(),
                 buf: vec![0u8; 64 * 1024],
             },
             tx: LinkWriter {

@@ -19,8 +19,10 @@
 //! ([`Encoding::Rsync`]). Bases are named by their index in the base manifest, which the header's
 //! `base_root` pins; the receiver verifies each base's BLAKE3 before use.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::PackError;
 use crate::id::ManifestId;
 use crate::manifest::Change;
 
@@ -39,6 +41,85 @@ pub struct HeaderBody {
     pub changes: Vec<Change>,
     pub objects: Vec<u64>,
     pub segments: Vec<SegmentSpec>,
+}
+
+impl HeaderBody {
+    /// Decodes the postcard form [`HeaderBody`]'s `Serialize` writes, checking every table's
+    /// declared count before anything is allocated for it: changes and objects against
+    /// `max_changes`; segments, segment items and prefix entries each against the object count
+    /// (every segment carries at least one object, every object travels once, and a segment names
+    /// at most one prefix entry per object it carries). Deserializing with serde alone would
+    /// build the whole header first, and an element in memory is far larger than its encoding (a
+    /// removal of a one-letter path: 3 bytes, about 100 in memory), so `max_header_bytes` alone
+    /// does not bound the memory a header takes. Bytes after the last segment are refused.
+    pub fn decode(raw: &[u8], limits: &Limits) -> Result<HeaderBody, PackError> {
+        let mut r = Fields(raw);
+        let target_root = r.take()?;
+        let n = r.count("change count", limits.max_changes)?;
+        let changes = r.seq(n)?;
+        let n = r.count("object count", limits.max_changes)?;
+        let objects: Vec<u64> = r.seq(n)?;
+        let object_count = objects.len() as u64;
+        let n = r.count("segment count", object_count)?;
+        let mut segments = Vec::with_capacity(n.min(r.0.len()));
+        let (mut prefix_entries, mut items) = (0u64, 0u64);
+        for _ in 0..n {
+            let n = r.count("prefix entries", object_count - prefix_entries)?;
+            prefix_entries += n as u64;
+            let prefix = r.seq(n)?;
+            let n = r.count("segment items", object_count - items)?;
+            items += n as u64;
+            segments.push(SegmentSpec {
+                prefix,
+                items: r.seq(n)?,
+                frame_len: r.take()?,
+                window_log: r.take()?,
+            });
+        }
+        if !r.0.is_empty() {
+            return Err(PackError::Trailing("header"));
+        }
+        Ok(HeaderBody {
+            target_root,
+            changes,
+            objects,
+            segments,
+        })
+    }
+}
+
+/// The not yet decoded rest of a header body.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn take<T: DeserializeOwned>(&mut self) -> Result<T, PackError> {
+        let (value, rest) =
+            postcard::take_from_bytes(self.0).map_err(|e| PackError::Header(e.to_string()))?;
+        self.0 = rest;
+        Ok(value)
+    }
+
+    /// A sequence's length (postcard: a varint), refused over `limit`.
+    fn count(&mut self, what: &'static str, limit: u64) -> Result<usize, PackError> {
+        let n: u64 = self.take()?;
+        if n > limit {
+            return Err(PackError::OverLimit {
+                what,
+                value: n,
+                limit,
+            });
+        }
+        Ok(n as usize)
+    }
+
+    /// `n` elements; memory grows only as elements actually decode (each takes at least a byte).
+    fn seq<T: DeserializeOwned>(&mut self, n: usize) -> Result<Vec<T>, PackError> {
+        let mut v = Vec::with_capacity(n.min(self.0.len()));
+        for _ in 0..n {
+            v.push(self.take()?);
+        }
+        Ok(v)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,5 +187,114 @@ impl Default for Limits {
             max_window_log: 30,
             max_changes: 4_000_000,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::ContentId;
+    use crate::manifest::{FileSource, Put, PutKind};
+    use crate::path::VolumePath;
+
+    fn body() -> HeaderBody {
+        let put = |path: &str, kind| {
+            Change::Put(Put {
+                path: VolumePath::new(path).unwrap(),
+                kind,
+                mode: 0o644,
+                mtime: 1_700_000_000,
+            })
+        };
+        HeaderBody {
+            target_root: ManifestId([7; 32]),
+            changes: vec![
+                Change::Remove(VolumePath::new("old").unwrap()),
+                put("d", PutKind::Dir),
+                put("d/a", PutKind::File(FileSource::Object(0))),
+                put("d/b", PutKind::File(FileSource::Object(1))),
+                put(
+                    "d/c",
+                    PutKind::File(FileSource::Known {
+                        id: ContentId::of(b"held"),
+                        size: 4,
+                    }),
+                ),
+                put("l", PutKind::Symlink("d/a".into())),
+            ],
+            objects: vec![300, 70_000],
+            segments: vec![
+                SegmentSpec {
+                    prefix: vec![3],
+                    items: vec![Item {
+                        object: 0,
+                        encoding: Encoding::Literal,
+                    }],
+                    frame_len: 120,
+                    window_log: 20,
+                },
+                SegmentSpec {
+                    prefix: vec![],
+                    items: vec![Item {
+                        object: 1,
+                        encoding: Encoding::Rsync {
+                            base: 5,
+                            delta_len: 900,
+                        },
+                    }],
+                    frame_len: 950,
+                    window_log: 20,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn header_body_decodes_what_serde_encodes() {
+        let b = body();
+        let raw = postcard::to_stdvec(&b).unwrap();
+        assert_eq!(HeaderBody::decode(&raw, &Limits::default()).unwrap(), b);
+    }
+
+    fn over(b: &HeaderBody, limits: &Limits) -> Option<&'static str> {
+        match HeaderBody::decode(&postcard::to_stdvec(b).unwrap(), limits) {
+            Err(PackError::OverLimit { what, .. }) => Some(what),
+            _ => None,
+        }
+    }
+
+    /// Regression, with `read::tests::header_change_count_is_refused_before_the_changes_are_built`:
+    /// every table of the header is refused on its declared count.
+    #[test]
+    fn every_header_table_is_capped_by_its_count() {
+        let tight = Limits {
+            max_changes: 5,
+            ..Limits::default()
+        };
+        assert_eq!(over(&body(), &tight), Some("change count"));
+        let mut b = body();
+        b.changes.clear();
+        b.objects = vec![1; 6];
+        assert_eq!(over(&b, &tight), Some("object count"));
+        let mut b = body();
+        b.objects.pop();
+        assert_eq!(over(&b, &Limits::default()), Some("segment count"));
+        let mut b = body();
+        b.segments[0].prefix = vec![3, 4, 5];
+        assert_eq!(over(&b, &Limits::default()), Some("prefix entries"));
+        let mut b = body();
+        let extra = b.segments[0].items[0];
+        b.segments[1].items.push(extra);
+        assert_eq!(over(&b, &Limits::default()), Some("segment items"));
+    }
+
+    #[test]
+    fn bytes_after_the_header_body_are_refused() {
+        let mut raw = postcard::to_stdvec(&body()).unwrap();
+        raw.push(0);
+        assert!(matches!(
+            HeaderBody::decode(&raw, &Limits::default()),
+            Err(PackError::Trailing("header"))
+        ));
     }
 }

@@ -79,8 +79,7 @@ pub fn read_header(
     .read_to_end(&mut raw)
     .map_err(|e| PackError::Header(e.to_string()))?;
     check("header", raw.len() as u64, limits.max_header_bytes)?;
-    let body: HeaderBody =
-        postcard::from_bytes(&raw).map_err(|e| PackError::Header(e.to_string()))?;
+    let body = HeaderBody::decode(&raw, limits)?;
     Ok(PackHeader {
         base_root,
         target_root: body.target_root,
@@ -317,4 +316,53 @@ pub fn decode_pack(
         objects,
         target,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fixed part and a header frame holding `raw`, for a pack against the empty manifest.
+    fn pack_with_header(raw: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::new();
+        zstd_ref::compress(&[], &mut &raw[..], raw.len() as u64, &mut frame).unwrap();
+        let mut pack = MAGIC.to_vec();
+        pack.push(VERSION);
+        pack.extend_from_slice(&Manifest::default().root().0);
+        pack.push(0);
+        pack.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        pack.extend_from_slice(&frame);
+        pack
+    }
+
+    /// Regression (found while writing the pack fuzz target): the header's tables were built by
+    /// serde before any count in them was checked, and an element in memory is far larger than
+    /// its encoding (a removal of a one-letter path: 3 bytes, about 100 in memory). A 21 KB pack
+    /// whose header declared 85 million such removals (255 MB decompressed, under the default
+    /// header cap) made the receiver allocate about 10 GB before `max_changes` refused it.
+    #[test]
+    fn header_change_count_is_refused_before_the_changes_are_built() {
+        // Target root, a change count of 1001 (varint e9 07), and one removal of "a".
+        let raw = [&[0u8; 32][..], &[0xe9, 0x07], &[0, 1, b'a']].concat();
+        let limits = Limits {
+            max_changes: 1000,
+            ..Limits::default()
+        };
+        let r = read_header(
+            &mut &pack_with_header(&raw)[..],
+            &Manifest::default(),
+            &limits,
+        );
+        assert!(
+            matches!(
+                r,
+                Err(PackError::OverLimit {
+                    what: "change count",
+                    value: 1001,
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
 }

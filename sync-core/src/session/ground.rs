@@ -919,7 +919,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     fn send_limit(&self, up: &Upload, allow: &Allowance) -> u64 {
         let mut limit = up.total();
         if let Some(budget) = allow.budget {
-            let left = budget.saturating_sub(self.wire_total() + CLOSING_RESERVE);
+            // Acknowledgements of what is sent now arrive later and count too: about 25 bytes
+            // per 3 s of link, under 1% of the bytes they acknowledge; keep 2% back for them.
+            let left = budget.saturating_sub(self.wire_total() + CLOSING_RESERVE + budget / 50);
             // Each frame costs its payload plus framing.
             let frames = left / Upload::wire_cost(up.frame_size() as u64);
             let rest = left % Upload::wire_cost(up.frame_size() as u64);

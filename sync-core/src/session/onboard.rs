@@ -56,6 +56,11 @@ pub struct OnboardService {
     limits: Limits,
     /// One lock per pod: scans and applies of one volume never interleave.
     pod_locks: Mutex<HashMap<PodName, Arc<Mutex<()>>>>,
+    /// Which connection owns each pack being received: a ground that reconnects after a silent
+    /// cut takes its pack over from the old connection, which may not have noticed yet; the old
+    /// one then writes and records nothing more.
+    receivers: Mutex<HashMap<PackId, u64>>,
+    next_receiver: std::sync::atomic::AtomicU64,
 }
 
 impl OnboardService {
@@ -81,6 +86,8 @@ impl OnboardService {
             node,
             limits,
             pod_locks: Mutex::new(HashMap::new()),
+            receivers: Mutex::new(HashMap::new()),
+            next_receiver: std::sync::atomic::AtomicU64::new(1),
         };
         svc.roll_forward()?;
         Ok(svc)
@@ -368,6 +375,29 @@ struct Receiving {
     file: File,
     /// Bytes written but not yet synced and acknowledged.
     unsynced: u64,
+    /// This connection's claim on the pack (see `OnboardService::receivers`).
+    claim: u64,
+}
+
+impl OnboardService {
+    fn claim(&self, pack: &PackId) -> u64 {
+        let c = self
+            .next_receiver
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.receivers.lock().expect("receivers").insert(*pack, c);
+        c
+    }
+
+    fn holds_claim(&self, pack: &PackId, claim: u64) -> bool {
+        self.receivers.lock().expect("receivers").get(pack) == Some(&claim)
+    }
+
+    fn release(&self, pack: &PackId, claim: u64) {
+        let mut r = self.receivers.lock().expect("receivers");
+        if r.get(pack) == Some(&claim) {
+            r.remove(pack);
+        }
+    }
 }
 
 /// What the connection should do after a message.
@@ -449,6 +479,9 @@ impl OnboardSession {
                 format!("a pack of {len} bytes is over this node's limit of {cap}"),
             ));
         }
+        // Claimed before the state is read, so an older connection still holding the pack
+        // stops writing before we look at what it left.
+        let claim = self.svc.claim(&pack);
         let known = self.svc.db().incoming(&pack).map_err(internal)?;
         let known = known.filter(|k| k.pod == pod && k.len == len);
         if known.is_none() {
@@ -513,6 +546,7 @@ impl OnboardSession {
             info,
             file,
             unsynced,
+            claim,
         });
         let accept = Message::PackAccept { pack, offset };
         if offset < len {
@@ -534,6 +568,13 @@ impl OnboardSession {
                 "pack data without an accepted pack offer",
             ));
         };
+        if !self.svc.holds_claim(&rx.info.pack, rx.claim) {
+            self.incoming = None;
+            return Err(reply(
+                ErrorKind::Protocol,
+                "a newer connection took this pack over",
+            ));
+        }
         let at = rx.info.received + rx.unsynced;
         if offset != at || at + bytes.len() as u64 > rx.info.len {
             return Err(reply(
@@ -561,7 +602,7 @@ impl OnboardSession {
     /// anything new. The connection calls this on a timer, and when the link goes away.
     pub fn flush(&mut self) -> Option<Message> {
         let rx = self.incoming.as_mut()?;
-        if rx.unsynced == 0 {
+        if rx.unsynced == 0 || !self.svc.holds_claim(&rx.info.pack, rx.claim) {
             return None;
         }
         if let Err(e) = rx.file.sync_data() {
@@ -592,8 +633,10 @@ impl OnboardSession {
         rx.unsynced = 0;
         self.svc.db().put_incoming(&rx.info).map_err(internal)?;
         let info = rx.info.clone();
+        let claim = rx.claim;
         self.incoming = None;
         let pack = info.pack;
+        self.svc.release(&pack, claim);
         let ack = Message::PackAck {
             offset: info.received,
         };
