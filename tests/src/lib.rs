@@ -130,49 +130,31 @@ pub struct Onboard {
     _stdout: BufReader<ChildStdout>,
     pub dir: tempfile::TempDir,
     pub addr: String,
+    /// Extra `serve` flags, kept so that [`Onboard::restart`] runs the same daemon again.
+    extra: Vec<String>,
 }
 
 impl Onboard {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Self::start_in(tempfile::tempdir().expect("temp dir"), &[])
+    }
+
+    /// Like [`Onboard::start`] with extra `serve` flags (`--max-object-bytes`, ...), in `dir`,
+    /// which may already hold `vols` or `state` (a small disk mounted there, say).
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         let root = dir.path();
         for d in ["vols", "state", "ground"] {
-            fs::create_dir(root.join(d)).unwrap();
+            fs::create_dir_all(root.join(d)).unwrap();
         }
         keygen(&root.join("link.key"));
-        let log = fs::File::create(root.join("onboard.log")).unwrap();
-        let mut child = Command::new(onboard_bin())
-            .arg("serve")
-            .arg("--volumes")
-            .arg(root.join("vols"))
-            .arg("--state")
-            .arg(root.join("state"))
-            .args(["--listen", "127.0.0.1:0", "--key"])
-            .arg(root.join("link.key"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawning sync-onboard serve");
-        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line).expect("reading onboard stdout");
-        let Some(addr) = line.trim().strip_prefix("listening on ") else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "sync-onboard did not say where it listens: {line:?}; log:\n{}",
-                fs::read_to_string(root.join("onboard.log")).unwrap_or_default()
-            );
-        };
-        let addr = addr.to_string();
-        let port: u16 = addr.rsplit(':').next().unwrap().parse().expect("port");
-        assert_ne!(port, 0);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, stdout, addr) = spawn_serve(root, &extra);
         Self {
             child,
             _stdout: stdout,
             dir,
             addr,
+            extra,
         }
     }
 
@@ -233,6 +215,44 @@ impl Onboard {
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("onboard.log")).unwrap_or_default()
     }
+}
+
+/// Spawns `sync-onboard serve` on the folders under `root` and waits for its address.
+fn spawn_serve(root: &Path, extra: &[String]) -> (Child, BufReader<ChildStdout>, String) {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("onboard.log"))
+        .unwrap();
+    let mut child = Command::new(onboard_bin())
+        .arg("serve")
+        .arg("--volumes")
+        .arg(root.join("vols"))
+        .arg("--state")
+        .arg(root.join("state"))
+        .args(["--listen", "127.0.0.1:0", "--key"])
+        .arg(root.join("link.key"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawning sync-onboard serve");
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("reading onboard stdout");
+    let Some(addr) = line.trim().strip_prefix("listening on ") else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "sync-onboard did not say where it listens: {line:?}; log:\n{}",
+            fs::read_to_string(root.join("onboard.log")).unwrap_or_default()
+        );
+    };
+    let addr = addr.to_string();
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().expect("port");
+    assert_ne!(port, 0);
+    (child, stdout, addr)
 }
 
 impl Drop for Onboard {
@@ -350,4 +370,332 @@ pub fn field<'a>(v: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(v, |v, k| {
         v.get(k).unwrap_or_else(|| panic!("no field {path} in {v}"))
     })
+}
+
+impl Onboard {
+    /// Stops the daemon and starts it again on the same folders, key and flags (a reboot). The
+    /// new daemon listens on a new port; [`Onboard::addr`] follows it.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, stdout, addr) = spawn_serve(self.dir.path(), &self.extra);
+        self.child = child;
+        self._stdout = stdout;
+        self.addr = addr;
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the daemon process is still running (it has not exited or crashed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The daemon's peak resident memory so far (`VmHWM` of `/proc/<pid>/status`), in bytes.
+    pub fn peak_memory(&self) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("reading the daemon's /proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in /proc status:\n{status}"));
+        kb * 1024
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Names in the daemon's staging folder (packs being received, decoded objects).
+    pub fn staging_entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.state().join("staging"))
+            .map(|rd| {
+                rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// A small tmpfs mounted for one test, so that a disk can be filled. Unmounted when dropped,
+/// after which `cleanup` (the temporary folder the mount point was in, whose own removal fails
+/// while something is mounted inside it) is removed.
+pub struct SmallDisk {
+    mount_point: PathBuf,
+    cleanup: PathBuf,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `bytes` on `mount_point` (created if missing). Fails with the reason
+    /// when this machine does not allow it (not root, no CAP_SYS_ADMIN, no tmpfs).
+    pub fn mount(mount_point: &Path, bytes: u64, cleanup: &Path) -> Result<Self, String> {
+        fs::create_dir_all(mount_point).map_err(|e| format!("creating the mount point: {e}"))?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={bytes},mode=0755"))
+            .arg("tmpfs")
+            .arg(mount_point)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Self {
+            mount_point: mount_point.to_path_buf(),
+            cleanup: cleanup.to_path_buf(),
+        })
+    }
+
+    /// Bytes still free on the disk.
+    pub fn free(&self) -> u64 {
+        let out = Command::new("df")
+            .args(["--output=avail", "-B1"])
+            .arg(&self.mount_point)
+            .output()
+            .expect("running df");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or_else(|| panic!("df said {out:?}"))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let ok = Command::new("umount")
+            .arg(&self.mount_point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // Something still holds a file there: detach it now, it goes when released.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mount_point)
+                .status();
+        }
+        let _ = fs::remove_dir_all(&self.cleanup);
+    }
+}
+
+impl Onboard {
+    /// Like [`Onboard::ground`], but connecting to `addr` (a proxy in front of the daemon).
+    pub fn ground_to(&self, addr: &str, args: &[&str]) -> Run {
+        let out = Command::new(ground_bin())
+            .args(args)
+            .arg("--to")
+            .arg(addr)
+            .arg("--key")
+            .arg(self.key())
+            .arg("--state")
+            .arg(self.ground_state())
+            .env_remove("SYNC_TO")
+            .env_remove("SYNC_KEY")
+            .env_remove("SYNC_STATE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running sync-ground");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+pub use counting_proxy::CountingProxy;
+
+mod counting_proxy {
+    use std::collections::HashMap;
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    /// A TCP proxy on `127.0.0.1:0` in front of a daemon: forwards both directions and counts
+    /// the bytes it forwards each way, so a test can hold a program's own wire counts against
+    /// what really crossed the socket. It keeps every open connection, so a test can also cut
+    /// them.
+    pub struct CountingProxy {
+        /// Where clients connect (`127.0.0.1:PORT`).
+        pub addr: String,
+        shared: Arc<Shared>,
+        accept: Option<JoinHandle<()>>,
+    }
+
+    struct Shared {
+        upstream: String,
+        /// Bytes forwarded from clients to the upstream (ground → onboard).
+        up: AtomicU64,
+        /// Bytes forwarded from the upstream to clients (onboard → ground).
+        down: AtomicU64,
+        opened: AtomicU64,
+        /// Connections whose two directions have both ended.
+        closed: AtomicU64,
+        stopping: AtomicBool,
+        /// Both sockets of every open connection, by connection number: what [`cut`] shuts.
+        live: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
+    }
+
+    impl CountingProxy {
+        /// Starts forwarding to `upstream` (`HOST:PORT`).
+        pub fn start(upstream: &str) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("binding the proxy");
+            let addr = listener.local_addr().expect("proxy address").to_string();
+            let shared = Arc::new(Shared {
+                upstream: upstream.to_string(),
+                up: AtomicU64::new(0),
+                down: AtomicU64::new(0),
+                opened: AtomicU64::new(0),
+                closed: AtomicU64::new(0),
+                stopping: AtomicBool::new(false),
+                live: Mutex::new(HashMap::new()),
+            });
+            let s = shared.clone();
+            let accept = std::thread::spawn(move || accept_loop(listener, s));
+            Self {
+                addr,
+                shared,
+                accept: Some(accept),
+            }
+        }
+
+        /// Bytes forwarded so far, all connections: (client → upstream, upstream → client).
+        pub fn counts(&self) -> (u64, u64) {
+            (
+                self.shared.up.load(Ordering::SeqCst),
+                self.shared.down.load(Ordering::SeqCst),
+            )
+        }
+
+        /// Connections accepted so far, and how many of them have ended both ways.
+        pub fn connections(&self) -> (u64, u64) {
+            (
+                self.shared.opened.load(Ordering::SeqCst),
+                self.shared.closed.load(Ordering::SeqCst),
+            )
+        }
+
+        /// Waits until at least `n` connections have ended both ways; false on timeout.
+        pub fn wait_closed(&self, n: u64, timeout: Duration) -> bool {
+            let until = Instant::now() + timeout;
+            while self.shared.closed.load(Ordering::SeqCst) < n {
+                if Instant::now() >= until {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            true
+        }
+
+        /// Cuts every open connection, both sockets, both ways (a link lost mid-transfer).
+        pub fn cut(&self) {
+            cut_all(&self.shared);
+        }
+
+        /// Stops accepting and cuts every open connection.
+        pub fn stop(&mut self) {
+            let Some(accept) = self.accept.take() else {
+                return;
+            };
+            self.shared.stopping.store(true, Ordering::SeqCst);
+            // Wake the blocking accept; the loop sees the flag and ends.
+            let _ = TcpStream::connect(&self.addr);
+            let _ = accept.join();
+            cut_all(&self.shared);
+        }
+    }
+
+    impl Drop for CountingProxy {
+        fn drop(&mut self) {
+            self.stop();
+        }
+    }
+
+    fn cut_all(shared: &Shared) {
+        for (client, upstream) in shared.live.lock().expect("proxy table").values() {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = upstream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+        for client in listener.incoming() {
+            if shared.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let Ok(client) = client else { continue };
+            let Ok(upstream) = TcpStream::connect(&shared.upstream) else {
+                continue; // the client sees its connection close
+            };
+            let _ = client.set_nodelay(true);
+            let _ = upstream.set_nodelay(true);
+            let id = shared.opened.fetch_add(1, Ordering::SeqCst);
+            let (Ok(c2), Ok(u2), Ok(c3), Ok(u3)) = (
+                client.try_clone(),
+                upstream.try_clone(),
+                client.try_clone(),
+                upstream.try_clone(),
+            ) else {
+                shared.closed.fetch_add(1, Ordering::SeqCst);
+                continue;
+            };
+            shared
+                .live
+                .lock()
+                .expect("proxy table")
+                .insert(id, (c3, u3));
+            // Counts how many of the connection's two directions have ended.
+            let ended = Arc::new(AtomicU64::new(0));
+            for (from, to, up) in [(client, u2, true), (upstream, c2, false)] {
+                let (shared, ended) = (shared.clone(), ended.clone());
+                std::thread::spawn(move || {
+                    let counter = if up { &shared.up } else { &shared.down };
+                    pump(from, to, counter);
+                    if ended.fetch_add(1, Ordering::SeqCst) == 1 {
+                        shared.live.lock().expect("proxy table").remove(&id);
+                        shared.closed.fetch_add(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        }
+    }
+
+    /// Copies `from` to `to` until `from` ends, counting what was written; passes the end on
+    /// as a half close, so each side sees exactly what the other did.
+    fn pump(mut from: TcpStream, mut to: TcpStream, counter: &AtomicU64) {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) => {
+                    let _ = to.shutdown(Shutdown::Write);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    let _ = to.shutdown(Shutdown::Both);
+                    return;
+                }
+            };
+            if to.write_all(&buf[..n]).is_err() {
+                let _ = from.shutdown(Shutdown::Both);
+                return;
+            }
+            counter.fetch_add(n as u64, Ordering::SeqCst);
+        }
+    }
 }

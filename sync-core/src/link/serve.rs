@@ -80,7 +80,8 @@ where
     tx.send(&svc.welcome()).await?;
     // The reader runs on its own so that a slow apply never stops this side from noticing a
     // dead link, and a fast sender never waits for our disk.
-    let (inbox_tx, mut inbox) = mpsc::channel(64);
+    // Shallow: a frame read but not yet written is lost if the daemon is killed.
+    let (inbox_tx, mut inbox) = mpsc::channel(1);
     let reader = tokio::spawn(async move {
         loop {
             let r = rx.recv().await;
