@@ -3,12 +3,14 @@
 //! Every operation goes through a directory handle on the volume (cap-std), so no path, however
 //! it was made, and no symlink a pod planted, can reach outside that pod's volume.
 //!
-//! Applying is two phases. `prepare` turns the changes into [`Step`]s and stages every file's
-//! bytes (new objects are already staged by the pack decoder; copies of content the volume
-//! holds are staged here, verified). Only then does the journaled phase touch the volume: each
-//! file is renamed into place after fsync, so a pod sees each file either old or new, and the
-//! whole step is short because nothing is decoded or copied across the link during it. Every
-//! step is idempotent, so a crash in the middle is rolled forward by running the journal again.
+//! Applying is two phases. `prepare` turns the changes into [`Step`]s and places every new
+//! file's bytes inside the volume under a reserved temporary name (`.~sync.<tag>.<n>` at the
+//! volume's root), fsynced, with its mode and time: new objects from the pack decoder's staging
+//! folder, copies of content the volume already holds (verified). This is where the volume's
+//! disk fills up if it is going to; then every temporary is removed again and nothing else has
+//! changed. Only after that does the journaled phase touch what a pod sees, and it only renames
+//! and removes, so it needs no space and is short. Every step is idempotent, so a crash in the
+//! middle is rolled forward by running the journal again.
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
@@ -68,6 +70,18 @@ impl Volumes {
 
     /// The pod's volume, if it exists. A pod name is a single plain name, so this can only ever
     /// open a direct child of the volumes folder, and never through a symlink.
+    /// The pods that have a volume.
+    pub fn pods(&self) -> Result<Vec<PodName>, VolumeError> {
+        let mut out = Vec::new();
+        for e in self.dir.entries().map_err(io_at("."))? {
+            let e = e.map_err(io_at("."))?;
+            if let Ok(name) = PodName::new(e.file_name().to_string_lossy().into_owned()) {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn pod(&self, pod: &PodName) -> Result<Option<Dir>, VolumeError> {
         match self.dir.open_dir_nofollow(pod.as_str()) {
             Ok(d) => Ok(Some(d)),
@@ -102,13 +116,12 @@ pub enum Step {
         path: VolumePath,
         mode: u32,
     },
-    /// Place staged file `staged` at `path`; with `keep` it is copied because a later step uses
-    /// it again, otherwise moved.
+    /// Rename the temporary `temp` (at the volume's root, already synced with its mode and
+    /// time) to `path`.
     File {
         path: VolumePath,
-        staged: String,
+        temp: String,
         id: ContentId,
-        keep: bool,
         mode: u32,
         mtime: i64,
     },
@@ -130,19 +143,57 @@ pub struct ApplyPlan {
     pub steps: Vec<Step>,
 }
 
-/// Turns verified changes into steps and stages copies of content the volume already holds.
-/// `objects` are the pack's objects (already staged by the decoder as `o<index>`).
+/// Turns verified changes into steps and places every file's bytes in the volume under a
+/// temporary name. `objects` are the pack's objects, staged by the decoder as `o<index>` in
+/// `staging`. On failure every temporary made so far is removed: the volume is as it was.
 pub fn prepare(
     volume: &Dir,
     staging: &Path,
     base: &Manifest,
     changes: &[Change],
     objects: &[(ContentId, u64)],
+    temp_tag: &str,
+) -> Result<ApplyPlan, VolumeError> {
+    let mut placed = Vec::new();
+    let result = place_all(
+        volume,
+        staging,
+        base,
+        changes,
+        objects,
+        temp_tag,
+        &mut placed,
+    );
+    if result.is_err() {
+        for t in &placed {
+            let _ = volume.remove_file(t);
+        }
+    }
+    result
+}
+
+fn place_all(
+    volume: &Dir,
+    staging: &Path,
+    base: &Manifest,
+    changes: &[Change],
+    objects: &[(ContentId, u64)],
+    temp_tag: &str,
+    placed: &mut Vec<String>,
 ) -> Result<ApplyPlan, VolumeError> {
     let held = base.content_index();
+    // How many steps use each staged object: the last one may take the file itself.
+    let mut uses: HashMap<u32, usize> = HashMap::new();
+    for c in changes {
+        if let Change::Put(p) = c
+            && let PutKind::File(FileSource::Object(i)) = p.kind
+        {
+            *uses.entry(i).or_default() += 1;
+        }
+    }
     let mut steps = Vec::with_capacity(changes.len());
-    let mut staged_copies: HashSet<ContentId> = HashSet::new();
-    for change in changes {
+    for (n, change) in changes.iter().enumerate() {
+        let temp = format!("{TEMP_PREFIX}{temp_tag}.{n}");
         let step = match change {
             Change::Remove(path) => Step::Remove { path: path.clone() },
             Change::Put(put) => match &put.kind {
@@ -154,14 +205,14 @@ pub fn prepare(
                     path: put.path.clone(),
                     target: target.clone(),
                 },
-                PutKind::File(FileSource::Object(i)) => Step::File {
-                    path: put.path.clone(),
-                    staged: format!("o{i}"),
-                    id: objects[*i as usize].0,
-                    keep: false,
-                    mode: put.mode,
-                    mtime: put.mtime,
-                },
+                PutKind::File(FileSource::Object(i)) => {
+                    let left = uses.get_mut(i).expect("counted above");
+                    *left -= 1;
+                    let src = staging.join(format!("o{i}"));
+                    placed.push(temp.clone());
+                    place_staged(volume, &src, &temp, *left == 0)?;
+                    file_step(volume, &temp, put, objects[*i as usize].0)?
+                }
                 PutKind::File(FileSource::Known { id, .. }) => {
                     if base.get(&put.path).and_then(|e| e.file_id()) == Some(*id) {
                         Step::Touch {
@@ -170,55 +221,78 @@ pub fn prepare(
                             mtime: put.mtime,
                         }
                     } else {
-                        let staged = format!("k{}", id.to_hex());
-                        if staged_copies.insert(*id) {
-                            stage_copy(volume, staging, base, &held, id, &staged, &put.path)?;
-                        }
-                        Step::File {
-                            path: put.path.clone(),
-                            staged,
-                            id: *id,
-                            keep: false,
-                            mode: put.mode,
-                            mtime: put.mtime,
-                        }
+                        placed.push(temp.clone());
+                        place_copy(volume, base, &held, id, &temp, &put.path)?;
+                        file_step(volume, &temp, put, *id)?
                     }
                 }
             },
         };
         steps.push(step);
     }
-    // Every use of a staged file but the last copies it; the last moves it.
-    let mut last_use: HashMap<String, usize> = HashMap::new();
-    for (i, s) in steps.iter().enumerate() {
-        if let Step::File { staged, .. } = s {
-            last_use.insert(staged.clone(), i);
-        }
-    }
-    for (i, s) in steps.iter_mut().enumerate() {
-        if let Step::File { staged, keep, .. } = s {
-            *keep = last_use[staged.as_str()] != i;
-        }
-    }
     Ok(ApplyPlan { steps })
 }
 
-/// Copies content `id`, held somewhere in the volume, into the staging area, verifying it.
-fn stage_copy(
+/// Gives a placed temporary its mode and time, syncs it, and makes its step.
+fn file_step(
     volume: &Dir,
-    staging: &Path,
+    temp: &str,
+    put: &crate::manifest::Put,
+    id: ContentId,
+) -> Result<Step, VolumeError> {
+    let f = volume
+        .open_with(temp, cap_std::fs::OpenOptions::new().write(true))
+        .map_err(io_at(temp.to_string()))?
+        .into_std();
+    set_mode_and_time(&f, put.mode, Some(put.mtime)).map_err(io_at(put.path.to_string()))?;
+    f.sync_all().map_err(io_at(put.path.to_string()))?;
+    Ok(Step::File {
+        path: put.path.clone(),
+        temp: temp.to_string(),
+        id,
+        mode: put.mode,
+        mtime: put.mtime,
+    })
+}
+
+/// Moves (when it is the object's last use and staging shares the volume's filesystem) or
+/// copies a staged object into the volume.
+fn place_staged(volume: &Dir, src: &Path, temp: &str, last: bool) -> Result<(), VolumeError> {
+    let _ = volume.remove_file(temp);
+    if last
+        && let (Some(folder), Some(name)) = (src.parent(), src.file_name())
+        && let Ok(staging) = Dir::open_ambient_dir(folder, ambient_authority())
+        && staging.rename(name, volume, temp).is_ok()
+    {
+        return Ok(());
+    }
+    let mut input = std::fs::File::open(src).map_err(io_at(src.display().to_string()))?;
+    let mut out = volume
+        .create(temp)
+        .map_err(io_at(temp.to_string()))?
+        .into_std();
+    std::io::copy(&mut input, &mut out).map_err(io_at(temp.to_string()))?;
+    Ok(())
+}
+
+/// Copies content `id`, held somewhere in the volume, to a temporary, verifying it.
+fn place_copy(
+    volume: &Dir,
     base: &Manifest,
     held: &HashMap<ContentId, usize>,
     id: &ContentId,
-    staged: &str,
+    temp: &str,
     for_path: &VolumePath,
 ) -> Result<(), VolumeError> {
-    let dest = staging.join(staged);
     let gone = || VolumeError::SourceGone {
         path: for_path.to_string(),
         id: *id,
     };
-    let mut out = std::fs::File::create(&dest).map_err(io_at(dest.display().to_string()))?;
+    let _ = volume.remove_file(temp);
+    let mut out = volume
+        .create(temp)
+        .map_err(io_at(temp.to_string()))?
+        .into_std();
     if *id != ContentId::empty() {
         let src = &base.entries()[*held.get(id).ok_or_else(gone)?];
         let mut f = open_nofollow(volume, &src.path).map_err(|_| gone())?;
@@ -230,15 +304,37 @@ fn stage_copy(
                 break;
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(io_at(dest.display().to_string()))?;
+            out.write_all(&buf[..n]).map_err(io_at(temp.to_string()))?;
         }
         if ContentId(*hasher.finalize().as_bytes()) != *id {
             return Err(gone());
         }
     }
-    out.sync_all().map_err(io_at(dest.display().to_string()))?;
     Ok(())
+}
+
+/// Removes temporaries left at a volume's root by a prepare that a crash interrupted, except
+/// those a journaled plan still needs.
+pub fn sweep_temps(volume: &Dir, keep: &HashSet<String>) {
+    let Ok(entries) = volume.entries() else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(TEMP_PREFIX) && !keep.contains(&name) {
+            let _ = volume.remove_file(&name);
+        }
+    }
+}
+
+impl ApplyPlan {
+    /// The temporaries this plan renames into place.
+    pub fn temps(&self) -> impl Iterator<Item = &str> {
+        self.steps.iter().filter_map(|s| match s {
+            Step::File { temp, .. } => Some(temp.as_str()),
+            _ => None,
+        })
+    }
 }
 
 /// Opens a regular file of a volume for reading without following a final symlink.
@@ -281,15 +377,9 @@ fn set_mode_and_time(file: &std::fs::File, mode: u32, mtime: Option<i64>) -> std
     Ok(())
 }
 
-/// Runs the journaled phase. Safe to run again after a crash at any point.
-pub fn apply(
-    volume: &Dir,
-    staging: &Path,
-    plan: &ApplyPlan,
-    temp_tag: &str,
-) -> Result<(), VolumeError> {
-    let staging_dir = Dir::open_ambient_dir(staging, ambient_authority())
-        .map_err(io_at(staging.display().to_string()))?;
+/// Runs the journaled phase: renames and removals only. Safe to run again after a crash at
+/// any point.
+pub fn apply(volume: &Dir, plan: &ApplyPlan, temp_tag: &str) -> Result<(), VolumeError> {
     let mut touched: HashSet<Option<VolumePath>> = HashSet::new();
     for (n, step) in plan.steps.iter().enumerate() {
         match step {
@@ -321,18 +411,10 @@ pub fn apply(
                     .map_err(io_at(path.to_string()))?;
                 touched.insert(path.parent());
             }
-            Step::File {
-                path,
-                staged,
-                id,
-                keep,
-                mode,
-                mtime,
-            } => {
-                let src = staging.join(staged);
+            Step::File { path, temp, id, .. } => {
                 let (parent, name) = parent_of(volume, path)?;
-                if !src.exists() {
-                    // Moved by an earlier run of this journal: the volume must hold it now.
+                if volume.symlink_metadata(temp).is_err() {
+                    // Renamed by an earlier run of this journal: the volume must hold it now.
                     match read_file(volume, path) {
                         Ok(bytes) if ContentId::of(&bytes) == *id => continue,
                         _ => {
@@ -343,29 +425,9 @@ pub fn apply(
                     }
                 }
                 clear_dir_in_the_way(&parent, name, path)?;
-                let f = std::fs::File::open(&src).map_err(io_at(src.display().to_string()))?;
-                set_mode_and_time(&f, *mode, Some(*mtime)).map_err(io_at(path.to_string()))?;
-                drop(f);
-                let moved = !keep && staging_dir.rename(staged, &parent, name).is_ok();
-                if !moved {
-                    // Another use follows, or staging is on another filesystem: copy to a
-                    // temporary name beside the target, sync, then rename over it.
-                    let tmp = format!("{TEMP_PREFIX}{temp_tag}.{n}");
-                    let mut input =
-                        std::fs::File::open(&src).map_err(io_at(src.display().to_string()))?;
-                    let out = parent.create(&tmp).map_err(io_at(path.to_string()))?;
-                    let mut out = out.into_std();
-                    std::io::copy(&mut input, &mut out).map_err(io_at(path.to_string()))?;
-                    set_mode_and_time(&out, *mode, Some(*mtime))
-                        .map_err(io_at(path.to_string()))?;
-                    out.sync_all().map_err(io_at(path.to_string()))?;
-                    parent
-                        .rename(&tmp, &parent, name)
-                        .map_err(io_at(path.to_string()))?;
-                    if !keep {
-                        let _ = std::fs::remove_file(&src);
-                    }
-                }
+                volume
+                    .rename(temp, &parent, name)
+                    .map_err(io_at(path.to_string()))?;
                 touched.insert(path.parent());
             }
             Step::Touch { path, mode, mtime } => {
@@ -496,12 +558,58 @@ mod tests {
             }
         }
         std::fs::write(staging.join("o0"), "brand new").unwrap();
-        let plan = prepare(&vol, &staging, &base, &changes, &[(new_id, 9)]).unwrap();
-        apply(&vol, &staging, &plan, "t").unwrap();
+        let before = scan(&vol).root();
+        let plan = prepare(&vol, &staging, &base, &changes, &[(new_id, 9)], "t").unwrap();
+        // Prepared: the temporaries are in the volume, and a scan (what a pod's manifest shows)
+        // does not see them.
+        assert_eq!(scan(&vol).root(), before);
+        assert!(plan.temps().count() >= 3);
+        apply(&vol, &plan, "t").unwrap();
         assert_eq!(scan(&vol).root(), target.root());
         // Rolling forward again changes nothing.
-        apply(&vol, &staging, &plan, "t").unwrap();
+        apply(&vol, &plan, "t").unwrap();
         assert_eq!(scan(&vol).root(), target.root());
+        let left: Vec<_> = std::fs::read_dir(&vol_path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(TEMP_PREFIX))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_prepare_that_fails_leaves_no_temporaries() {
+        let t = tempfile::tempdir().unwrap();
+        let (vol_path, staging) = (t.path().join("vol"), t.path().join("stage"));
+        std::fs::create_dir_all(&staging).unwrap();
+        tree(&vol_path, &[("keep", "k")]);
+        std::fs::write(staging.join("o0"), "first").unwrap();
+        // Object 1 was never staged: placing it fails after object 0 was placed.
+        let vol = Dir::open_ambient_dir(&vol_path, ambient_authority()).unwrap();
+        let base = scan(&vol);
+        let put = |p: &str, i: u32| {
+            Change::Put(crate::manifest::Put {
+                path: VolumePath::new(p).unwrap(),
+                kind: PutKind::File(FileSource::Object(i)),
+                mode: 0o644,
+                mtime: 0,
+            })
+        };
+        let objects = [(ContentId::of(b"first"), 5), (ContentId::of(b"x"), 1)];
+        let r = prepare(
+            &vol,
+            &staging,
+            &base,
+            &[put("a", 0), put("b", 1)],
+            &objects,
+            "t",
+        );
+        assert!(r.is_err());
+        let names: Vec<_> = std::fs::read_dir(&vol_path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["keep".to_string()]);
     }
 
     #[test]
@@ -516,17 +624,17 @@ mod tests {
         std::fs::create_dir_all(&staging).unwrap();
         std::fs::write(staging.join("o0"), "x").unwrap();
         let vol = Dir::open_ambient_dir(&vol_path, ambient_authority()).unwrap();
+        std::fs::write(vol_path.join(".~sync.t.0"), "x").unwrap();
         let plan = ApplyPlan {
             steps: vec![Step::File {
                 path: VolumePath::new("in/file").unwrap(),
-                staged: "o0".into(),
+                temp: ".~sync.t.0".into(),
                 id: ContentId::of(b"x"),
-                keep: false,
                 mode: 0o644,
                 mtime: 0,
             }],
         };
-        assert!(apply(&vol, &staging, &plan, "t").is_err());
+        assert!(apply(&vol, &plan, "t").is_err());
         assert!(std::fs::read_dir(&outside).unwrap().next().is_none());
     }
 }

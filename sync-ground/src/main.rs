@@ -246,6 +246,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                     _ => 3,
                 },
                 GroundError::Link(l) => link_code(l),
+                GroundError::OverLimit(_) => 3,
                 _ => 1,
             };
         }

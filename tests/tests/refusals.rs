@@ -104,10 +104,13 @@ fn a_file_over_max_object_bytes_is_refused_naming_the_limit_and_changes_nothing(
     write(src.path(), "big.bin", random_bytes(2, 2 * MB));
     write(src.path(), "a/readme.md", "# must not arrive either\n");
     let r = ob.ground(&["push", src.path().to_str().unwrap(), "--pod", "p", "--json"]);
-    assert_eq!(r.code, 3, "refused by the onboard side, no retry: {r:#?}");
+    assert_eq!(
+        r.code, 3,
+        "refused (by the ground, from the node's limits), no retry: {r:#?}"
+    );
     let reason = one_line_reason(&r);
     assert!(
-        reason.contains("object size of 2097152 is over the limit of 1048576"),
+        reason.contains("big.bin is 2.1 MB, over the node's limit of 1.0 MB per file"),
         "{reason}"
     );
     assert_nothing_changed(&mut ob, &before, "an oversized object");
@@ -130,10 +133,13 @@ fn a_push_over_max_total_bytes_is_refused_naming_the_limit_and_changes_nothing()
     write(src.path(), "in/one.bin", random_bytes(4, 700 << 10));
     write(src.path(), "in/two.bin", random_bytes(5, 700 << 10));
     let r = ob.ground(&["push", src.path().to_str().unwrap(), "--pod", "p", "--json"]);
-    assert_eq!(r.code, 3, "refused by the onboard side, no retry: {r:#?}");
+    assert_eq!(
+        r.code, 3,
+        "refused (by the ground, from the node's limits), no retry: {r:#?}"
+    );
     let reason = one_line_reason(&r);
     assert!(
-        reason.contains("total object size of 1433600 is over the limit of 1048576"),
+        reason.contains("the new content totals 1.4 MB, over the node's limit of 1.0 MB per push"),
         "{reason}"
     );
     assert_nothing_changed(&mut ob, &before, "a pack over the total");
@@ -145,8 +151,6 @@ fn a_push_over_max_total_bytes_is_refused_naming_the_limit_and_changes_nothing()
 }
 
 #[test]
-#[ignore = "bug: a pack the onboard side refused stays queued on the ground (acked in full), and \
-            every later push to the pod sends it again first and is refused again"]
 fn the_ground_whose_push_was_refused_can_push_again() {
     let ob = Onboard::start_in(local(), &["--max-object-bytes", "1048576"]);
     let src = local();
@@ -454,8 +458,6 @@ fn a_frame_needing_a_larger_window_than_declared_is_refused() {
 }
 
 #[test]
-#[ignore = "bug: a segment frame that does not decode is answered as a Storage failure (exit 4, \
-            retry later) instead of a refusal"]
 fn a_segment_frame_that_does_not_decode_is_refused_not_blamed_on_storage() {
     let (mut ob, src, before) = attacked_onboard(&["--max-object-bytes", "4194304"]);
     let size = 2 * MB as u64;
@@ -506,8 +508,6 @@ fn a_header_that_inflates_past_its_cap_is_refused_with_bounded_memory() {
 }
 
 #[test]
-#[ignore = "bug: an rsync item's delta and result are held whole in memory, bounded only by \
-            max_object_bytes (16 GiB by default): a 37 KB pack made the daemon's peak 1035 MB"]
 fn an_rsync_delta_that_inflates_within_the_declared_sizes_is_refused_with_bounded_memory() {
     // Default limits: any object up to 16 GiB. The header declares a 1 GiB object sent as an
     // rsync delta of 1 GiB (both within the limits and the delta-to-object ratio); the frame is
@@ -571,7 +571,7 @@ fn assert_no_space_refusal(r: &Run) {
         "a full disk is a storage failure, retry later: {r:#?}"
     );
     let reason = one_line_reason(r);
-    assert!(reason.contains("No space left on device"), "{reason}");
+    assert!(reason.to_lowercase().contains("no space left"), "{reason}");
 }
 
 #[test]
@@ -600,7 +600,6 @@ fn a_full_state_disk_refuses_the_upload_and_leaves_the_volume_alone() {
 }
 
 #[test]
-#[ignore = "bug: a pack refused for lack of space stays in staging and keeps the disk full"]
 fn a_full_state_disk_frees_its_staging_space_after_a_refused_upload() {
     let dir = local();
     let Some(disk) = small_disk(&dir, "state", 4 << 20) else {
@@ -629,8 +628,6 @@ fn a_full_state_disk_frees_its_staging_space_after_a_refused_upload() {
 }
 
 #[test]
-#[ignore = "bug: running out of space during the apply leaves a half-applied volume, a temporary \
-            file in it, and a journal entry whose staging is deleted (the daemon cannot restart)"]
 fn a_full_volume_disk_refuses_the_apply_and_leaves_the_volume_as_it_was() {
     let dir = local();
     let Some(_disk) = small_disk(&dir, "vols", 3 << 20) else {

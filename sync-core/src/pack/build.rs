@@ -178,7 +178,9 @@ impl Plan {
                     }
                 }
                 BaseChoice::Rsync(b) => {
-                    if let Some(sig) = signatures.get(&b) {
+                    let cap = limits.max_rsync_bytes();
+                    let fits = o.size <= cap && base.entries()[b as usize].size() <= cap;
+                    if let Some(sig) = signatures.get(&b).filter(|_| fits) {
                         let delta = rsync::diff(sig, &w.data)?;
                         if (delta.len() as u64) < o.size - o.size / 8 {
                             w.rsync = Some((b, delta));

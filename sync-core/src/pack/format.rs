@@ -177,6 +177,14 @@ pub struct Limits {
     pub max_changes: u64,
 }
 
+impl Limits {
+    /// Largest object (and base) sent as an rsync delta: the base, the delta and the result are
+    /// all held in memory while it is applied.
+    pub fn max_rsync_bytes(&self) -> u64 {
+        self.max_prefix_bytes / 4
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {

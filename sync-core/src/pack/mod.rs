@@ -57,8 +57,23 @@ pub enum PackError {
     Delta(#[from] crate::delta::DeltaError),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// a segment's compressed frame that does not decode (corrupt or hostile data)
+    #[error("pack data does not decode: {0}")]
+    Frame(String),
     #[error("I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for PackError {
+    fn from(e: std::io::Error) -> Self {
+        match e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<read::FrameError>())
+        {
+            Some(f) => PackError::Frame(f.0.clone()),
+            None => PackError::Io(e),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -152,7 +152,12 @@ fn validate(header: &PackHeader, base: &Manifest, limits: &Limits) -> Result<(),
                 )));
             }
             if let Encoding::Rsync { base: b, delta_len } = item.encoding {
-                check("base size", base_file(b)?.size(), limits.max_object_bytes)?;
+                check("rsync object size", size, limits.max_rsync_bytes())?;
+                check(
+                    "rsync base size",
+                    base_file(b)?.size(),
+                    limits.max_rsync_bytes(),
+                )?;
                 // A delta is never much larger than the literal it replaces.
                 check("rsync delta", delta_len, size + size / 4 + 4096)?;
             }
@@ -247,6 +252,29 @@ fn put_object(
     Ok((ContentId(*tee.hasher.finalize().as_bytes()), size))
 }
 
+/// Marks read errors of a segment's zstd frame, so that they surface as [`PackError::Frame`]
+/// even after passing through an [`ObjectSink`]'s `std::io` plumbing.
+struct FrameReader<R>(R);
+
+#[derive(Debug)]
+pub(crate) struct FrameError(pub(crate) String);
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl<R: Read> Read for FrameReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, FrameError(e.to_string()))
+        })
+    }
+}
+
 /// Decodes a whole pack read from `r` against the receiver's `base` manifest.
 pub fn decode_pack(
     r: &mut dyn Read,
@@ -265,7 +293,9 @@ pub fn decode_pack(
         }
         let mut frame = BufReader::new(r.take(seg.frame_len));
         {
-            let mut dec = zstd_ref::decoder(&mut frame, &prefix, seg.window_log as u32)?;
+            let dec = zstd_ref::decoder(&mut frame, &prefix, seg.window_log as u32)?;
+            // A frame that does not decode is bad data from the sender, not a storage failure.
+            let mut dec = FrameReader(dec);
             for item in &seg.items {
                 let size = header.objects[item.object as usize];
                 let hashed = match item.encoding {

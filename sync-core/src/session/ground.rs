@@ -59,6 +59,9 @@ pub enum GroundError {
     Pack(#[from] PackError),
     #[error(transparent)]
     Manifest(#[from] crate::manifest::ManifestError),
+    /// a push the onboard side's limits would refuse
+    #[error("{0}")]
+    OverLimit(String),
     /// a path the operator named that the pod's volume does not have
     #[error("{0}: no such file or folder in the pod's volume")]
     NotFound(String),
@@ -581,7 +584,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             resumed_from: q.acked,
             notes: Vec::new(),
         };
-        match self.send_pack(ground, q, &bytes, allow, progress).await? {
+        let sent = match self.send_pack(ground, q, &bytes, allow, progress).await {
+            Err(
+                e @ GroundError::Remote {
+                    kind: ErrorKind::Refused | ErrorKind::TooLarge | ErrorKind::Protocol,
+                    ..
+                },
+            ) => {
+                // The onboard side will never take this pack: drop it, or it would block every
+                // later push to the pod.
+                self.discard_queued(ground, q)?;
+                return Err(e);
+            }
+            other => other?,
+        };
+        match sent {
             (Sent::Applied(root), from) => {
                 if root != q.target_root {
                     return Err(GroundError::BadReply("applied root"));
@@ -683,6 +700,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 resumed_from: 0,
                 notes: Vec::new(),
             });
+        }
+        // The node's limits came with its welcome: refuse here, before a byte is sent, what it
+        // would refuse after the whole upload.
+        let lim = &self.limits;
+        if let Some(big) = plan.objects.iter().find(|o| o.size > lim.max_object_bytes) {
+            return Err(GroundError::OverLimit(format!(
+                "{} is {}, over the node's limit of {} per file",
+                big.path,
+                fmt_bytes(big.size),
+                fmt_bytes(lim.max_object_bytes)
+            )));
+        }
+        if plan.object_bytes() > lim.max_total_bytes {
+            return Err(GroundError::OverLimit(format!(
+                "the new content totals {}, over the node's limit of {} per push; push in parts",
+                fmt_bytes(plan.object_bytes()),
+                fmt_bytes(lim.max_total_bytes)
+            )));
         }
         let signatures = self.signatures(pod, &plan).await?;
         let mut bytes = Vec::new();

@@ -154,14 +154,34 @@ impl OnboardService {
         Ok(manifest)
     }
 
+    /// Finishes every changeset a crash interrupted, and removes temporaries a crash left in
+    /// volumes. A changeset that cannot finish now (its volume's disk is full) stays journaled
+    /// and is tried again at the next start; the daemon still starts.
     fn roll_forward(&self) -> Result<(), OnboardError> {
         let entries = self.db().journal_entries()?;
+        let mut keep: HashMap<PodName, std::collections::HashSet<String>> = HashMap::new();
         for e in entries {
             let plan: ApplyPlan = postcard::from_bytes(&e.plan)
                 .map_err(|_| crate::state::StateError::Corrupt("journal plan"))?;
             let vol = self.volumes.create_pod(&e.pod)?;
-            volume::apply(&vol, &self.staging_dir(&e.pack), &plan, &e.pack.short())?;
-            self.finish_apply(&e.pack)?;
+            match volume::apply(&vol, &plan, &e.pack.short()) {
+                Ok(()) => self.finish_apply(&e.pack)?,
+                Err(err) => {
+                    eprintln!(
+                        "pod {}: cannot finish applying pack {} yet: {err}",
+                        e.pod,
+                        e.pack.short()
+                    );
+                    keep.entry(e.pod.clone())
+                        .or_default()
+                        .extend(plan.temps().map(String::from));
+                }
+            }
+        }
+        for pod in self.volumes.pods()? {
+            if let Some(vol) = self.volumes.pod(&pod)? {
+                volume::sweep_temps(&vol, keep.get(&pod).unwrap_or(&Default::default()));
+            }
         }
         Ok(())
     }
@@ -280,17 +300,21 @@ impl OnboardService {
         if decoded.target.root() != inc.target_root {
             return Err(refused("the pack's target differs from what was offered"));
         }
+        // Every file goes into the volume under a temporary name first; if the volume's disk is
+        // too small, this fails, the temporaries go, and the pod's files are untouched.
         let plan = volume::prepare(
             &vol,
             &staging,
             &base,
             &decoded.header.changes,
             &decoded.objects,
+            &inc.pack.short(),
         )
         .map_err(|e| match e {
             VolumeError::SourceGone { .. } => conflict(e.to_string()),
             other => storage(other.to_string()),
         })?;
+        let _ = fs::remove_dir_all(&staging);
         self.db()
             .journal_begin(&JournalEntry {
                 pack: inc.pack,
@@ -298,8 +322,13 @@ impl OnboardService {
                 plan: postcard::to_stdvec(&plan).expect("plan"),
             })
             .map_err(internal)?;
-        volume::apply(&vol, &staging, &plan, &inc.pack.short())
-            .map_err(|e| storage(e.to_string()))?;
+        // Renames only. Should one fail, the journal keeps the changeset and the next start
+        // finishes it.
+        volume::apply(&vol, &plan, &inc.pack.short()).map_err(|e| {
+            unfinished(format!(
+                "{e}; the changeset stays journaled and is finished when the daemon next starts"
+            ))
+        })?;
         self.db()
             .remember_pod_manifest(&inc.pod, &decoded.target)
             .map_err(internal)?;
@@ -356,6 +385,17 @@ fn refused(m: impl Into<String>) -> Reply {
 fn storage(m: impl Into<String>) -> Reply {
     reply(ErrorKind::Storage, m)
 }
+/// An error after the journal began: the pack must not be discarded.
+fn unfinished(m: impl Into<String>) -> Reply {
+    let mut r = storage(m);
+    if let Message::Error { message, .. } = r.0.as_mut() {
+        message.insert_str(0, JOURNALED);
+    }
+    r
+}
+
+const JOURNALED: &str = "journaled: ";
+
 fn internal(e: impl std::fmt::Display) -> Reply {
     reply(ErrorKind::Storage, e.to_string())
 }
@@ -582,9 +622,9 @@ impl OnboardSession {
                 format!("data at offset {offset} does not continue the pack at {at}"),
             ));
         }
-        rx.file
-            .write_all(bytes)
-            .map_err(|e| storage(e.to_string()))?;
+        if let Err(e) = rx.file.write_all(bytes) {
+            return Err(self.drop_incoming(e));
+        }
         rx.unsynced += bytes.len() as u64;
         if at + bytes.len() as u64 == rx.info.len {
             return self.complete();
@@ -620,6 +660,28 @@ impl OnboardSession {
         })
     }
 
+    /// Storage failed while receiving. When the disk is full, what was received is dropped to
+    /// give the space back (the pack could not have fitted anyway); other failures keep it for
+    /// a resume.
+    fn drop_incoming(&mut self, e: std::io::Error) -> Reply {
+        let Some(rx) = self.incoming.take() else {
+            return storage(e.to_string());
+        };
+        let full = e.raw_os_error() == Some(28); // ENOSPC
+        if full {
+            drop(rx.file);
+            self.svc.release(&rx.info.pack, rx.claim);
+            self.svc.discard(&rx.info.pack);
+            storage(format!(
+                "no space left on this node's state disk for a {} pack; the partial upload was \
+                 dropped",
+                crate::units::fmt_bytes(rx.info.len)
+            ))
+        } else {
+            storage(e.to_string())
+        }
+    }
+
     /// Bytes received and not yet acknowledged.
     pub fn unacknowledged(&self) -> u64 {
         self.incoming.as_ref().map_or(0, |r| r.unsynced)
@@ -628,7 +690,9 @@ impl OnboardSession {
     /// The whole pack is here: make it durable, then verify and apply it.
     fn complete(&mut self) -> Result<Outcome, Reply> {
         let rx = self.incoming.as_mut().expect("a pack being received");
-        rx.file.sync_data().map_err(|e| storage(e.to_string()))?;
+        if let Err(e) = rx.file.sync_data() {
+            return Err(self.drop_incoming(e));
+        }
         rx.info.received += rx.unsynced;
         rx.unsynced = 0;
         self.svc.db().put_incoming(&rx.info).map_err(internal)?;
@@ -646,8 +710,13 @@ impl OnboardSession {
                 close: false,
             }),
             Err(e) => {
-                // A pack that failed verification is never retried as is.
-                self.svc.discard(&pack);
+                // A pack that failed verification is never retried as is; one whose changeset
+                // is journaled is finished at the next start.
+                let journaled = matches!(e.0.as_ref(),
+                    Message::Error { message, .. } if message.starts_with(JOURNALED));
+                if !journaled {
+                    self.svc.discard(&pack);
+                }
                 Err(e)
             }
         }
