@@ -12,7 +12,7 @@ use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 use sync_core::link::sim::{Action, Direction, Fault, SimConfig, SimNet, Trigger};
 use sync_core::link::{Link, ServeOptions, serve_connection};
 use sync_core::pack::Limits;
-use sync_core::path::PodName;
+use sync_core::path::{PodName, VolumePath};
 use sync_core::session::ground::{Allowance, Client, Ground, GroundError, PushReport};
 use sync_core::session::onboard::OnboardService;
 use sync_core::session::upload::FRAME_OVERHEAD;
@@ -30,6 +30,8 @@ struct Rig {
     local: PathBuf,
     volumes: PathBuf,
     pod: PodName,
+    /// `--dest` of the pushes.
+    dest: Option<VolumePath>,
     _dirs: TempDir,
 }
 
@@ -49,6 +51,7 @@ impl Rig {
             local,
             volumes,
             pod: PodName::new("p1".to_string()).unwrap(),
+            dest: None,
             _dirs: dirs,
         }
     }
@@ -72,7 +75,7 @@ impl Rig {
                 &self.local.clone(),
                 &manifest,
                 &self.pod.clone(),
-                None,
+                self.dest.clone().as_ref(),
                 0,
                 allow,
                 &mut |_| {},
@@ -359,4 +362,64 @@ async fn passes_with_a_deadline_take_the_fewest_passes_the_link_allows_plus_one(
         "{passes} passes for a {clean}-byte push; the link allows it in {minimum}"
     );
     let _ = link_time;
+}
+
+/// Pods write into their volumes between passes. A queued push into a folder (`--dest`) still
+/// resumes when the pod changed only files elsewhere: nothing sent is lost, and the pod's files
+/// stay.
+#[tokio::test(start_paused = true)]
+async fn a_queued_push_into_a_folder_resumes_after_the_pod_wrote_elsewhere() {
+    let kb = 120;
+    let mut rig = Rig::new(slow(), vec![]);
+    rig.dest = Some(VolumePath::new("inputs").unwrap());
+    write_tree(&rig.local, 21, kb);
+    let budget = Allowance {
+        budget: Some(50_000),
+        ..Allowance::default()
+    };
+    let first = rig.attempt(&budget).await.unwrap();
+    assert!(!first.complete);
+    // The pod writes its results meanwhile.
+    let results = rig.volume().join("outputs");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(results.join("r1.csv"), "t,v\n1,2\n").unwrap();
+    let second = rig.attempt(&Allowance::default()).await.unwrap();
+    assert!(second.complete);
+    assert_eq!(second.pack, first.pack, "the same pack, resumed");
+    assert!(second.resumed_from >= first.acked && first.acked > 30_000);
+    assert_eq!(
+        tree_hash(&rig.local),
+        tree_hash(&rig.volume().join("inputs"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(results.join("r1.csv")).unwrap(),
+        "t,v\n1,2\n"
+    );
+    // And the ground knows the volume again at the next push: nothing to send.
+    let third = rig.attempt(&Allowance::default()).await.unwrap();
+    assert!(third.up_to_date, "{third:?}");
+}
+
+/// If the pod changed something inside the push's folder, the queued pack cannot apply: it is
+/// dropped and the push planned again, and the volume still ends equal to the local tree.
+#[tokio::test(start_paused = true)]
+async fn a_queued_push_whose_folder_the_pod_changed_is_planned_again() {
+    let mut rig = Rig::new(slow(), vec![]);
+    rig.dest = Some(VolumePath::new("inputs").unwrap());
+    write_tree(&rig.local, 22, 120);
+    let first = rig
+        .attempt(&Allowance {
+            budget: Some(50_000),
+            ..Allowance::default()
+        })
+        .await
+        .unwrap();
+    assert!(!first.complete);
+    let inputs = rig.volume().join("inputs");
+    std::fs::create_dir_all(&inputs).unwrap();
+    std::fs::write(inputs.join("stray.txt"), "written by the pod").unwrap();
+    let second = rig.attempt(&Allowance::default()).await.unwrap();
+    assert!(second.complete);
+    assert_ne!(second.pack, first.pack, "planned again");
+    assert_eq!(tree_hash(&rig.local), tree_hash(&inputs));
 }

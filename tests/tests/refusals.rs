@@ -237,6 +237,7 @@ fn send_hostile_pack(
             len: bytes.len() as u64,
             base_root: base.root(),
             target_root,
+            scope: None,
         })
         .await
         .unwrap();

@@ -16,6 +16,16 @@ pub enum Change {
     Put(Put),
 }
 
+impl Change {
+    /// The path this change is about.
+    pub fn path(&self) -> &VolumePath {
+        match self {
+            Change::Remove(p) => p,
+            Change::Put(put) => &put.path,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Put {
     pub path: VolumePath,

@@ -256,6 +256,14 @@ impl Manifest {
         Manifest::new(out)
     }
 
+    /// Entries a push into `folder` may change: those at or below it, and its ancestors.
+    pub fn region(&self, folder: &VolumePath) -> Vec<&Entry> {
+        self.entries
+            .iter()
+            .filter(|e| e.path.is_within(folder) || folder.is_within(&e.path))
+            .collect()
+    }
+
     /// Total bytes of file content.
     pub fn content_bytes(&self) -> u64 {
         self.entries

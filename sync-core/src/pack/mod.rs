@@ -12,7 +12,7 @@ pub mod read;
 
 pub use build::{ContentProvider, Plan, PlanStats};
 pub use format::{Encoding, Item, Limits, PackHeader, SegmentSpec};
-pub use read::{BaseReader, DecodedPack, ObjectSink, decode_pack, read_header};
+pub use read::{BaseReader, DecodedPack, ObjectSink, decode_pack, read_header, target_on};
 
 use crate::id::ContentId;
 use crate::manifest::ManifestError;

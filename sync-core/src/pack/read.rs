@@ -202,6 +202,17 @@ impl SourceResolver for Hashed {
     }
 }
 
+/// The manifest a decoded pack's changes give when applied to `now` (the volume as it is,
+/// which may differ from the pack's base outside the push's scope). Every rule a receiver
+/// enforces holds: content named as already held must be held by `now`.
+pub fn target_on(now: &Manifest, decoded: &DecodedPack) -> Result<Manifest, PackError> {
+    Ok(apply_changes(
+        now,
+        &decoded.header.changes,
+        &Hashed(decoded.objects.clone()),
+    )?)
+}
+
 /// Counts and hashes what the sink reads.
 struct Tee<'a> {
     inner: &'a mut dyn Read,

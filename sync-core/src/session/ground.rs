@@ -455,7 +455,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             let target = base.with_subtree(dest, local)?;
             let queued = self.settle_queue(ground, pod, &base, &mut notes)?;
             let result = match queued {
-                Some(q) if q.target_root == target.root() => {
+                Some(q)
+                    if q.dest.as_deref() == dest.map(|d| d.as_str())
+                        && q.target.subtree(dest) == target.subtree(dest) =>
+                {
                     notes.push(format!(
                         "resuming the queued push ({} of {} already onboard)",
                         fmt_bytes(q.acked),
@@ -528,7 +531,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 // Applied; the answer was lost with the link.
                 ground.db.finish_outgoing(&q.pack)?;
                 let _ = std::fs::remove_file(ground.pack_path(&q.pack));
-            } else if q.base_root != base.root() || live.is_some() {
+            } else if (q.base_root != base.root() && q.dest.is_none()) || live.is_some() {
                 if q.acked > 0 {
                     notes.push(format!(
                         "dropped a queued push: the volume changed since it was planned ({} of \
@@ -587,12 +590,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let sent = match self.send_pack(ground, q, &bytes, allow, progress).await {
             Err(
                 e @ GroundError::Remote {
-                    kind: ErrorKind::Refused | ErrorKind::TooLarge | ErrorKind::Protocol,
+                    kind:
+                        ErrorKind::Refused
+                        | ErrorKind::TooLarge
+                        | ErrorKind::Protocol
+                        | ErrorKind::Conflict,
                     ..
                 },
             ) => {
-                // The onboard side will never take this pack: drop it, or it would block every
-                // later push to the pod.
+                // The onboard side will never take this pack (refused, or the volume moved on
+                // under its scope): drop it, or it would block every later push to the pod.
                 self.discard_queued(ground, q)?;
                 return Err(e);
             }
@@ -600,14 +607,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         };
         match sent {
             (Sent::Applied(root), from) => {
-                if root != q.target_root {
+                if root == q.target_root {
+                    // The onboard side now holds the target: record it.
+                    ground
+                        .db
+                        .set_known_manifest(&self.node, &q.pod, &q.target)?;
+                } else if q.dest.is_none() {
                     return Err(GroundError::BadReply("applied root"));
                 }
-                // The onboard side now holds the target: record it, and let go of content no
-                // pod holds any more and no queued pack needs.
-                ground
-                    .db
-                    .set_known_manifest(&self.node, &q.pod, &q.target)?;
+                // Otherwise the pod changed files outside the push's folder meanwhile; the
+                // next manifest request learns them (as a delta from what is known).
+                // Let go of content no pod holds any more and no queued pack needs.
                 ground.db.finish_outgoing(&q.pack)?;
                 let _ = std::fs::remove_file(&path);
                 let keep = ground.db.referenced_content()?;
@@ -828,6 +838,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 len: total,
                 base_root: q.base_root,
                 target_root: q.target_root,
+                scope: q
+                    .dest
+                    .as_deref()
+                    .map(VolumePath::new)
+                    .transpose()
+                    .map_err(|_| GroundError::BadReply("queued destination"))?,
             })
             .await?;
         let from = match self.recv().await? {

@@ -12,7 +12,7 @@ use crate::delta::rsync;
 use crate::id::{ManifestId, NodeId, PackId};
 use crate::manifest::{Entry, Manifest, ScanOptions, diff, scan_dir};
 use crate::pack::{self, BaseReader, Limits, ObjectSink, PackError};
-use crate::path::PodName;
+use crate::path::{PodName, VolumePath};
 use crate::state::{Db, IncomingPack, JournalEntry};
 use crate::volume::{self, ApplyPlan, VolumeError, Volumes};
 use crate::wire::{ErrorKind, ManifestBody, Message};
@@ -143,7 +143,11 @@ impl OnboardService {
     /// The caller holds the pod's lock.
     fn scan_pod(&self, pod: &PodName) -> Result<Manifest, OnboardError> {
         let Some(dir) = self.volumes.pod(pod)? else {
-            return Ok(Manifest::default());
+            // Remembered too: a push planned on an empty volume can then resume after the pod
+            // wrote elsewhere in it.
+            let empty = Manifest::default();
+            self.db().remember_pod_manifest(pod, &empty)?;
+            return Ok(empty);
         };
         let scope = format!("pod:{pod}");
         let cache = self.db().stat_cache(&scope)?;
@@ -266,20 +270,23 @@ impl OnboardService {
     fn apply_pack(&self, inc: &IncomingPack) -> Result<ManifestId, Reply> {
         let lock = self.pod_lock(&inc.pod);
         let _held = lock.lock().expect("pod lock");
-        let base = match self
-            .db()
-            .pod_manifest(&inc.pod, &inc.base_root)
-            .map_err(internal)?
-        {
-            Some(m) => m,
-            None => {
-                let now = self.scan_pod(&inc.pod).map_err(internal)?;
-                if now.root() != inc.base_root {
+        // The volume as it is now, and the state the pack was planned on: the same, or (for a
+        // push into a folder) differing only outside that folder.
+        let now = self.scan_pod(&inc.pod).map_err(internal)?;
+        let base = if now.root() == inc.base_root {
+            now.clone()
+        } else {
+            let base = self
+                .db()
+                .pod_manifest(&inc.pod, &inc.base_root)
+                .map_err(internal)?;
+            match (&inc.scope, base) {
+                (Some(scope), Some(base)) if base.region(scope) == now.region(scope) => base,
+                _ => {
                     return Err(conflict(
-                        "the pack was built against a volume state that is no longer known",
+                        "the pod's volume changed since this pack was planned; plan again",
                     ));
                 }
-                now
             }
         };
         let vol = self.volumes.create_pod(&inc.pod).map_err(internal)?;
@@ -300,12 +307,29 @@ impl OnboardService {
         if decoded.target.root() != inc.target_root {
             return Err(refused("the pack's target differs from what was offered"));
         }
+        // Applied to the volume as it is now. Outside the scope, the pod's own changes stay.
+        if let Some(scope) = &inc.scope
+            && let Some(c) = decoded
+                .header
+                .changes
+                .iter()
+                .find(|c| !(c.path().is_within(scope) || scope.is_within(c.path())))
+        {
+            return Err(refused(format!(
+                "the pack changes {} outside its scope {scope}",
+                c.path()
+            )));
+        }
+        let result = pack::target_on(&now, &decoded).map_err(|e| match e {
+            PackError::Manifest(_) => conflict(format!("the pod changed what the pack uses: {e}")),
+            other => pack_reply(other),
+        })?;
         // Every file goes into the volume under a temporary name first; if the volume's disk is
         // too small, this fails, the temporaries go, and the pod's files are untouched.
         let plan = volume::prepare(
             &vol,
             &staging,
-            &base,
+            &now,
             &decoded.header.changes,
             &decoded.objects,
             &inc.pack.short(),
@@ -329,11 +353,14 @@ impl OnboardService {
                 "{e}; the changeset stays journaled and is finished when the daemon next starts"
             ))
         })?;
-        self.db()
-            .remember_pod_manifest(&inc.pod, &decoded.target)
+        let db = self.db();
+        db.remember_pod_manifest(&inc.pod, &result)
             .map_err(internal)?;
+        db.remember_applied(&inc.pack, &inc.pod, &result.root())
+            .map_err(internal)?;
+        drop(db);
         self.finish_apply(&inc.pack).map_err(internal)?;
-        Ok(decoded.target.root())
+        Ok(result.root())
     }
 }
 
@@ -486,7 +513,8 @@ impl OnboardSession {
                 len,
                 base_root,
                 target_root,
-            } => self.offer(pod, pack, len, base_root, target_root),
+                scope,
+            } => self.offer(pod, pack, len, base_root, target_root, scope),
             Message::PackData { offset, bytes } => self.data(offset, &bytes),
             Message::KeepAlive => Ok(Outcome::default()),
             // A goodbye gets the last acknowledgement, so the ground knows where the next pass
@@ -509,6 +537,7 @@ impl OnboardSession {
         len: u64,
         base_root: ManifestId,
         target_root: ManifestId,
+        scope: Option<VolumePath>,
     ) -> Result<Outcome, Reply> {
         // A pack offered while another is half received on this connection: keep what came.
         self.flush();
@@ -527,15 +556,16 @@ impl OnboardSession {
         if known.is_none() {
             // Before a byte is sent: is the pack still applicable? Already applied (the ground
             // missed our answer), or built on a volume state that is gone?
-            match self.svc.pack_fits(&pod, &base_root, &target_root)? {
-                Fit::Applied => {
+            match self
+                .svc
+                .pack_fits(&pod, &pack, &base_root, scope.as_ref())?
+            {
+                Fit::Applied(root) => {
+                    self.svc.release(&pack, claim);
                     return Ok(Outcome {
                         replies: vec![
                             Message::PackAccept { pack, offset: len },
-                            Message::PackApplied {
-                                pack,
-                                root: target_root,
-                            },
+                            Message::PackApplied { pack, root },
                         ],
                         close: false,
                     });
@@ -550,6 +580,7 @@ impl OnboardSession {
         }
         let boot = boot_id();
         let path = self.svc.pack_file(&pack);
+        let _ = target_root;
         let mut info = known.unwrap_or(IncomingPack {
             pack,
             pod,
@@ -558,6 +589,7 @@ impl OnboardSession {
             base_root,
             target_root,
             boot: String::new(),
+            scope,
         });
         let mut file = OpenOptions::new()
             .create(true)
@@ -726,7 +758,7 @@ impl OnboardSession {
 /// Whether an offered pack can apply to the pod's volume as it is now.
 enum Fit {
     Fits,
-    Applied,
+    Applied(ManifestId),
     Stale,
 }
 
@@ -734,19 +766,28 @@ impl OnboardService {
     fn pack_fits(
         &self,
         pod: &PodName,
+        pack: &PackId,
         base_root: &ManifestId,
-        target_root: &ManifestId,
+        scope: Option<&VolumePath>,
     ) -> Result<Fit, Reply> {
+        let applied = self.db().applied(pack, pod).map_err(internal)?;
         let lock = self.pod_lock(pod);
         let _held = lock.lock().expect("pod lock");
-        let now = self.scan_pod(pod).map_err(internal)?.root();
-        if now == *base_root {
-            Ok(Fit::Fits)
-        } else if now == *target_root {
-            Ok(Fit::Applied)
-        } else {
-            Ok(Fit::Stale)
+        let now = self.scan_pod(pod).map_err(internal)?;
+        // Applied, and the volume is still where it left it: the ground missed our answer. (The
+        // same pack can come again later: the same change from the same state has the same
+        // bytes. Then the volume is back at its base and it applies anew.)
+        if applied == Some(now.root()) {
+            return Ok(Fit::Applied(now.root()));
         }
+        if now.root() == *base_root {
+            return Ok(Fit::Fits);
+        }
+        let base = self.db().pod_manifest(pod, base_root).map_err(internal)?;
+        Ok(match (scope, base) {
+            (Some(scope), Some(base)) if base.region(scope) == now.region(scope) => Fit::Fits,
+            _ => Fit::Stale,
+        })
     }
 }
 

@@ -5,7 +5,7 @@ use rusqlite::{OptionalExtension, params};
 use super::{Db, StateError, blob32, now_secs, pack_manifest, unpack_manifest};
 use crate::id::{ManifestId, NodeId, PackId};
 use crate::manifest::Manifest;
-use crate::path::PodName;
+use crate::path::{PodName, VolumePath};
 
 /// How many past manifests of a pod are kept to answer with deltas.
 const KEEP_MANIFESTS: i64 = 8;
@@ -20,6 +20,8 @@ pub struct IncomingPack {
     pub target_root: ManifestId,
     /// The boot id of the machine when the staged file was last written ("" if unknown).
     pub boot: String,
+    /// The folder the push replaces, if not the whole volume.
+    pub scope: Option<VolumePath>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,7 +79,7 @@ impl Db {
         let row = self
             .conn()
             .query_row(
-                "SELECT pod, len, received, base_root, target_root, boot FROM incoming WHERE pack = ?1",
+                "SELECT pod, len, received, base_root, target_root, boot, scope FROM incoming WHERE pack = ?1",
                 [&pack.0[..]],
                 |r| {
                     Ok((
@@ -87,11 +89,12 @@ impl Db {
                         r.get::<_, Vec<u8>>(3)?,
                         r.get::<_, Vec<u8>>(4)?,
                         r.get::<_, String>(5)?,
+                        r.get::<_, Option<String>>(6)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((pod, len, received, base, target, boot)) = row else {
+        let Some((pod, len, received, base, target, boot, scope)) = row else {
             return Ok(None);
         };
         Ok(Some(IncomingPack {
@@ -102,14 +105,18 @@ impl Db {
             base_root: ManifestId(blob32(base, "manifest root")?),
             target_root: ManifestId(blob32(target, "manifest root")?),
             boot,
+            scope: scope
+                .map(VolumePath::new)
+                .transpose()
+                .map_err(|_| StateError::Corrupt("scope"))?,
         }))
     }
 
     pub fn put_incoming(&self, p: &IncomingPack) -> Result<(), StateError> {
         self.conn().execute(
             "INSERT OR REPLACE INTO incoming
-             (pack, pod, len, received, base_root, target_root, updated_at, boot)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             (pack, pod, len, received, base_root, target_root, updated_at, boot, scope)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 &p.pack.0[..],
                 p.pod.as_str(),
@@ -118,7 +125,8 @@ impl Db {
                 &p.base_root.0[..],
                 &p.target_root.0[..],
                 now_secs(),
-                p.boot
+                p.boot,
+                p.scope.as_ref().map(|v| v.as_str())
             ],
         )?;
         Ok(())
@@ -128,6 +136,40 @@ impl Db {
         self.conn()
             .execute("DELETE FROM incoming WHERE pack = ?1", [&pack.0[..]])?;
         Ok(())
+    }
+
+    /// Records that `pack` was applied to `pod`, leaving it at `root`; keeps the last 64.
+    pub fn remember_applied(
+        &self,
+        pack: &PackId,
+        pod: &PodName,
+        root: &ManifestId,
+    ) -> Result<(), StateError> {
+        let c = self.conn();
+        c.execute(
+            "INSERT OR REPLACE INTO applied (pack, pod, root, applied_at) VALUES (?1, ?2, ?3, ?4)",
+            params![&pack.0[..], pod.as_str(), &root.0[..], now_secs()],
+        )?;
+        c.execute(
+            "DELETE FROM applied WHERE rowid NOT IN
+             (SELECT rowid FROM applied ORDER BY applied_at DESC, rowid DESC LIMIT 64)",
+            [],
+        )?;
+        Ok(())
+    }
+
+    /// The root a recently applied pack left its pod at.
+    pub fn applied(&self, pack: &PackId, pod: &PodName) -> Result<Option<ManifestId>, StateError> {
+        let root: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                "SELECT root FROM applied WHERE pack = ?1 AND pod = ?2",
+                params![&pack.0[..], pod.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        root.map(|r| Ok(ManifestId(blob32(r, "manifest root")?)))
+            .transpose()
     }
 
     pub fn journal_begin(&self, e: &JournalEntry) -> Result<(), StateError> {

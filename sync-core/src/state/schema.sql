@@ -80,6 +80,8 @@ CREATE TABLE journal (
 -- bytes written past the synced offset survive a killed daemon (they are in the page cache),
 -- so a resume can start at the file's end instead of the last synced offset.
 ALTER TABLE incoming ADD COLUMN boot TEXT NOT NULL DEFAULT '';
+-- The folder the push replaces (its --dest), if not the whole volume.
+ALTER TABLE incoming ADD COLUMN scope TEXT;
 
 -- Ground: a queued push's priority (higher goes first in a pass) and a description for status.
 ALTER TABLE outgoing ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
@@ -88,6 +90,14 @@ ALTER TABLE outgoing ADD COLUMN content_bytes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE outgoing ADD COLUMN summary TEXT NOT NULL DEFAULT '{}';
 -- When it was applied onboard (state 'applied'); applied rows are kept a while for status.
 ALTER TABLE outgoing ADD COLUMN finished_at INTEGER;
+
+-- Onboard: packs applied recently, so a ground that missed the answer gets it again.
+CREATE TABLE applied (
+    pack       BLOB PRIMARY KEY,
+    pod        TEXT NOT NULL,
+    root       BLOB NOT NULL,
+    applied_at INTEGER NOT NULL
+);
 
 -- Ground: what each connection to a node moved, to estimate the link's rate for planning.
 CREATE TABLE link_log (

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{ManifestId, NodeId, PackId};
 use crate::pack::Limits;
-use crate::path::PodName;
+use crate::path::{PodName, VolumePath};
 
 pub const PROTOCOL_VERSION: u16 = 1;
 
@@ -38,13 +38,17 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         blob: Vec<u8>,
     },
-    /// Ground → onboard: a pack of `len` bytes for `pod` is coming.
+    /// Ground → onboard: a pack of `len` bytes for `pod` is coming. `scope`: the folder the
+    /// push replaces (`--dest`); the pack changes nothing outside it but that folder's
+    /// ancestors, so it still applies if the pod changed only files elsewhere since
+    /// `base_root`. `None`: the whole volume, which must still be at `base_root`.
     PackOffer {
         pod: PodName,
         pack: PackId,
         len: u64,
         base_root: ManifestId,
         target_root: ManifestId,
+        scope: Option<VolumePath>,
     },
     /// Onboard → ground: send from `offset` (what is already durably staged).
     PackAccept { pack: PackId, offset: u64 },
@@ -57,7 +61,8 @@ pub enum Message {
     /// Onboard → ground: everything below `offset` of the pack accepted on this connection is
     /// durably stored.
     PackAck { offset: u64 },
-    /// Onboard → ground: the pack is verified and applied; the volume is at `root`.
+    /// Onboard → ground: the pack is verified and applied; the volume is at `root` (the
+    /// offer's `target_root`, unless the pod changed files outside the scope meanwhile).
     PackApplied { pack: PackId, root: ManifestId },
     /// Either way: a request failed. The connection stays usable unless the sender closes it.
     Error { kind: ErrorKind, message: String },
