@@ -354,8 +354,17 @@ impl Bars {
             return;
         }
         if !self.tty {
-            if self.last_line.elapsed() > Duration::from_secs(5) || p.acked == p.total {
+            // A line every few seconds, and one at the end of a pack that printed any.
+            let end = p.acked == p.total;
+            let due = self.last_line.elapsed() > Duration::from_secs(5);
+            let printed = self.bar.as_ref().is_some_and(|(id, _)| *id == p.pack);
+            if (due && !end) || (end && printed) {
                 self.last_line = Instant::now();
+                if end {
+                    self.bar = None;
+                } else if !printed {
+                    self.bar = Some((p.pack, ProgressBar::hidden()));
+                }
                 eprintln!(
                     "  pack {}: sent {} of {}, {} durable onboard",
                     p.pack.short(),

@@ -295,6 +295,8 @@ pub struct Client<S> {
     counters: Arc<Counters>,
     rtt: Duration,
     started: Instant,
+    /// A goodbye went out already (an upload that ran out of budget or time sends it early).
+    said_bye: bool,
     pub node: NodeId,
     pub limits: Limits,
     pub software: String,
@@ -339,6 +341,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                         counters,
                         rtt,
                         started,
+                        said_bye: false,
                         node,
                         limits,
                         software,
@@ -913,17 +916,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     got
                 }
                 None if stopped => {
-                    // Everything sent is in flight; the last acknowledgement comes within the
-                    // onboard side's ack interval, or the deadline passes.
+                    // Out of budget or time with bytes in flight: say goodbye now. The onboard
+                    // side handles what is before the goodbye, makes it durable, answers with a
+                    // last acknowledgement and closes; no need to wait for its ack timer.
+                    if !self.said_bye {
+                        self.tx.send(&Message::Bye).await?;
+                        self.said_bye = true;
+                    }
                     let wait = sleep_until(
                         allow
                             .deadline
                             .unwrap_or_else(|| Instant::now() + ACK_INTERVAL * 3)
                             .min(Instant::now() + ACK_INTERVAL * 3),
                     );
+                    let incomplete = Sent::Incomplete {
+                        acked: up.acked(),
+                        total,
+                    };
                     tokio::select! {
-                        m = self.rx.recv() => Some(m?),
-                        _ = wait => return Ok((Sent::Incomplete { acked: up.acked(), total }, from)),
+                        m = self.rx.recv() => match m {
+                            Ok(m) => Some(m),
+                            Err(LinkError::Closed) => return Ok((incomplete, from)),
+                            Err(e) => return Err(e.into()),
+                        },
+                        _ = wait => return Ok((incomplete, from)),
                     }
                 }
                 None => {
@@ -997,7 +1013,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Says goodbye, takes the onboard side's last acknowledgement, and closes the link.
     /// Returns the bytes this connection moved, and records them for rate estimates.
     pub async fn bye(mut self, ground: &Ground) -> Result<(u64, u64), GroundError> {
-        self.tx.send(&Message::Bye).await?;
+        if !self.said_bye {
+            self.tx.send(&Message::Bye).await?;
+        }
         // The onboard side answers a goodbye with a last acknowledgement, then closes.
         let drain = async {
             while let Ok(m) = self.rx.recv().await {
