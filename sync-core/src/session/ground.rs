@@ -903,14 +903,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             // Write (if there is a frame) while reading whatever comes back.
             let incoming = match msg {
                 Some(m) => {
+                    // Every message that arrives meanwhile is kept: acknowledgements must be
+                    // taken as they come, or the window closes on bytes long since durable.
                     let write = self.tx.send(&m);
                     tokio::pin!(write);
-                    let mut got = None;
+                    let mut got = Vec::new();
                     loop {
                         tokio::select! {
                             biased;
                             r = &mut write => { r?; break; }
-                            m = self.rx.recv(), if got.is_none() => { got = Some(m?); }
+                            m = self.rx.recv() => got.push(m?),
                         }
                     }
                     got
@@ -935,7 +937,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     };
                     tokio::select! {
                         m = self.rx.recv() => match m {
-                            Ok(m) => Some(m),
+                            Ok(m) => vec![m],
                             Err(LinkError::Closed) => return Ok((incomplete, from)),
                             Err(e) => return Err(e.into()),
                         },
@@ -944,36 +946,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 }
                 None => {
                     tokio::select! {
-                        m = self.rx.recv() => Some(m?),
+                        m = self.rx.recv() => vec![m?],
                         _ = sleep_until(self.tx.last_send() + KEEPALIVE_INTERVAL) => {
                             self.tx.send(&Message::KeepAlive).await?;
-                            None
+                            Vec::new()
                         }
                     }
                 }
             };
-            match incoming {
-                None | Some(Message::KeepAlive) => {}
-                Some(Message::PackAck { offset }) => {
-                    up.on_ack(offset, clock.elapsed())
-                        .map_err(|_| GroundError::BadReply("acknowledgement"))?;
-                    ground.db.set_outgoing_progress(&pack, offset, "sending")?;
-                    progress(report(&up));
-                }
-                Some(Message::PackApplied { pack: p, root }) if p == pack && up.all_sent() => {
-                    progress(Progress {
-                        pack,
-                        sent: total,
-                        acked: total,
-                        total,
-                    });
-                    return Ok((Sent::Applied(root), from));
-                }
-                Some(Message::Error { kind, message }) => return Err(remote(kind, message)),
-                Some(_) => {
-                    return Err(GroundError::Unexpected {
-                        expected: "PackAck or PackApplied",
-                    });
+            for m in incoming {
+                match m {
+                    Message::KeepAlive => {}
+                    Message::PackAck { offset } => {
+                        up.on_ack(offset, clock.elapsed())
+                            .map_err(|_| GroundError::BadReply("acknowledgement"))?;
+                        ground.db.set_outgoing_progress(&pack, offset, "sending")?;
+                        progress(report(&up));
+                    }
+                    Message::PackApplied { pack: p, root } if p == pack && up.all_sent() => {
+                        progress(Progress {
+                            pack,
+                            sent: total,
+                            acked: total,
+                            total,
+                        });
+                        return Ok((Sent::Applied(root), from));
+                    }
+                    Message::Error { kind, message } => return Err(remote(kind, message)),
+                    _ => {
+                        return Err(GroundError::Unexpected {
+                            expected: "PackAck or PackApplied",
+                        });
+                    }
                 }
             }
             if !stopped {

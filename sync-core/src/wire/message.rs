@@ -1,4 +1,4 @@
-//! The messages of protocol version 1.
+//! The messages of the link protocol (version [`PROTOCOL_VERSION`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -6,7 +6,7 @@ use crate::id::{ManifestId, NodeId, PackId};
 use crate::pack::Limits;
 use crate::path::{PodName, VolumePath};
 
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
