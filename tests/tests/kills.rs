@@ -26,6 +26,8 @@ struct Throttle {
     upstream: Arc<Mutex<String>>,
     up: Arc<AtomicU64>,
     down: Arc<AtomicU64>,
+    /// When the bytes sent up (over all connections) pass this, the connection is cut.
+    cut_at: Arc<AtomicU64>,
 }
 
 impl Throttle {
@@ -34,7 +36,8 @@ impl Throttle {
         let addr = listener.local_addr().unwrap().to_string();
         let upstream = Arc::new(Mutex::new(upstream.to_string()));
         let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (u, a, b) = (upstream.clone(), up.clone(), down.clone());
+        let cut_at = Arc::new(AtomicU64::new(u64::MAX));
+        let (u, a, b, cut) = (upstream.clone(), up.clone(), down.clone(), cut_at.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -44,9 +47,9 @@ impl Throttle {
                     continue;
                 };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (a, b) = (a.clone(), b.clone());
-                std::thread::spawn(move || pipe(client, server, a));
-                std::thread::spawn(move || pipe(s2, c2, b));
+                let (a, b, cut) = (a.clone(), b.clone(), cut.clone());
+                std::thread::spawn(move || pipe(client, server, a, cut));
+                std::thread::spawn(move || pipe(s2, c2, b, Arc::new(AtomicU64::new(u64::MAX))));
             }
         });
         Self {
@@ -54,7 +57,13 @@ impl Throttle {
             upstream,
             up,
             down,
+            cut_at,
         }
+    }
+
+    /// Cuts the connection carrying the byte at `offset` of everything sent up so far.
+    fn cut_at(&self, offset: u64) {
+        self.cut_at.store(offset, Ordering::SeqCst);
     }
 
     fn retarget(&self, upstream: &str) {
@@ -66,7 +75,7 @@ impl Throttle {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, count: Arc<AtomicU64>) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, count: Arc<AtomicU64>, cut: Arc<AtomicU64>) {
     let mut buf = [0u8; 8 * 1024];
     let start = Instant::now();
     let mut sent = 0u64;
@@ -80,10 +89,22 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, count: Arc<AtomicU64>) {
         if let Some(wait) = due.checked_sub(start.elapsed()) {
             std::thread::sleep(wait);
         }
-        if to.write_all(&buf[..n]).is_err() {
+        // Up to the cut and no further: the rest is lost with the link.
+        let before = count.load(Ordering::SeqCst);
+        let limit = cut.load(Ordering::SeqCst);
+        let take = if before + n as u64 > limit {
+            limit.saturating_sub(before) as usize
+        } else {
+            n
+        };
+        if to.write_all(&buf[..take]).is_err() {
             break;
         }
-        count.fetch_add(n as u64, Ordering::SeqCst);
+        count.fetch_add(take as u64, Ordering::SeqCst);
+        if take < n {
+            cut.store(u64::MAX, Ordering::SeqCst);
+            break;
+        }
     }
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);
@@ -218,4 +239,86 @@ fn sigkill_of_the_ground_mid_push_resumes_from_the_queued_pack() {
         "{} bytes across the link with {kills} kills; clean run {clean}, bound {bound}",
         link.carried()
     );
+}
+
+/// Real processes, real TCP: the link cut at random byte offsets (the proxy stops forwarding
+/// mid-stream and closes both sides). Every push after a cut resumes; the last completes.
+#[test]
+fn cuts_at_random_byte_offsets_resume_and_end_equal() {
+    let local = tempfile::tempdir().unwrap();
+    make_tree(local.path());
+    let (clean, _) = clean_run(local.path());
+    let ob = Onboard::start();
+    let link = Throttle::start(&ob.addr);
+    let mut rng = StdRng::seed_from_u64(77);
+    let mut cuts = 0;
+    for _ in 0..5 {
+        let sent = link.up.load(Ordering::SeqCst);
+        link.cut_at(sent + rng.random_range(1_000..clean / 3));
+        let (code, err) = finish(spawn_push(&ob, &link.addr, local.path()));
+        if code == 0 {
+            break;
+        }
+        assert!([4, 75].contains(&code), "push exited {code}: {err}");
+        cuts += 1;
+    }
+    link.cut_at(u64::MAX);
+    let (code, err) = finish(spawn_push(&ob, &link.addr, local.path()));
+    assert_eq!(code, 0, "{err}\n{}", ob.log());
+    assert_same_tree(&ob.volume_path("p1"), local.path());
+    assert!(cuts >= 2, "only {cuts} cuts landed");
+    let bound = clean + cuts * PER_KILL;
+    eprintln!("{} bytes with {cuts} cuts; clean {clean}", link.carried());
+    assert!(
+        link.carried() <= bound,
+        "{} bytes across the link with {cuts} cuts; clean run {clean}, bound {bound}",
+        link.carried()
+    );
+}
+
+/// The onboard daemon killed the moment the whole pack is staged, and again a little later:
+/// in the middle of verifying, placing or applying. The restarted daemon finishes (from the
+/// staged pack or the journal) and the volume ends equal.
+#[test]
+fn sigkill_of_the_onboard_daemon_once_the_pack_is_staged_finishes_on_restart() {
+    let local = tempfile::tempdir().unwrap();
+    make_tree(local.path());
+    for delay_ms in [0u64, 40, 120] {
+        let mut ob = Onboard::start();
+        let link = Throttle::start(&ob.addr);
+        let child = spawn_push(&ob, &link.addr, local.path());
+        // Wait for the staged pack to be whole, then kill.
+        let staging = ob.state().join("staging");
+        let t0 = Instant::now();
+        let whole = loop {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the upload never finished"
+            );
+            let packs: Vec<u64> = std::fs::read_dir(&staging)
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+                        .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let sent = link.up.load(Ordering::SeqCst);
+            if packs.iter().any(|&len| len > 6_000_000 && sent >= len) {
+                break true;
+            }
+            if ob.volume_path("p1").join("big/b2.bin").exists() {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        ob.restart();
+        link.retarget(&ob.addr);
+        let _ = finish(child);
+        let (code, err) = finish(spawn_push(&ob, &link.addr, local.path()));
+        assert_eq!(code, 0, "{err}\n{}", ob.log());
+        assert_same_tree(&ob.volume_path("p1"), local.path());
+        eprintln!("killed {delay_ms} ms after the pack was whole (caught in time: {whole})");
+    }
 }
