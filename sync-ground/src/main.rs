@@ -514,8 +514,8 @@ async fn push(a: PushArgs) -> Result<()> {
         );
         let ratio = if report.content_bytes > 0 && report.complete {
             format!(
-                ", {:.1}% of the {} of new content",
-                (sent + received) as f64 * 100.0 / report.content_bytes as f64,
+                ", {} of the {} of new content",
+                percent((sent + received) as f64 * 100.0 / report.content_bytes as f64),
                 fmt::bytes(report.content_bytes)
             )
         } else {
@@ -537,6 +537,15 @@ async fn push(a: PushArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// 97.7%, 0.05%: small ratios keep their first significant digit.
+fn percent(p: f64) -> String {
+    if p >= 1.0 || p == 0.0 {
+        format!("{p:.1}%")
+    } else {
+        format!("{p:.2}%")
+    }
 }
 
 /// A link that fails while pushes are queued is not the end: say what resumes, exit 75.

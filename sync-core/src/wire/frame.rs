@@ -12,29 +12,37 @@ pub const MAX_MESSAGE_BYTES: u64 = 256 << 20;
 #[derive(Default)]
 pub struct RecordDecoder {
     buf: Vec<u8>,
+    /// Where the next record starts; consumed bytes are dropped on the next push, not on every
+    /// record taken out (which would shift the buffer once per record).
+    start: usize,
 }
 
 impl RecordDecoder {
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     pub fn next_record(&mut self) -> Option<Vec<u8>> {
-        if self.buf.len() < 2 {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 2 {
             return None;
         }
-        let len = u16::from_be_bytes([self.buf[0], self.buf[1]]) as usize;
-        if self.buf.len() < 2 + len {
+        let len = u16::from_be_bytes([avail[0], avail[1]]) as usize;
+        if avail.len() < 2 + len {
             return None;
         }
-        let rec = self.buf[2..2 + len].to_vec();
-        self.buf.drain(..2 + len);
+        let rec = avail[2..2 + len].to_vec();
+        self.start += 2 + len;
         Some(rec)
     }
 
     /// Bytes held that do not yet make a whole record.
     pub fn pending(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 }
 
