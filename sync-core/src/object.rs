@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::id::ContentId;
 
+#[derive(Clone)]
 pub struct ObjectStore {
     dir: PathBuf,
 }

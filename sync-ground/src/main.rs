@@ -440,11 +440,20 @@ async fn push(a: PushArgs) -> Result<()> {
     if !a.folder.is_dir() {
         bail!("{} is not a folder", a.folder.display());
     }
-    let mut s = open(&a.conn).await?;
-    let (local, scan) = s
-        .ground
+    // Scan before connecting: a first scan of a large tree reads every file, and the link
+    // need not wait for it.
+    let pod = PodName::new(a.conn.pod.clone())?;
+    let mut ground = open_ground(&a.conn.local)?;
+    let (local, scan) = ground
         .scan_local(&a.folder)
         .with_context(|| format!("scanning {}", a.folder.display()))?;
+    let (client, started) = connect(&a.conn.to, &a.conn.key, a.conn.timeout).await?;
+    let mut s = Session {
+        client,
+        ground,
+        pod,
+        started,
+    };
     let json = a.conn.local.json;
     let allow = a.limits.allowance(&s.ground, &s.client.node);
     let mut bars = Bars::new(json);

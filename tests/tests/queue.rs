@@ -118,3 +118,18 @@ fn bad_budgets_and_rates_are_refused_with_a_hint() {
     }
     assert!(!ob.volume_path("default").exists());
 }
+
+/// Regression: the ground encoded a pack on the link's own thread, sending nothing meanwhile,
+/// so a large first push outlasted the onboard side's idle timeout and was cut ("the other side
+/// closed the link"). Encoding now runs aside while keep-alives go out.
+#[test]
+fn regression_a_long_encode_keeps_the_link_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Onboard::start_in(dir, &["--idle-timeout", "4"]);
+    let src = tempfile::tempdir().unwrap();
+    // Incompressible, so encoding at zstd level 19 takes several seconds here.
+    write(src.path(), "big.bin", random_bytes(9, 24_000_000));
+    let r = ob.ground(&["push", src.path().to_str().unwrap(), "--pod", "p", "--json"]);
+    assert_eq!(r.code, 0, "{r:#?}\n{}", ob.log());
+    assert_same_tree(&ob.volume_path("p"), src.path());
+}

@@ -118,22 +118,22 @@ impl Ground {
 }
 
 /// Reads target content from the local folder being pushed, and bases from the content store.
-struct LocalTree<'a> {
+struct LocalTree {
     dir: Dir,
-    dest: Option<&'a VolumePath>,
-    store: &'a ObjectStore,
+    dest: Option<VolumePath>,
+    store: ObjectStore,
 }
 
-impl LocalTree<'_> {
+impl LocalTree {
     fn local_path<'p>(&self, path: &'p VolumePath) -> &'p str {
-        match self.dest {
+        match &self.dest {
             Some(d) => &path.as_str()[d.as_str().len() + 1..],
             None => path.as_str(),
         }
     }
 }
 
-impl ContentProvider for LocalTree<'_> {
+impl ContentProvider for LocalTree {
     fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
         let local = self.local_path(path);
         let changed = || PackError::SourceChanged {
@@ -733,24 +733,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             )));
         }
         let signatures = self.signatures(pod, &plan).await?;
-        let mut bytes = Vec::new();
-        let stats = if source.as_os_str().is_empty() {
-            plan.encode(base, &EmptyProvider, &signatures, &self.limits, &mut bytes)?
+        let provider: Box<dyn ContentProvider + Send> = if source.as_os_str().is_empty() {
+            Box::new(EmptyProvider)
         } else {
             let abs = std::fs::canonicalize(source).map_err(io_at(source))?;
-            let provider = LocalTree {
-                dir: Dir::open_ambient_dir(&abs, ambient_authority()).map_err(io_at(&abs))?,
-                dest,
-                store: &ground.store,
-            };
             // The bytes read (and verified) for encoding go straight into the content store,
             // where they become the bases of the next push; nothing is read twice.
-            let keeping = Keeping {
-                inner: &provider,
-                store: &ground.store,
-            };
-            plan.encode(base, &keeping, &signatures, &self.limits, &mut bytes)?
+            Box::new(Keeping {
+                inner: LocalTree {
+                    dir: Dir::open_ambient_dir(&abs, ambient_authority()).map_err(io_at(&abs))?,
+                    dest: dest.cloned(),
+                    store: ground.store.clone(),
+                },
+                store: ground.store.clone(),
+            })
         };
+        // Encoding a large pack takes a while (zstd at level 19): off this thread, so the
+        // link stays alive meanwhile.
+        let (job_plan, job_base, limits) = (plan.clone(), base.clone(), self.limits.clone());
+        let job = tokio::task::spawn_blocking(move || {
+            let mut bytes = Vec::new();
+            let stats = job_plan.encode(
+                &job_base,
+                provider.as_ref(),
+                &signatures,
+                &limits,
+                &mut bytes,
+            )?;
+            Ok::<_, PackError>((bytes, stats))
+        });
+        let (bytes, stats) = self.keep_alive_while(job).await??;
         let pack = PackId(*blake3::hash(&bytes).as_bytes());
         let path = ground.pack_path(&pack);
         // Written whole, synced and renamed: a queued pack on disk is never torn.
@@ -791,6 +803,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let mut report = self.send_queued(ground, &q, allow, progress).await?;
         report.plan = PlanCounts::from(&stats);
         Ok(report)
+    }
+
+    /// Waits for local work while keeping the link alive: keep-alives out, the other side's
+    /// keep-alives taken.
+    async fn keep_alive_while<T>(
+        &mut self,
+        job: tokio::task::JoinHandle<T>,
+    ) -> Result<T, GroundError> {
+        tokio::pin!(job);
+        loop {
+            tokio::select! {
+                r = &mut job => {
+                    return r.map_err(|e| GroundError::Io {
+                        path: "(encoding)".into(),
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+                m = self.rx.recv() => match m? {
+                    Message::KeepAlive => {}
+                    Message::Error { kind, message } => return Err(remote(kind, message)),
+                    _ => return Err(GroundError::Unexpected { expected: "nothing while encoding" }),
+                },
+                _ = sleep_until(self.tx.last_send() + KEEPALIVE_INTERVAL) => {
+                    self.tx.send(&Message::KeepAlive).await?;
+                }
+            }
+        }
     }
 
     async fn signatures(
@@ -1042,12 +1081,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 }
 
 /// Keeps every target read for encoding in the content store.
-struct Keeping<'a> {
-    inner: &'a dyn ContentProvider,
-    store: &'a ObjectStore,
+struct Keeping {
+    inner: LocalTree,
+    store: ObjectStore,
 }
 
-impl ContentProvider for Keeping<'_> {
+impl ContentProvider for Keeping {
     fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
         let bytes = self.inner.target(path, id)?;
         self.store.put(id, &bytes)?;
