@@ -423,3 +423,39 @@ async fn a_queued_push_whose_folder_the_pod_changed_is_planned_again() {
     assert_ne!(second.pack, first.pack, "planned again");
     assert_eq!(tree_hash(&rig.local), tree_hash(&inputs));
 }
+
+/// The local tree changes while a push is queued. Nothing of it sent yet: it is replaced.
+/// Partly sent: it is finished first and the new changes follow on top. Either way the volume
+/// ends equal to the newest tree, and the note says which happened.
+#[tokio::test(start_paused = true)]
+async fn a_changed_tree_replaces_an_unsent_queued_push_or_follows_a_started_one() {
+    for (budget, expect) in [
+        (1, "replaced the queued push"),
+        (40_000, "finishing the queued push first"),
+    ] {
+        let mut rig = Rig::new(slow(), vec![]);
+        write_tree(&rig.local, 31, 80);
+        let first = rig
+            .attempt(&Allowance {
+                budget: Some(budget),
+                ..Allowance::default()
+            })
+            .await
+            .unwrap();
+        assert!(!first.complete);
+        std::fs::write(rig.local.join("d0/new.txt"), "added while queued").unwrap();
+        std::fs::remove_file(rig.local.join("d1/f1.bin")).unwrap();
+        let second = rig.attempt(&Allowance::default()).await.unwrap();
+        assert!(second.complete, "{second:?}");
+        assert!(
+            second.notes.iter().any(|n| n.contains(expect)),
+            "budget {budget}: {:?}",
+            second.notes
+        );
+        assert_eq!(
+            tree_hash(&rig.local),
+            tree_hash(&rig.volume()),
+            "budget {budget}"
+        );
+    }
+}
