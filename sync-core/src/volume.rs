@@ -168,7 +168,13 @@ pub fn prepare(
         for t in &placed {
             let _ = volume.remove_file(t);
         }
+        return result;
     }
+    // The temporaries' names must be durable before the journal names them.
+    volume
+        .open(".")
+        .and_then(|d| d.sync_all())
+        .map_err(io_at("."))?;
     result
 }
 
@@ -412,6 +418,14 @@ pub fn apply(volume: &Dir, plan: &ApplyPlan, temp_tag: &str) -> Result<(), Volum
                 touched.insert(path.parent());
             }
             Step::File { path, temp, id, .. } => {
+                // A pod may have removed the folder meanwhile: the push decides it exists.
+                if let Some(p) = path.parent()
+                    && volume.symlink_metadata(p.as_str()).is_err()
+                {
+                    volume
+                        .create_dir_all(p.as_str())
+                        .map_err(io_at(p.to_string()))?;
+                }
                 let (parent, name) = parent_of(volume, path)?;
                 if volume.symlink_metadata(temp).is_err() {
                     // Renamed by an earlier run of this journal: the volume must hold it now.

@@ -459,6 +459,13 @@ fn fixed_messages() -> Vec<Message> {
         },
         Message::KeepAlive,
         Message::Bye,
+        Message::PackCancel {
+            pack: PackId([0x66; 32]),
+        },
+        Message::Error {
+            kind: ErrorKind::Superseded,
+            message: "taken over".into(),
+        },
     ]
 }
 

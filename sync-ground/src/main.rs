@@ -25,7 +25,8 @@ const EXIT_HELP: &str = "Exit status:
   1  error on this side (local files, state, bad arguments)
   2  usage error
   3  refused by the onboard side (bad path or pod name, over a limit): retrying will not help
-  4  link failure (cannot connect, connection lost, silent link): retry at the next pass
+  4  link or node failure (cannot connect, connection lost, silent link, the node's disk
+     full): retry at the next pass
   5  authentication failed: the two sides do not hold the same key
   6  the pod's volume changed during the push: run it again
  75  incomplete: the budget, the deadline or the link ran out; what was sent is kept onboard
@@ -243,6 +244,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 GroundError::Remote { kind, .. } => match kind {
                     ErrorKind::Conflict => 6,
                     ErrorKind::Storage => 4,
+                    ErrorKind::Superseded => EX_TEMPFAIL,
                     _ => 3,
                 },
                 GroundError::Link(l) => link_code(l),
@@ -560,8 +562,14 @@ fn percent(p: f64) -> String {
 /// A link that fails while pushes are queued is not the end: say what resumes, exit 75.
 fn queued_hint(ground: &Ground, node: &NodeId, e: GroundError) -> anyhow::Error {
     let queued = ground.db.queued_for_node(node).unwrap_or_default();
-    match (&e, queued.is_empty()) {
-        (GroundError::Link(l), false) if link_code(l) == 4 => {
+    let temporary = match &e {
+        GroundError::Link(l) => link_code(l) == 4,
+        // A node whose disk filled dropped what it had: that is not a resume (exit 4).
+        GroundError::Remote { kind, .. } => *kind == ErrorKind::Superseded,
+        _ => false,
+    };
+    match (temporary, queued.is_empty()) {
+        (true, false) => {
             let left: u64 = queued.iter().map(|q| q.len - q.acked).sum();
             anyhow::Error::new(Incomplete(format!(
                 "incomplete: {e}; {} left in {} queued push(es), resumes at the next pass",

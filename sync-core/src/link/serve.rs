@@ -151,7 +151,8 @@ impl Conn {
                 }
                 _ = sleep_until_opt(self.flush_at) => {
                     self.flush_at = None;
-                    let out = self.blocking(|s| Outcome {
+                    // An fsync can take seconds on flash: keep the link alive meanwhile.
+                    let out = self.alive_while(tx, |s| Outcome {
                         replies: s.flush().into_iter().collect(),
                         close: false,
                     }).await?;
@@ -173,7 +174,20 @@ impl Conn {
         msg: Message,
         tx: &mut LinkWriter<W>,
     ) -> Result<Outcome, LinkError> {
-        let job = self.blocking(move |s| s.handle(msg));
+        self.alive_while(tx, move |s| s.handle(msg)).await
+    }
+
+    /// Runs `f` on the session off the reactor, sending keep-alives while it takes long.
+    async fn alive_while<W, F>(
+        &mut self,
+        tx: &mut LinkWriter<W>,
+        f: F,
+    ) -> Result<Outcome, LinkError>
+    where
+        W: AsyncWrite + Unpin,
+        F: FnOnce(&mut OnboardSession) -> Outcome + Send + 'static,
+    {
+        let job = self.blocking(f);
         tokio::pin!(job);
         loop {
             tokio::select! {

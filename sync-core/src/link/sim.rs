@@ -331,9 +331,18 @@ async fn step(
             let sent = ((t.saturating_duration_since(*free_at)).as_secs_f64()
                 * net.rate(dir) as f64
                 / 8.0) as usize;
-            chunk.truncate(sent.min(chunk.len()));
-            if f.action != Action::Corrupt {
-                fault = Some(f.action);
+            let i = sent.min(chunk.len());
+            match f.action {
+                // The byte on the link at that moment is flipped; nothing is lost.
+                Action::Corrupt => {
+                    if let Some(b) = chunk.get_mut(i) {
+                        *b ^= 0x5a;
+                    }
+                }
+                Action::Cut | Action::Silence => {
+                    chunk.truncate(i);
+                    fault = Some(f.action);
+                }
             }
         }
     }

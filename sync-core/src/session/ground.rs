@@ -297,6 +297,8 @@ pub struct Client<S> {
     started: Instant,
     /// A goodbye went out already (an upload that ran out of budget or time sends it early).
     said_bye: bool,
+    /// Packs given up on, to tell the node at the next chance.
+    cancels: Vec<PackId>,
     pub node: NodeId,
     pub limits: Limits,
     pub software: String,
@@ -342,6 +344,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                         rtt,
                         started,
                         said_bye: false,
+                        cancels: Vec::new(),
                         node,
                         limits,
                         software,
@@ -550,9 +553,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         Ok(live)
     }
 
-    fn discard_queued(&self, ground: &Ground, q: &OutgoingPack) -> Result<(), GroundError> {
+    fn discard_queued(&mut self, ground: &Ground, q: &OutgoingPack) -> Result<(), GroundError> {
         ground.db.delete_outgoing(&q.pack)?;
         let _ = std::fs::remove_file(ground.pack_path(&q.pack));
+        // Whatever the node staged of it would otherwise wait there for weeks.
+        self.cancels.push(q.pack);
+        Ok(())
+    }
+
+    /// Tells the node about packs this ground gave up on.
+    async fn send_cancels(&mut self) -> Result<(), GroundError> {
+        if self.cancels.is_empty() {
+            return Ok(());
+        }
+        let msgs: Vec<Message> = self
+            .cancels
+            .drain(..)
+            .map(|pack| Message::PackCancel { pack })
+            .collect();
+        self.tx.send_all(&msgs).await?;
         Ok(())
     }
 
@@ -873,6 +892,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     ) -> Result<(Sent, u64), GroundError> {
         let total = bytes.len() as u64;
         let pack = q.pack;
+        self.send_cancels().await?;
         self.tx
             .send(&Message::PackOffer {
                 pod: q.pod.clone(),
@@ -984,11 +1004,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     }
                 }
                 None => {
+                    // Waiting for acknowledgements (window full) or for the apply (all sent).
+                    // The deadline still holds: a pack wholly sent applies onboard anyway, and
+                    // the next pass hears so at once.
+                    let deadline = sleep_until_opt(allow.deadline);
                     tokio::select! {
                         m = self.rx.recv() => vec![m?],
                         _ = sleep_until(self.tx.last_send() + KEEPALIVE_INTERVAL) => {
                             self.tx.send(&Message::KeepAlive).await?;
                             Vec::new()
+                        }
+                        _ = deadline => {
+                            return Ok((Sent::Incomplete { acked: up.acked(), total }, from));
                         }
                     }
                 }
@@ -1057,6 +1084,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Returns the bytes this connection moved, and records them for rate estimates.
     pub async fn bye(mut self, ground: &Ground) -> Result<(u64, u64), GroundError> {
         if !self.said_bye {
+            self.send_cancels().await?;
             self.tx.send(&Message::Bye).await?;
         }
         // The onboard side answers a goodbye with a last acknowledgement, then closes.
@@ -1077,6 +1105,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         );
         let _ = self.tx.close().await;
         Ok(counts)
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

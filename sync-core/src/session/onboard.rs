@@ -165,17 +165,13 @@ impl OnboardService {
         let entries = self.db().journal_entries()?;
         let mut keep: HashMap<PodName, std::collections::HashSet<String>> = HashMap::new();
         for e in entries {
-            let plan: ApplyPlan = postcard::from_bytes(&e.plan)
-                .map_err(|_| crate::state::StateError::Corrupt("journal plan"))?;
-            let vol = self.volumes.create_pod(&e.pod)?;
-            match volume::apply(&vol, &plan, &e.pack.short()) {
-                Ok(()) => self.finish_apply(&e.pack)?,
-                Err(err) => {
-                    eprintln!(
-                        "pod {}: cannot finish applying pack {} yet: {err}",
-                        e.pod,
-                        e.pack.short()
-                    );
+            if let Err(err) = self.finish_journaled(&e) {
+                eprintln!(
+                    "pod {}: cannot finish applying pack {} yet: {err}",
+                    e.pod,
+                    e.pack.short()
+                );
+                if let Ok(plan) = postcard::from_bytes::<ApplyPlan>(&e.plan) {
                     keep.entry(e.pod.clone())
                         .or_default()
                         .extend(plan.temps().map(String::from));
@@ -187,7 +183,53 @@ impl OnboardService {
                 volume::sweep_temps(&vol, keep.get(&pod).unwrap_or(&Default::default()));
             }
         }
+        self.collect_stale_uploads();
         Ok(())
+    }
+
+    /// Runs a journaled changeset to its end. One that can never finish (a file it was to
+    /// place is gone and the volume holds something else there) is abandoned, with a log line:
+    /// the volume keeps what it has, and the next manifest shows it.
+    fn finish_journaled(&self, e: &JournalEntry) -> Result<(), OnboardError> {
+        let plan: ApplyPlan = postcard::from_bytes(&e.plan)
+            .map_err(|_| crate::state::StateError::Corrupt("journal plan"))?;
+        let vol = self.volumes.create_pod(&e.pod)?;
+        match volume::apply(&vol, &plan, &e.pack.short()) {
+            Ok(()) => {
+                self.finish_apply(&e.pack)?;
+                let now = self.scan_pod(&e.pod)?;
+                self.db().remember_applied(&e.pack, &e.pod, &now.root())?;
+                Ok(())
+            }
+            Err(err @ VolumeError::Unrecoverable { .. }) => {
+                eprintln!("pod {}: abandoning pack {}: {err}", e.pod, e.pack.short());
+                self.finish_apply(&e.pack)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Before anything reads or changes a pod's volume: a changeset of it still journaled (its
+    /// apply failed, the disk was full) is finished first; while it cannot be, the pod's
+    /// volume takes no new changes. The caller holds the pod's lock.
+    fn settle_pod(&self, pod: &PodName) -> Result<(), Reply> {
+        let entries = self.db().journal_entries().map_err(internal)?;
+        for e in entries.iter().filter(|e| &e.pod == pod) {
+            self.finish_journaled(e).map_err(|err| {
+                storage(format!(
+                    "the pod's previous changeset could not be finished yet: {err}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Uploads nobody has continued for 30 days are dropped (their grounds gave up on them).
+    fn collect_stale_uploads(&self) {
+        let stale = self.db().stale_incoming(30 * 24 * 3600).unwrap_or_default();
+        for pack in stale {
+            self.discard(&pack);
+        }
     }
 
     fn finish_apply(&self, pack: &PackId) -> Result<(), OnboardError> {
@@ -213,6 +255,9 @@ impl OnboardService {
     ) -> Result<Message, OnboardError> {
         let lock = self.pod_lock(&pod);
         let _held = lock.lock().expect("pod lock");
+        if let Err(Reply(m)) = self.settle_pod(&pod) {
+            return Ok(*m);
+        }
         let current = self.scan_pod(&pod)?;
         let root = current.root();
         let body = match known {
@@ -249,6 +294,13 @@ impl OnboardService {
             .pod(pod)
             .map_err(internal)?
             .ok_or_else(|| conflict("the pod has no volume"))?;
+        if entries.len() as u64 > self.limits.max_changes {
+            return Err(reply(
+                ErrorKind::TooLarge,
+                format!("{} signatures asked for at once", entries.len()),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
         let mut sigs = Vec::with_capacity(entries.len());
         for &i in entries {
             let entry = base
@@ -256,6 +308,11 @@ impl OnboardService {
                 .get(i as usize)
                 .filter(|e| e.file_id().is_some())
                 .ok_or_else(|| refused(format!("entry #{i} is not a file")))?;
+            // Each file once, and none too large to hold in memory: without its signature the
+            // ground sends that file whole.
+            if !seen.insert(i) || entry.size() > self.limits.max_rsync_bytes() {
+                continue;
+            }
             let bytes = VolumeReader(&dir).read_base(entry).map_err(internal)?;
             if Some(crate::id::ContentId::of(&bytes)) != entry.file_id() {
                 return Err(conflict(format!("{} changed onboard", entry.path)));
@@ -270,9 +327,14 @@ impl OnboardService {
     fn apply_pack(&self, inc: &IncomingPack) -> Result<ManifestId, Reply> {
         let lock = self.pod_lock(&inc.pod);
         let _held = lock.lock().expect("pod lock");
+        self.settle_pod(&inc.pod)?;
         // The volume as it is now, and the state the pack was planned on: the same, or (for a
         // push into a folder) differing only outside that folder.
         let now = self.scan_pod(&inc.pod).map_err(internal)?;
+        // Another connection applied it a moment ago (the ground reconnected meanwhile).
+        if self.db().applied(&inc.pack, &inc.pod).map_err(internal)? == Some(now.root()) {
+            return Ok(now.root());
+        }
         let base = if now.root() == inc.base_root {
             now.clone()
         } else {
@@ -353,13 +415,13 @@ impl OnboardService {
                 "{e}; the changeset stays journaled and is finished when the daemon next starts"
             ))
         })?;
+        // The renames are done: the journal entry ends first, whatever happens next.
+        self.finish_apply(&inc.pack).map_err(internal)?;
         let db = self.db();
         db.remember_pod_manifest(&inc.pod, &result)
             .map_err(internal)?;
         db.remember_applied(&inc.pack, &inc.pod, &result.root())
             .map_err(internal)?;
-        drop(db);
-        self.finish_apply(&inc.pack).map_err(internal)?;
         Ok(result.root())
     }
 }
@@ -459,6 +521,14 @@ impl OnboardService {
         self.receivers.lock().expect("receivers").get(pack) == Some(&claim)
     }
 
+    /// Drops a staged pack its ground gave up on, unless a connection is receiving it.
+    fn cancel(&self, pack: &PackId) {
+        let busy = self.receivers.lock().expect("receivers").contains_key(pack);
+        if !busy {
+            self.discard(pack);
+        }
+    }
+
     fn release(&self, pack: &PackId, claim: u64) {
         let mut r = self.receivers.lock().expect("receivers");
         if r.get(pack) == Some(&claim) {
@@ -517,6 +587,13 @@ impl OnboardSession {
             } => self.offer(pod, pack, len, base_root, target_root, scope),
             Message::PackData { offset, bytes } => self.data(offset, &bytes),
             Message::KeepAlive => Ok(Outcome::default()),
+            Message::PackCancel { pack } => {
+                if let Some(rx) = self.incoming.take_if(|r| r.info.pack == pack) {
+                    self.svc.release(&pack, rx.claim);
+                }
+                self.svc.cancel(&pack);
+                Ok(Outcome::default())
+            }
             // A goodbye gets the last acknowledgement, so the ground knows where the next pass
             // starts.
             Message::Bye => Ok(Outcome {
@@ -553,13 +630,18 @@ impl OnboardSession {
         let claim = self.svc.claim(&pack);
         let known = self.svc.db().incoming(&pack).map_err(internal)?;
         let known = known.filter(|k| k.pod == pod && k.len == len);
-        if known.is_none() {
-            // Before a byte is sent: is the pack still applicable? Already applied (the ground
-            // missed our answer), or built on a volume state that is gone?
-            match self
-                .svc
-                .pack_fits(&pod, &pack, &base_root, scope.as_ref())?
-            {
+        {
+            // Before a byte is sent (or resent): is the pack still applicable? Already applied
+            // (the ground missed our answer), or built on a volume state that is gone?
+            let fit = self.svc.pack_fits(&pod, &pack, &base_root, scope.as_ref());
+            let fit = match fit {
+                Ok(f) => f,
+                Err(e) => {
+                    self.svc.release(&pack, claim);
+                    return Err(e);
+                }
+            };
+            match fit {
                 Fit::Applied(root) => {
                     self.svc.release(&pack, claim);
                     return Ok(Outcome {
@@ -571,6 +653,10 @@ impl OnboardSession {
                     });
                 }
                 Fit::Stale => {
+                    self.svc.release(&pack, claim);
+                    if known.is_some() {
+                        self.svc.discard(&pack);
+                    }
                     return Err(conflict(
                         "the pod's volume changed since this pack was planned; plan again",
                     ));
@@ -591,6 +677,7 @@ impl OnboardSession {
             boot: String::new(),
             scope,
         });
+        let fresh = !path.exists();
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -598,7 +685,14 @@ impl OnboardSession {
             .write(true)
             .open(&path)
             .map_err(|e| storage(e.to_string()))?;
+        if fresh {
+            // The staged file's name must survive a power loss like its bytes do.
+            let _ = File::open(self.svc.state_dir.join("staging")).and_then(|d| d.sync_all());
+        }
         let on_disk = file.metadata().map_err(|e| storage(e.to_string()))?.len();
+        // A staged file shorter than its record (lost to a crash before its folder entry was
+        // durable, or removed by hand): resume from what is really there.
+        info.received = info.received.min(on_disk);
         // Bytes past the synced offset were written by this daemon before it died or lost the
         // link. Within the same boot they are in the page cache, whole and in order (each one
         // came out of an authenticated record), so keep them; after a reboot they may be torn.
@@ -643,7 +737,7 @@ impl OnboardSession {
         if !self.svc.holds_claim(&rx.info.pack, rx.claim) {
             self.incoming = None;
             return Err(reply(
-                ErrorKind::Protocol,
+                ErrorKind::Superseded,
                 "a newer connection took this pack over",
             ));
         }
@@ -773,6 +867,7 @@ impl OnboardService {
         let applied = self.db().applied(pack, pod).map_err(internal)?;
         let lock = self.pod_lock(pod);
         let _held = lock.lock().expect("pod lock");
+        self.settle_pod(pod)?;
         let now = self.scan_pod(pod).map_err(internal)?;
         // Applied, and the volume is still where it left it: the ground missed our answer. (The
         // same pack can come again later: the same change from the same state has the same
@@ -814,6 +909,7 @@ fn message_name(m: &Message) -> &'static str {
         Message::Error { .. } => "Error",
         Message::Bye => "Bye",
         Message::KeepAlive => "KeepAlive",
+        Message::PackCancel { .. } => "PackCancel",
     }
 }
 
@@ -871,6 +967,67 @@ mod tests {
             offer(&svc, pack, len),
             Message::PackAccept { pack, offset: 700 }
         );
+    }
+
+    #[test]
+    fn a_staged_file_shorter_than_its_record_resumes_from_what_is_there() {
+        let (_t, svc, pack, len) = half_received(&boot_id());
+        fs::write(svc.pack_file(&pack), vec![5u8; 120]).unwrap();
+        assert_eq!(
+            offer(&svc, pack, len),
+            Message::PackAccept { pack, offset: 120 }
+        );
+    }
+
+    #[test]
+    fn a_cancelled_pack_is_dropped_from_staging() {
+        let (_t, svc, pack, _) = half_received(&boot_id());
+        let out = svc.session().handle(Message::PackCancel { pack });
+        assert!(out.replies.is_empty());
+        assert!(!svc.pack_file(&pack).exists());
+        assert!(svc.db().incoming(&pack).unwrap().is_none());
+    }
+
+    /// Regression: an apply that failed half-way stayed half-done until the next start, and the
+    /// pod's volume took new changes meanwhile. Now the journaled changeset is finished before
+    /// the volume is read or changed again.
+    #[test]
+    fn a_journaled_changeset_is_finished_before_the_pod_is_read_again() {
+        let t = tempfile::tempdir().unwrap();
+        let svc = Arc::new(
+            OnboardService::open(&t.path().join("v"), &t.path().join("s"), Limits::default())
+                .unwrap(),
+        );
+        let pod = PodName::new("p".to_string()).unwrap();
+        let vol = t.path().join("v/p");
+        fs::create_dir_all(&vol).unwrap();
+        fs::write(vol.join(".~sync.t.0"), "placed").unwrap();
+        let plan = ApplyPlan {
+            steps: vec![volume::Step::File {
+                path: crate::path::VolumePath::new("in/x").unwrap(),
+                temp: ".~sync.t.0".into(),
+                id: crate::id::ContentId::of(b"placed"),
+                mode: 0o644,
+                mtime: 0,
+            }],
+        };
+        svc.db()
+            .journal_begin(&JournalEntry {
+                pack: PackId([9; 32]),
+                pod: pod.clone(),
+                plan: postcard::to_stdvec(&plan).unwrap(),
+            })
+            .unwrap();
+        let out = svc
+            .session()
+            .handle(Message::ManifestRequest { pod, known: None });
+        assert!(
+            matches!(out.replies[0], Message::ManifestReply { .. }),
+            "{:?}",
+            out.replies
+        );
+        assert_eq!(fs::read_to_string(vol.join("in/x")).unwrap(), "placed");
+        assert!(svc.db().journal_entries().unwrap().is_empty());
     }
 
     #[test]

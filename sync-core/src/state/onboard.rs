@@ -132,6 +132,19 @@ impl Db {
         Ok(())
     }
 
+    /// Packs being received that no connection has continued for `secs`.
+    pub fn stale_incoming(&self, secs: i64) -> Result<Vec<PackId>, StateError> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT pack FROM incoming WHERE updated_at < ?1")?;
+        let rows = stmt.query_map([now_secs() - secs], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(PackId(blob32(r?, "pack id")?));
+        }
+        Ok(out)
+    }
+
     pub fn delete_incoming(&self, pack: &PackId) -> Result<(), StateError> {
         self.conn()
             .execute("DELETE FROM incoming WHERE pack = ?1", [&pack.0[..]])?;

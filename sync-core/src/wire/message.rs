@@ -71,6 +71,9 @@ pub enum Message {
     /// Either way, when a side has sent nothing for a while: "still here". Lets each side
     /// notice a silent link within seconds even while the other is busy applying or waiting.
     KeepAlive,
+    /// Ground → onboard: this ground gave the pack up (replaced, or its base is gone); drop
+    /// what was staged of it. No answer.
+    PackCancel { pack: PackId },
 }
 
 /// How a pod's manifest travels: not at all when the ground's copy is current, as the changes
@@ -106,4 +109,6 @@ pub enum ErrorKind {
     Storage,
     /// A bug or an unexpected message.
     Protocol,
+    /// Another connection of the same ground took over this transfer: stop, keep everything.
+    Superseded,
 }
