@@ -7,6 +7,7 @@
 //! receiver hashes what it decodes and the declared target root then checks every id at once.
 
 mod change;
+mod filter;
 mod scan;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 pub use change::{Change, Describe, FileSource, Put, PutKind, SourceResolver, apply_changes, diff};
+pub use filter::{FilterError, PathFilter};
 pub use scan::{
     CachedStat, ScanError, ScanOptions, ScanStats, SpecialFiles, StatCache, hash_stable, scan_dir,
 };
