@@ -7,4 +7,5 @@
 
 pub mod ground;
 pub mod onboard;
+pub mod pull;
 pub mod upload;

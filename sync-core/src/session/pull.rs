@@ -1,0 +1,217 @@
+//! The node's side of a pull (downlink), storage only: where the bytes of a pull pack come
+//! from. The protocol around it is being built (see ARCHITECTURE.md, "Pull").
+//!
+//! The node does not keep old versions of files pods overwrite, so it can encode against the
+//! ground's copy only where it still holds those exact bytes:
+//! - content it still has somewhere in the volume (a file renamed, copied, or left alone);
+//! - for a file that only grew since it was last sent (a log), the first `len` bytes of the
+//!   current file, when they hash to the id the ground holds. The node records `(id, path, len)`
+//!   of every version it sends, so this costs one read and one hash, and no uplink bytes.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use cap_std::fs::Dir;
+
+use crate::id::ContentId;
+use crate::manifest::Manifest;
+use crate::pack::{ContentProvider, PackError};
+use crate::path::VolumePath;
+use crate::volume;
+
+/// A version of a file the node sent to a ground: the ground holds these bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentVersion {
+    pub id: ContentId,
+    pub path: VolumePath,
+    pub len: u64,
+}
+
+/// Reads a pull's target content and bases from a pod's volume as it is now.
+pub struct VolumeSource<'a> {
+    dir: &'a Dir,
+    /// Where the volume holds each content id now.
+    now: HashMap<ContentId, VolumePath>,
+    /// What was sent before, by id.
+    sent: HashMap<ContentId, (VolumePath, u64)>,
+}
+
+impl<'a> VolumeSource<'a> {
+    pub fn new(dir: &'a Dir, now: &Manifest, sent: &[SentVersion]) -> Self {
+        let now = now
+            .entries()
+            .iter()
+            .filter_map(|e| e.file_id().map(|id| (id, e.path.clone())))
+            .collect();
+        let sent = sent
+            .iter()
+            .map(|v| (v.id, (v.path.clone(), v.len)))
+            .collect();
+        Self { dir, now, sent }
+    }
+
+    /// Whether `id` can serve as a base (cheap: no read). `base` confirms by hash.
+    pub fn may_hold(&self, id: &ContentId) -> bool {
+        self.now.contains_key(id) || self.sent.contains_key(id)
+    }
+
+    /// The first `len` bytes of the file at `path`, if there are that many.
+    fn prefix_of(&self, path: &VolumePath, len: u64) -> Option<Vec<u8>> {
+        let f = volume::open_nofollow(self.dir, path).ok()?;
+        let mut out = Vec::with_capacity(len.min(1 << 30) as usize);
+        f.take(len).read_to_end(&mut out).ok()?;
+        (out.len() as u64 == len).then_some(out)
+    }
+}
+
+impl ContentProvider for VolumeSource<'_> {
+    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
+        let changed = || PackError::SourceChanged {
+            path: path.to_string(),
+        };
+        // A pod may be writing it right now: what does not hash to the scanned id is not sent.
+        let bytes = volume::read_file(self.dir, path).map_err(|_| changed())?;
+        if ContentId::of(&bytes) != *id {
+            return Err(changed());
+        }
+        Ok(bytes)
+    }
+
+    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
+        if let Some(path) = self.now.get(id)
+            && let Ok(bytes) = volume::read_file(self.dir, path)
+            && ContentId::of(&bytes) == *id
+        {
+            return Ok(Some(bytes));
+        }
+        if let Some((path, len)) = self.sent.get(id)
+            && let Some(bytes) = self.prefix_of(path, *len)
+            && ContentId::of(&bytes) == *id
+        {
+            return Ok(Some(bytes));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ScanOptions, StatCache, scan_dir};
+    use crate::pack::{Limits, Plan};
+    use cap_std::ambient_authority;
+
+    fn scan(dir: &Dir) -> Manifest {
+        scan_dir(dir, &StatCache::new(), &ScanOptions::volume())
+            .unwrap()
+            .0
+    }
+
+    /// A log line generator: realistic, compressible, never repeating exactly.
+    fn log_lines(from: usize, bytes: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = from;
+        while out.len() < bytes {
+            out.extend_from_slice(
+                format!(
+                    "2026-11-21T09:{:02}:{:02}.{:03}Z step={i} loss={:.5} lr={:.6} gpu_mem={}MiB\n",
+                    (i / 60) % 60,
+                    i % 60,
+                    (i * 37) % 1000,
+                    1.0 / (1.0 + i as f64 * 0.001),
+                    0.001 * 0.999f64.powi((i % 500) as i32),
+                    8000 + (i * 7919) % 4000
+                )
+                .as_bytes(),
+            );
+            i += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn a_grown_log_costs_about_its_appended_part() {
+        let t = tempfile::tempdir().unwrap();
+        let vol_path = t.path().join("vol");
+        std::fs::create_dir_all(vol_path.join("logs")).unwrap();
+        let old = log_lines(0, 4_000_000);
+        let appended = log_lines(1_000_000, 80_000);
+        let grown = [old.clone(), appended.clone()].concat();
+        std::fs::write(vol_path.join("logs/train.log"), &grown).unwrap();
+        let dir = Dir::open_ambient_dir(&vol_path, ambient_authority()).unwrap();
+
+        // What the ground holds: the old log, as sent before.
+        let old_id = ContentId::of(&old);
+        let path = VolumePath::new("logs/train.log").unwrap();
+        let mut ground = scan(&dir).into_entries();
+        for e in &mut ground {
+            if e.path == path {
+                e.kind = crate::manifest::EntryKind::File {
+                    id: old_id,
+                    size: old.len() as u64,
+                };
+            }
+        }
+        let ground = Manifest::new(ground).unwrap();
+        let now = scan(&dir);
+        let sent = [SentVersion {
+            id: old_id,
+            path: path.clone(),
+            len: old.len() as u64,
+        }];
+        let source = VolumeSource::new(&dir, &now, &sent);
+        assert_eq!(source.base(&old_id).unwrap().as_deref(), Some(&old[..]));
+
+        let plan = Plan::new(&ground, &now, &|id| source.may_hold(id));
+        let mut pack = Vec::new();
+        plan.encode(
+            &ground,
+            &source,
+            &Default::default(),
+            &Limits::default(),
+            &mut pack,
+        )
+        .unwrap();
+        let alone = zstd::bulk::compress(&appended, 19).unwrap().len();
+        eprintln!(
+            "grown log: pack {} B; the appended {} B alone at zstd -19: {alone} B",
+            pack.len(),
+            appended.len()
+        );
+        assert!(
+            pack.len() as f64 <= 1.2 * alone as f64,
+            "pack {} B for an append whose zstd -19 alone is {alone} B",
+            pack.len()
+        );
+    }
+
+    #[test]
+    fn a_rewritten_file_is_not_taken_for_a_grown_one() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("db"), b"new bytes entirely").unwrap();
+        let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let now = scan(&dir);
+        let sent = [SentVersion {
+            id: ContentId::of(b"old bytes"),
+            path: VolumePath::new("db").unwrap(),
+            len: 9,
+        }];
+        let source = VolumeSource::new(&dir, &now, &sent);
+        assert!(source.base(&ContentId::of(b"old bytes")).unwrap().is_none());
+    }
+
+    #[test]
+    fn content_that_changed_since_the_scan_is_not_sent() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("out.csv"), b"a,b\n1,2\n").unwrap();
+        let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let now = scan(&dir);
+        std::fs::write(t.path().join("out.csv"), b"a,b\n1,2\n3,4\n").unwrap();
+        let source = VolumeSource::new(&dir, &now, &[]);
+        let e = &now.entries()[0];
+        assert!(matches!(
+            source.target(&e.path, &e.file_id().unwrap()),
+            Err(PackError::SourceChanged { .. })
+        ));
+    }
+}
