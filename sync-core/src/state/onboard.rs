@@ -185,6 +185,64 @@ impl Db {
             .transpose()
     }
 
+    /// Records versions a pull delivered; keeps the newest 100,000 per pod.
+    pub fn remember_sent(
+        &self,
+        pod: &PodName,
+        sent: &[(crate::session::pull::SentVersion, Option<Vec<u8>>)],
+    ) -> Result<(), StateError> {
+        let tx = self.conn().unchecked_transaction()?;
+        {
+            let mut put = tx.prepare(
+                "INSERT OR REPLACE INTO sent_version (pod, id, path, len, signature, sent_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (v, sig) in sent {
+                put.execute(params![
+                    pod.as_str(),
+                    &v.id.0[..],
+                    v.path.as_str(),
+                    v.len as i64,
+                    sig,
+                    now_secs()
+                ])?;
+            }
+        }
+        tx.execute(
+            "DELETE FROM sent_version WHERE pod = ?1 AND rowid NOT IN (SELECT rowid FROM
+             sent_version WHERE pod = ?1 ORDER BY sent_at DESC, rowid DESC LIMIT 100000)",
+            [pod.as_str()],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// What was sent of `ids` (those the ground says it holds).
+    pub fn sent_versions(
+        &self,
+        pod: &PodName,
+        ids: &[crate::id::ContentId],
+    ) -> Result<Vec<crate::session::pull::SentVersion>, StateError> {
+        let c = self.conn();
+        let mut get = c.prepare("SELECT path, len FROM sent_version WHERE pod = ?1 AND id = ?2")?;
+        let mut out = Vec::new();
+        for id in ids {
+            let row: Option<(String, i64)> = get
+                .query_row(params![pod.as_str(), &id.0[..]], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?;
+            if let Some((path, len)) = row {
+                out.push(crate::session::pull::SentVersion {
+                    id: *id,
+                    path: VolumePath::new(path).map_err(|_| StateError::Corrupt("sent path"))?,
+                    len: len as u64,
+                });
+            }
+        }
+        Ok(out)
+    }
+
     pub fn journal_begin(&self, e: &JournalEntry) -> Result<(), StateError> {
         self.conn().execute(
             "INSERT OR REPLACE INTO journal (pack, pod, plan, started_at) VALUES (?1, ?2, ?3, ?4)",
@@ -228,6 +286,27 @@ mod tests {
     use super::*;
     use crate::manifest::{Entry, EntryKind};
     use crate::path::VolumePath;
+
+    #[test]
+    fn sent_versions_are_found_by_id() {
+        use crate::session::pull::SentVersion;
+        let db = Db::open_in_memory().unwrap();
+        let pod = PodName::new("p".to_string()).unwrap();
+        let v = SentVersion {
+            id: crate::id::ContentId::of(b"log v1"),
+            path: VolumePath::new("logs/a.log").unwrap(),
+            len: 6,
+        };
+        db.remember_sent(&pod, &[(v.clone(), Some(vec![1, 2, 3]))])
+            .unwrap();
+        let other = crate::id::ContentId::of(b"never sent");
+        assert_eq!(
+            db.sent_versions(&pod, &[v.id, other]).unwrap(),
+            vec![v.clone()]
+        );
+        let elsewhere = PodName::new("q".to_string()).unwrap();
+        assert!(db.sent_versions(&elsewhere, &[v.id]).unwrap().is_empty());
+    }
 
     #[test]
     fn node_id_is_stable() {

@@ -107,3 +107,17 @@ CREATE TABLE link_log (
     received INTEGER NOT NULL,
     secs     REAL NOT NULL
 );
+
+-- migration 3
+-- Onboard: versions of files sent to a ground by a pull. The ground holds these bytes, so the
+-- next pull can encode against them: `len` bytes at `path`, if the file only grew since, and
+-- `signature` (rsync, of the version sent) for a file changed in place.
+CREATE TABLE sent_version (
+    pod       TEXT NOT NULL,
+    id        BLOB NOT NULL,
+    path      TEXT NOT NULL,
+    len       INTEGER NOT NULL,
+    signature BLOB,
+    sent_at   INTEGER NOT NULL,
+    PRIMARY KEY (pod, id)
+);
