@@ -59,6 +59,17 @@ the pod's outputs elsewhere in the volume are left alone.\n\nExample:\n  sync-gr
     Push(PushArgs),
     /// List the files of a pod's volume: path, type, size, time, hash.
     Ls(LsArgs),
+    /// Fetch what is new or changed in a pod's volume into a local folder, as deltas.
+    #[command(
+        after_help = "Only new or changed files cross the link, each as the difference from the \
+copy the ground already holds; renamed files cost nothing. The copy is updated when the whole \
+pull has arrived and checked out, files replaced by rename; a pull cut by the link, the budget or \
+the deadline keeps what arrived and resumes at the next pull (exit 75). A file a pod is still \
+writing is never delivered torn: it comes with the next pull.\n\nPatterns (--path, repeatable): \
+a name matches at any depth ('*.csv'), a path matches from the volume's root ('logs/**'); '*' \
+stays within a folder, '**' crosses folders.\n\nExample:\n  sync-ground pull --pod p1 --into ./results --path 'logs/**' --path '*.csv' --to 10.0.0.2:7700 --key link.key"
+    )]
+    Pull(PullArgs),
     /// Show what is queued, in flight and recently done, per pod (no link needed).
     Status(StatusArgs),
     /// Run everything queued for a node, in priority order, within a budget and a deadline.
@@ -148,6 +159,23 @@ struct PushArgs {
 }
 
 #[derive(Args)]
+struct PullArgs {
+    /// Local folder that holds the copy (created if missing).
+    #[arg(long, value_name = "DIR")]
+    into: PathBuf,
+    /// Only what these patterns select (repeatable) [default: the whole volume].
+    #[arg(long = "path", value_name = "PATTERN")]
+    paths: Vec<String>,
+    /// Remove from the copy what the pod removed (otherwise it stays, and is reported).
+    #[arg(long)]
+    delete: bool,
+    #[command(flatten)]
+    limits: Limits,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+#[derive(Args)]
 struct StatusArgs {
     #[command(flatten)]
     local: Local,
@@ -208,6 +236,7 @@ fn main() -> ExitCode {
             Command::Ls(a) => ls(a).await,
             Command::Rm(a) => rm(a).await,
             Command::Status(a) => status(a),
+            Command::Pull(a) => pull(a).await,
             Command::Pass(a) => pass(a).await,
         }
     });
@@ -833,6 +862,83 @@ async fn pass(a: PassArgs) -> Result<()> {
         return Err(Incomplete(format!(
             "incomplete: {} left, resumes at the next pass",
             fmt::bytes(left_now)
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+async fn pull(a: PullArgs) -> Result<()> {
+    sync_core::manifest::PathFilter::new(&a.paths)?;
+    let mut s = open(&a.conn).await?;
+    let json = a.conn.local.json;
+    let allow = a.limits.allowance(&s.ground, &s.client.node);
+    let mut bars = Bars::new(json);
+    let result = s
+        .client
+        .pull(
+            &mut s.ground,
+            &s.pod,
+            &a.into,
+            &a.paths,
+            a.delete,
+            &allow,
+            &mut |p| bars.update(p),
+        )
+        .await;
+    bars.finish();
+    let report = result?;
+    let (sent, received) = s.client.bye(&s.ground).await?;
+    let seconds = s.started.elapsed().as_secs_f64();
+    if json {
+        #[derive(Serialize)]
+        struct PullJson<'a> {
+            #[serde(flatten)]
+            report: &'a sync_core::session::ground::PullReport,
+            wire: Wire,
+            seconds: f64,
+        }
+        println!(
+            "{}",
+            serde_json::to_string(&PullJson {
+                report: &report,
+                wire: Wire {
+                    sent,
+                    received,
+                    total: sent + received
+                },
+                seconds
+            })?
+        );
+    } else if report.up_to_date {
+        println!(
+            "{} is up to date with {} (wire {} in {seconds:.2} s)",
+            a.into.display(),
+            report.pod,
+            fmt::bytes(sent + received)
+        );
+    } else {
+        let c = &report.changes;
+        let verb = if report.complete { "pulled" } else { "pulling" };
+        println!("{verb} {} → {}", report.pod, a.into.display());
+        if report.complete {
+            println!(
+                "  {} added, {} modified, {} removed, {} renamed or copied, {} metadata only",
+                c.added, c.changed, c.removed, c.copied, c.metadata
+            );
+        }
+        println!(
+            "  wire {} (down {}, up {}), in {seconds:.2} s",
+            fmt::bytes(sent + received),
+            fmt::bytes(received),
+            fmt::bytes(sent)
+        );
+    }
+    if !report.complete {
+        return Err(Incomplete(format!(
+            "incomplete: {} of a {} pull pack left, resumes at the next pull",
+            fmt::bytes(report.pack_bytes - report.received),
+            fmt::bytes(report.pack_bytes)
         ))
         .into());
     }

@@ -1054,6 +1054,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
 
     /// The offset this connection may send up to, given the budget and the deadline.
     fn send_limit(&self, up: &Upload, allow: &Allowance) -> u64 {
+        self.limit_from(up, allow, up.sent())
+    }
+
+    /// Like [`Self::send_limit`] for bytes coming the other way: what was asked for but has
+    /// not arrived is not on the counters yet, so the budget counts from what arrived.
+    fn pull_limit(&self, up: &Upload, allow: &Allowance) -> u64 {
+        self.limit_from(up, allow, up.acked())
+    }
+
+    fn limit_from(&self, up: &Upload, allow: &Allowance, counted: u64) -> u64 {
         let mut limit = up.total();
         if let Some(budget) = allow.budget {
             // Acknowledgements of what is sent now arrive later and count too: about 25 bytes
@@ -1064,7 +1074,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             let rest = left % Upload::wire_cost(up.frame_size() as u64);
             let payload = frames * up.frame_size() as u64
                 + rest.saturating_sub(super::upload::FRAME_OVERHEAD);
-            limit = limit.min(up.sent() + payload);
+            limit = limit.min(counted + payload);
         }
         if let Some(deadline) = allow.deadline {
             // Stop early enough for the bytes in flight to land and be acknowledged.
@@ -1144,5 +1154,335 @@ impl ContentProvider for EmptyProvider {
     }
     fn base(&self, _: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
         Ok(None)
+    }
+}
+
+/// The result of a pull.
+#[derive(Debug, Clone, Serialize)]
+pub struct PullReport {
+    pub pod: String,
+    pub node: String,
+    pub into: String,
+    pub up_to_date: bool,
+    /// Applied to the copy. False when the budget, the deadline or the link stopped it.
+    pub complete: bool,
+    pub changes: ChangeSummary,
+    pub pack: Option<String>,
+    pub pack_bytes: u64,
+    /// Pack bytes durable on the ground.
+    pub received: u64,
+    /// Where this connection's transfer started (bytes kept from earlier passes).
+    pub resumed_from: u64,
+    pub root: String,
+}
+
+/// Adjacent ranges joined, none longer than `max` unless a single one is.
+fn coalesce(ranges: &[(u64, u64)], max: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &(a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if last.1 == a && b - last.0 <= max => last.1 = b,
+            _ => out.push((a, b)),
+        }
+    }
+    out
+}
+
+/// Largest range one `PullRange` asks for.
+const PULL_RANGE_BYTES: u64 = 256 * 1024;
+/// Durable progress of a pull is recorded at least every this many bytes.
+const PULL_SYNC_BYTES: u64 = 256 * 1024;
+
+impl Ground {
+    fn pull_path(&self, pack: &PackId) -> PathBuf {
+        self.dir
+            .join("pulls")
+            .join(format!("{}.pack", pack.to_hex()))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Brings the copy at `into` up to the pod's selection: only what is new or changed
+    /// crosses the link, as a delta against the copy. Resumes a pull a cut link stopped.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn pull(
+        &mut self,
+        ground: &mut Ground,
+        pod: &PodName,
+        into: &Path,
+        filter: &[String],
+        delete: bool,
+        allow: &Allowance,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<PullReport, GroundError> {
+        std::fs::create_dir_all(into).map_err(io_at(into))?;
+        let abs = std::fs::canonicalize(into).map_err(io_at(into))?;
+        let into_key = abs.display().to_string();
+        let (base, _) = ground.scan_local(&abs)?;
+        let mut report = PullReport {
+            pod: pod.to_string(),
+            node: self.node.to_hex(),
+            into: into_key.clone(),
+            up_to_date: false,
+            complete: false,
+            changes: ChangeSummary::default(),
+            pack: None,
+            pack_bytes: 0,
+            received: 0,
+            resumed_from: 0,
+            root: base.root().to_hex(),
+        };
+        // A pull cut earlier continues, unless the copy changed since (then it could not apply).
+        let mut resume = ground.db.pull_incoming(&self.node, pod, &into_key)?;
+        if let Some(r) = resume.as_ref().filter(|r| r.base_root != base.root()) {
+            ground.db.delete_pull_incoming(&r.pack)?;
+            let _ = std::fs::remove_file(ground.pull_path(&r.pack));
+            resume = None;
+        }
+        let request = |with_base: bool| Message::PullRequest {
+            pod: pod.clone(),
+            filter: filter.to_vec(),
+            delete,
+            base_root: base.root(),
+            base: if with_base {
+                zstd::bulk::compress(&base.encode(), 19).expect("in-memory zstd")
+            } else {
+                Vec::new()
+            },
+            resume: resume.as_ref().map(|r| r.pack),
+        };
+        self.tx.send(&request(false)).await?;
+        let mut reply = self.recv().await;
+        if let Err(GroundError::Remote {
+            kind: ErrorKind::NotFound,
+            ..
+        }) = reply
+        {
+            // The node does not know the copy's manifest (a fresh ground, a copy changed by
+            // hand): send it once.
+            self.tx.send(&request(true)).await?;
+            reply = self.recv().await;
+        }
+        let (pack, len, target_root) = match reply? {
+            Message::PullSame { .. } => {
+                report.up_to_date = true;
+                report.complete = true;
+                return Ok(report);
+            }
+            Message::PullOffer {
+                pack,
+                len,
+                base_root,
+                target_root,
+            } if base_root == base.root() => (pack, len, target_root),
+            _ => {
+                return Err(GroundError::Unexpected {
+                    expected: "PullOffer or PullSame",
+                });
+            }
+        };
+        report.pack = Some(pack.to_hex());
+        report.pack_bytes = len;
+        let mut state = match resume.filter(|r| r.pack == pack && r.len == len) {
+            Some(r) => r,
+            None => crate::state::PullIncoming {
+                pack,
+                node: self.node,
+                pod: pod.clone(),
+                into: into_key.clone(),
+                len,
+                received: 0,
+                base_root: base.root(),
+                target_root,
+            },
+        };
+        ground.db.put_pull_incoming(&state)?;
+        let path = ground.pull_path(&pack);
+        std::fs::create_dir_all(path.parent().expect("pulls folder")).map_err(io_at(&path))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        let on_disk = file.metadata().map_err(io_at(&path))?.len();
+        state.received = state.received.min(on_disk);
+        file.set_len(state.received).map_err(io_at(&path))?;
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(state.received))
+            .map_err(io_at(&path))?;
+        report.resumed_from = state.received;
+        if !self
+            .receive_pull(ground, &mut state, &mut file, allow, progress)
+            .await?
+        {
+            report.received = state.received;
+            return Ok(report);
+        }
+        report.received = len;
+        drop(file);
+        // Whole: verify every byte against the copy and apply it, files replaced by rename.
+        let changes = self.apply_pull(ground, &abs, &base, &state)?;
+        report.changes = ChangeSummary::of(&base, &changes);
+        report.complete = true;
+        report.root = target_root.to_hex();
+        ground.db.delete_pull_incoming(&pack)?;
+        let _ = std::fs::remove_file(&path);
+        self.tx.send(&Message::PullDone { pack }).await?;
+        // The copy's stat cache learns the new files now, so the next scan reads nothing.
+        let _ = ground.scan_local(&abs);
+        Ok(report)
+    }
+
+    /// Asks for the pack's bytes in a window of ranges and writes them as they come. True when
+    /// the whole pack is here and durable; false when the budget or deadline stopped it.
+    async fn receive_pull(
+        &mut self,
+        ground: &Ground,
+        state: &mut crate::state::PullIncoming,
+        file: &mut std::fs::File,
+        allow: &Allowance,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<bool, GroundError> {
+        let total = state.len;
+        let mut up = Upload::new(total, state.received, self.rtt, allow.rate);
+        let clock = Instant::now();
+        let mut written = state.received;
+        let mut last_sync = Instant::now();
+        let report = |written: u64, durable: u64| Progress {
+            pack: state.pack,
+            sent: written,
+            acked: durable,
+            total,
+        };
+        loop {
+            if written == total {
+                break;
+            }
+            let limit = self.pull_limit(&up, allow);
+            // Frames the window allows, asked for in ranges of up to 256 KiB: one request costs
+            // about 60 bytes of the scarce uplink.
+            let mut frames = Vec::new();
+            while let Some(f) = up.next_frame(limit) {
+                frames.push(f);
+            }
+            let asked = !frames.is_empty();
+            for (a, b) in coalesce(&frames, PULL_RANGE_BYTES) {
+                self.tx
+                    .send(&Message::PullRange {
+                        pack: state.pack,
+                        offset: a,
+                        len: b - a,
+                    })
+                    .await?;
+            }
+            if !asked && up.in_flight() == 0 {
+                // Out of budget or time: what arrived is kept for the next pass.
+                file.sync_data().map_err(io_at(Path::new("pull staging")))?;
+                state.received = written;
+                ground.db.put_pull_incoming(state)?;
+                return Ok(false);
+            }
+            let deadline = sleep_until_opt(allow.deadline);
+            let m = tokio::select! {
+                m = self.rx.recv() => m?,
+                _ = sleep_until(self.tx.last_send() + KEEPALIVE_INTERVAL) => {
+                    self.tx.send(&Message::KeepAlive).await?;
+                    continue;
+                }
+                _ = deadline, if up.in_flight() > 0 => {
+                    file.sync_data().map_err(io_at(Path::new("pull staging")))?;
+                    state.received = written;
+                    ground.db.put_pull_incoming(state)?;
+                    return Ok(false);
+                }
+            };
+            match m {
+                Message::KeepAlive => {}
+                Message::PackData { offset, bytes } if offset == written => {
+                    if written + bytes.len() as u64 > total {
+                        return Err(GroundError::BadReply("pull data past the pack's end"));
+                    }
+                    std::io::Write::write_all(file, &bytes)
+                        .map_err(io_at(Path::new("pull staging")))?;
+                    written += bytes.len() as u64;
+                    up.on_ack(written, clock.elapsed())
+                        .map_err(|_| GroundError::BadReply("pull data"))?;
+                    if written - state.received >= PULL_SYNC_BYTES
+                        || last_sync.elapsed() >= ACK_INTERVAL
+                        || written == total
+                    {
+                        file.sync_data().map_err(io_at(Path::new("pull staging")))?;
+                        state.received = written;
+                        ground.db.put_pull_incoming(state)?;
+                        last_sync = Instant::now();
+                    }
+                    progress(report(written, state.received));
+                }
+                Message::PackData { .. } => {
+                    return Err(GroundError::BadReply("pull data out of order"));
+                }
+                Message::Error { kind, message } => return Err(remote(kind, message)),
+                _ => {
+                    return Err(GroundError::Unexpected {
+                        expected: "PackData",
+                    });
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Decodes a whole pull pack against the copy and applies it.
+    fn apply_pull(
+        &self,
+        ground: &Ground,
+        copy: &Path,
+        base: &Manifest,
+        state: &crate::state::PullIncoming,
+    ) -> Result<Vec<Change>, GroundError> {
+        let dir = Dir::open_ambient_dir(copy, ambient_authority()).map_err(io_at(copy))?;
+        let staging = ground.dir.join("pulls").join(state.pack.to_hex());
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(io_at(&staging))?;
+        let path = ground.pull_path(&state.pack);
+        let file = std::fs::File::open(&path).map_err(io_at(&path))?;
+        let mut reader = std::io::BufReader::new(file);
+        let mut sink = super::onboard::StagingSink { dir: &staging };
+        let decoded = crate::pack::decode_pack(
+            &mut reader,
+            base,
+            &super::onboard::VolumeReader(&dir),
+            &mut sink,
+            &self.limits,
+        );
+        let decoded = match decoded {
+            Ok(d) if d.target.root() == state.target_root => d,
+            other => {
+                // A pack that does not check out is never applied; the next pull starts over.
+                let _ = std::fs::remove_dir_all(&staging);
+                ground.db.delete_pull_incoming(&state.pack)?;
+                let _ = std::fs::remove_file(&path);
+                return Err(match other {
+                    Err(e) => e.into(),
+                    Ok(_) => GroundError::BadReply("pull pack target"),
+                });
+            }
+        };
+        let tag = format!("pull{}", state.pack.short());
+        let result = crate::volume::prepare(
+            &dir,
+            &staging,
+            base,
+            &decoded.header.changes,
+            &decoded.objects,
+            &tag,
+        )
+        .and_then(|plan| crate::volume::apply(&dir, &plan, &tag));
+        let _ = std::fs::remove_dir_all(&staging);
+        result.map_err(|e| GroundError::Io {
+            path: copy.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(decoded.header.changes)
     }
 }

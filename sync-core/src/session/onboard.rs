@@ -430,8 +430,8 @@ fn compress(raw: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(raw, 19).expect("in-memory zstd")
 }
 
-/// Reads base content from a pod's volume.
-struct VolumeReader<'a>(&'a Dir);
+/// Reads base content from a pod's volume (or the ground's copy).
+pub(crate) struct VolumeReader<'a>(pub(crate) &'a Dir);
 
 impl BaseReader for VolumeReader<'_> {
     fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError> {
@@ -443,8 +443,8 @@ impl BaseReader for VolumeReader<'_> {
 }
 
 /// Writes decoded objects to `o<index>` in the pack's staging folder, synced.
-struct StagingSink<'a> {
-    dir: &'a Path,
+pub(crate) struct StagingSink<'a> {
+    pub(crate) dir: &'a Path,
 }
 
 impl ObjectSink for StagingSink<'_> {
@@ -587,6 +587,24 @@ impl OnboardSession {
             } => self.offer(pod, pack, len, base_root, target_root, scope),
             Message::PackData { offset, bytes } => self.data(offset, &bytes),
             Message::KeepAlive => Ok(Outcome::default()),
+            Message::PullRequest {
+                pod,
+                filter,
+                delete,
+                base_root,
+                base,
+                resume,
+            } => one(self
+                .svc
+                .pull_request(&pod, &filter, delete, base_root, &base, resume)?),
+            Message::PullRange { pack, offset, len } => Ok(Outcome {
+                replies: self.svc.pull_range(&pack, offset, len)?,
+                close: false,
+            }),
+            Message::PullDone { pack } => {
+                self.svc.pull_done(&pack)?;
+                Ok(Outcome::default())
+            }
             Message::PackCancel { pack } => {
                 if let Some(rx) = self.incoming.take_if(|r| r.info.pack == pack) {
                     self.svc.release(&pack, rx.claim);
@@ -886,6 +904,200 @@ impl OnboardService {
     }
 }
 
+/// Largest range one `PullRange` may ask for; the ground asks for more as data arrives.
+const MAX_PULL_RANGE: u64 = 4 << 20;
+/// Bytes of pull pack per `PackData` frame.
+const PULL_FRAME: u64 = 16 * 1024;
+
+impl OnboardService {
+    fn pull_file(&self, pack: &PackId) -> PathBuf {
+        self.state_dir
+            .join("pulls")
+            .join(format!("{}.pack", pack.to_hex()))
+    }
+
+    /// Builds (or finds again) the pack that takes the ground's copy to the pod's selection.
+    fn pull_request(
+        &self,
+        pod: &PodName,
+        filter: &[String],
+        delete: bool,
+        base_root: ManifestId,
+        base_blob: &[u8],
+        resume: Option<PackId>,
+    ) -> Result<Message, Reply> {
+        let offer = |p: &crate::state::PullPack| Message::PullOffer {
+            pack: p.pack,
+            len: p.len,
+            base_root: p.base_root,
+            target_root: p.target_root,
+        };
+        if let Some(pack) = resume
+            && let Some(p) = self
+                .db()
+                .pull_pack(pod, crate::state::PullPackKey::Id(pack))
+                .map_err(internal)?
+            && self.pull_file(&pack).exists()
+        {
+            return Ok(offer(&p));
+        }
+        let filter =
+            crate::manifest::PathFilter::new(filter).map_err(|e| refused(e.to_string()))?;
+        let lock = self.pod_lock(pod);
+        let _held = lock.lock().expect("pod lock");
+        self.settle_pod(pod)?;
+        let now = self.scan_pod(pod).map_err(internal)?;
+        let base = if !base_blob.is_empty() {
+            let raw = zstd::bulk::decompress(base_blob, self.limits.max_header_bytes as usize)
+                .map_err(|_| refused("the copy's manifest does not decompress"))?;
+            let m = Manifest::decode(&raw).map_err(|e| refused(e.to_string()))?;
+            if m.root() != base_root {
+                return Err(refused("the copy's manifest does not match its root"));
+            }
+            m
+        } else if base_root == Manifest::default().root() {
+            Manifest::default()
+        } else {
+            self.db()
+                .pod_manifest(pod, &base_root)
+                .map_err(internal)?
+                .ok_or_else(|| {
+                    reply(
+                        ErrorKind::NotFound,
+                        "this node does not know the copy's manifest; send it",
+                    )
+                })?
+        };
+        let mut target = now.filtered(&filter);
+        if !delete {
+            target = super::pull::keep_removed(&base, target);
+        }
+        if target.root() == base.root() {
+            return Ok(Message::PullSame { root: base.root() });
+        }
+        if let Some(p) = self
+            .db()
+            .pull_pack(
+                pod,
+                crate::state::PullPackKey::Roots(base.root(), target.root()),
+            )
+            .map_err(internal)?
+            && self.pull_file(&p.pack).exists()
+        {
+            return Ok(offer(&p));
+        }
+        let dir = self
+            .volumes
+            .pod(pod)
+            .map_err(internal)?
+            .ok_or_else(|| reply(ErrorKind::NotFound, "the pod has no volume yet"))?;
+        let held: Vec<crate::id::ContentId> =
+            base.entries().iter().filter_map(|e| e.file_id()).collect();
+        let sent = self.db().sent_versions(pod, &held).map_err(internal)?;
+        // A file a pod is writing changes under the encoder: leave it at the copy's version in
+        // this pack (it comes with the next pull), never torn.
+        let mut bytes = Vec::new();
+        let mut plan;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let source = super::pull::VolumeSource::new(&dir, &now, &sent);
+            plan = pack::Plan::new(&base, &target, &|id| source.may_hold(id));
+            bytes.clear();
+            match plan.encode(&base, &source, &HashMap::new(), &self.limits, &mut bytes) {
+                Ok(_) => break,
+                Err(PackError::SourceChanged { path }) if tries < 8 => {
+                    let path = VolumePath::new(path).map_err(internal)?;
+                    let mut entries: Vec<Entry> = target
+                        .entries()
+                        .iter()
+                        .filter(|e| e.path != path)
+                        .cloned()
+                        .collect();
+                    if let Some(old) = base.get(&path) {
+                        entries.push(old.clone());
+                    }
+                    target = Manifest::new(entries).map_err(internal)?;
+                }
+                Err(e) => return Err(pack_reply(e)),
+            }
+        }
+        if target.root() == base.root() {
+            return Ok(Message::PullSame { root: base.root() });
+        }
+        let pack_id = PackId(*blake3::hash(&bytes).as_bytes());
+        let path = self.pull_file(&pack_id);
+        let write = || -> std::io::Result<()> {
+            fs::create_dir_all(path.parent().expect("pulls folder"))?;
+            let tmp = path.with_extension("tmp");
+            let mut f = File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| storage(e.to_string()))?;
+        let p = crate::state::PullPack {
+            pack: pack_id,
+            pod: pod.clone(),
+            len: bytes.len() as u64,
+            base_root: base.root(),
+            target_root: target.root(),
+            sent: plan
+                .objects
+                .iter()
+                .map(|o| super::pull::SentVersion {
+                    id: o.id,
+                    path: o.path.clone(),
+                    len: o.size,
+                })
+                .collect(),
+        };
+        let db = self.db();
+        db.put_pull_pack(&p).map_err(internal)?;
+        // The copy's manifest once this pack is applied: the next pull names it by its root.
+        db.remember_pod_manifest(pod, &target).map_err(internal)?;
+        Ok(offer(&p))
+    }
+
+    /// Bytes of a kept pull pack, as `PackData` frames.
+    fn pull_range(&self, pack: &PackId, offset: u64, len: u64) -> Result<Vec<Message>, Reply> {
+        let path = self.pull_file(pack);
+        let mut f = File::open(&path)
+            .map_err(|_| reply(ErrorKind::NotFound, "that pull pack is gone; ask again"))?;
+        let total = f.metadata().map_err(|e| storage(e.to_string()))?.len();
+        if offset > total {
+            return Err(refused(format!(
+                "offset {offset} is past the pack's {total} bytes"
+            )));
+        }
+        let end = (offset + len.min(MAX_PULL_RANGE)).min(total);
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| storage(e.to_string()))?;
+        let mut buf = vec![0u8; (end - offset) as usize];
+        f.read_exact(&mut buf).map_err(|e| storage(e.to_string()))?;
+        Ok(buf
+            .chunks(PULL_FRAME as usize)
+            .enumerate()
+            .map(|(i, c)| Message::PackData {
+                offset: offset + i as u64 * PULL_FRAME,
+                bytes: c.to_vec(),
+            })
+            .collect())
+    }
+
+    /// The ground applied a pull pack: what it delivered is now what the ground holds.
+    fn pull_done(&self, pack: &PackId) -> Result<(), Reply> {
+        let row = self.db().pull_pack_any(pack).map_err(internal)?;
+        if let Some(p) = row {
+            let sent: Vec<_> = p.sent.into_iter().map(|v| (v, None)).collect();
+            self.db().remember_sent(&p.pod, &sent).map_err(internal)?;
+            self.db().delete_pull_pack(pack).map_err(internal)?;
+        }
+        let _ = fs::remove_file(self.pull_file(pack));
+        Ok(())
+    }
+}
+
 /// This boot of the machine, as the kernel names it; "" where there is no such name (then
 /// unsynced bytes are never trusted after a restart).
 fn boot_id() -> String {
@@ -910,6 +1122,11 @@ fn message_name(m: &Message) -> &'static str {
         Message::Bye => "Bye",
         Message::KeepAlive => "KeepAlive",
         Message::PackCancel { .. } => "PackCancel",
+        Message::PullRequest { .. } => "PullRequest",
+        Message::PullOffer { .. } => "PullOffer",
+        Message::PullSame { .. } => "PullSame",
+        Message::PullRange { .. } => "PullRange",
+        Message::PullDone { .. } => "PullDone",
     }
 }
 

@@ -20,7 +20,7 @@ use crate::path::VolumePath;
 use crate::volume;
 
 /// A version of a file the node sent to a ground: the ground holds these bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SentVersion {
     pub id: ContentId,
     pub path: VolumePath,
@@ -92,6 +92,46 @@ impl ContentProvider for VolumeSource<'_> {
         }
         Ok(None)
     }
+}
+
+/// Without `--delete`: what the ground's copy (`base`) holds and the pod no longer does stays,
+/// unless the pod put something else in its way (a file where the copy has a folder).
+pub fn keep_removed(base: &Manifest, target: Manifest) -> Manifest {
+    let mut out: std::collections::BTreeMap<VolumePath, crate::manifest::Entry> = target
+        .into_entries()
+        .into_iter()
+        .map(|e| (e.path.clone(), e))
+        .collect();
+    for e in base.entries() {
+        if out.contains_key(&e.path) {
+            continue;
+        }
+        let mut ok = true;
+        let mut lead = Vec::new();
+        for a in e.path.ancestors() {
+            match out.get(&a) {
+                Some(t) if t.is_dir() => {}
+                Some(_) => {
+                    ok = false;
+                    break;
+                }
+                None => match base.get(&a) {
+                    Some(d) => lead.push(d.clone()),
+                    None => {
+                        ok = false;
+                        break;
+                    }
+                },
+            }
+        }
+        if ok {
+            for d in lead {
+                out.insert(d.path.clone(), d);
+            }
+            out.insert(e.path.clone(), e.clone());
+        }
+    }
+    Manifest::new(out.into_values().collect()).expect("entries from two valid manifests")
 }
 
 #[cfg(test)]
@@ -182,6 +222,32 @@ mod tests {
             pack.len() as f64 <= 1.2 * alone as f64,
             "pack {} B for an append whose zstd -19 alone is {alone} B",
             pack.len()
+        );
+    }
+
+    #[test]
+    fn removed_files_stay_unless_something_is_in_their_way() {
+        use crate::manifest::tests::{dir, file};
+        let base = Manifest::new(vec![
+            dir("logs"),
+            file("logs/old.log", b"old"),
+            dir("x"),
+            file("x/y", b"y"),
+            file("keep.csv", b"k"),
+        ])
+        .unwrap();
+        // The pod removed logs/old.log and keep.csv, and put a file where the folder x was.
+        let target = Manifest::new(vec![
+            dir("logs"),
+            file("logs/new.log", b"n"),
+            file("x", b"f"),
+        ])
+        .unwrap();
+        let kept = keep_removed(&base, target);
+        let paths: Vec<&str> = kept.entries().iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["keep.csv", "logs", "logs/new.log", "logs/old.log", "x"]
         );
     }
 

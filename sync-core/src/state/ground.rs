@@ -295,3 +295,84 @@ impl Db {
         })
     }
 }
+
+/// A pull pack being received on the ground.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullIncoming {
+    pub pack: PackId,
+    pub node: NodeId,
+    pub pod: PodName,
+    pub into: String,
+    pub len: u64,
+    /// Durable in the ground's staging file up to here.
+    pub received: u64,
+    pub base_root: ManifestId,
+    pub target_root: ManifestId,
+}
+
+impl Db {
+    pub fn put_pull_incoming(&self, p: &PullIncoming) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO pull_incoming
+             (pack, node, pod, into_dir, len, received, base_root, target_root, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                &p.pack.0[..],
+                p.node.to_hex(),
+                p.pod.as_str(),
+                p.into,
+                p.len as i64,
+                p.received as i64,
+                &p.base_root.0[..],
+                &p.target_root.0[..],
+                now_secs()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The pull being received for a pod into a folder, if any.
+    pub fn pull_incoming(
+        &self,
+        node: &NodeId,
+        pod: &PodName,
+        into: &str,
+    ) -> Result<Option<PullIncoming>, StateError> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT pack, len, received, base_root, target_root FROM pull_incoming
+                 WHERE node = ?1 AND pod = ?2 AND into_dir = ?3",
+                params![node.to_hex(), pod.as_str(), into],
+                |r| {
+                    Ok((
+                        r.get::<_, Vec<u8>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((pack, len, received, base, target)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(PullIncoming {
+            pack: PackId(blob32(pack, "pack id")?),
+            node: *node,
+            pod: pod.clone(),
+            into: into.to_string(),
+            len: len as u64,
+            received: received as u64,
+            base_root: ManifestId(blob32(base, "manifest root")?),
+            target_root: ManifestId(blob32(target, "manifest root")?),
+        }))
+    }
+
+    pub fn delete_pull_incoming(&self, pack: &PackId) -> Result<(), StateError> {
+        self.conn()
+            .execute("DELETE FROM pull_incoming WHERE pack = ?1", [&pack.0[..]])?;
+        Ok(())
+    }
+}

@@ -13,8 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use ground::{KnownManifest, OutgoingPack};
-pub use onboard::{IncomingPack, JournalEntry};
+pub use ground::{KnownManifest, OutgoingPack, PullIncoming};
+pub use onboard::{IncomingPack, JournalEntry, PullPack, PullPackKey};
 
 use crate::id::ContentId;
 use crate::manifest::{CachedStat, StatCache};

@@ -24,6 +24,25 @@ pub struct IncomingPack {
     pub scope: Option<VolumePath>,
 }
 
+/// A pull pack the node built and keeps until the ground has applied it.
+#[derive(Debug, Clone)]
+pub struct PullPack {
+    pub pack: PackId,
+    pub pod: PodName,
+    pub len: u64,
+    pub base_root: ManifestId,
+    pub target_root: ManifestId,
+    /// The versions it delivers, recorded as sent once it is applied.
+    pub sent: Vec<crate::session::pull::SentVersion>,
+}
+
+/// How a kept pull pack is looked up.
+#[derive(Debug, Clone, Copy)]
+pub enum PullPackKey {
+    Id(PackId),
+    Roots(ManifestId, ManifestId),
+}
+
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
     pub pack: PackId,
@@ -183,6 +202,94 @@ impl Db {
             .optional()?;
         root.map(|r| Ok(ManifestId(blob32(r, "manifest root")?)))
             .transpose()
+    }
+
+    pub fn put_pull_pack(&self, p: &PullPack) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO pull_pack
+             (pack, pod, len, base_root, target_root, sent, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                &p.pack.0[..],
+                p.pod.as_str(),
+                p.len as i64,
+                &p.base_root.0[..],
+                &p.target_root.0[..],
+                postcard::to_stdvec(&p.sent).expect("sent versions"),
+                now_secs()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A kept pull pack by id, or the one for a pod taking `base_root` to `target_root`.
+    pub fn pull_pack(
+        &self,
+        pod: &PodName,
+        by: PullPackKey,
+    ) -> Result<Option<PullPack>, StateError> {
+        let (sql, a, b): (&str, Vec<u8>, Vec<u8>) = match by {
+            PullPackKey::Id(p) => (
+                "SELECT pack, len, base_root, target_root, sent FROM pull_pack
+                 WHERE pod = ?1 AND pack = ?2 AND ?3 = ?3",
+                p.0.to_vec(),
+                Vec::new(),
+            ),
+            PullPackKey::Roots(base, target) => (
+                "SELECT pack, len, base_root, target_root, sent FROM pull_pack
+                 WHERE pod = ?1 AND base_root = ?2 AND target_root = ?3",
+                base.0.to_vec(),
+                target.0.to_vec(),
+            ),
+        };
+        let row = self
+            .conn()
+            .query_row(sql, params![pod.as_str(), a, b], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                ))
+            })
+            .optional()?;
+        let Some((pack, len, base, target, sent)) = row else {
+            return Ok(None);
+        };
+        Ok(Some(PullPack {
+            pack: PackId(blob32(pack, "pack id")?),
+            pod: pod.clone(),
+            len: len as u64,
+            base_root: ManifestId(blob32(base, "manifest root")?),
+            target_root: ManifestId(blob32(target, "manifest root")?),
+            sent: postcard::from_bytes(&sent).map_err(|_| StateError::Corrupt("sent versions"))?,
+        }))
+    }
+
+    /// A kept pull pack by id, whatever its pod.
+    pub fn pull_pack_any(&self, pack: &PackId) -> Result<Option<PullPack>, StateError> {
+        let pod: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT pod FROM pull_pack WHERE pack = ?1",
+                [&pack.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match pod {
+            Some(p) => {
+                let pod = PodName::new(p).map_err(|_| StateError::Corrupt("pod name"))?;
+                self.pull_pack(&pod, PullPackKey::Id(*pack))
+            }
+            None => Ok(None),
+        }
+    }
+
+    pub fn delete_pull_pack(&self, pack: &PackId) -> Result<(), StateError> {
+        self.conn()
+            .execute("DELETE FROM pull_pack WHERE pack = ?1", [&pack.0[..]])?;
+        Ok(())
     }
 
     /// Records versions a pull delivered; keeps the newest 100,000 per pod.

@@ -121,3 +121,28 @@ CREATE TABLE sent_version (
     sent_at   INTEGER NOT NULL,
     PRIMARY KEY (pod, id)
 );
+
+-- Onboard: pull packs built and kept until the ground has applied them (a cut pull resumes
+-- without encoding again). `sent`: postcard list of the versions it delivers.
+CREATE TABLE pull_pack (
+    pack        BLOB PRIMARY KEY,
+    pod         TEXT NOT NULL,
+    len         INTEGER NOT NULL,
+    base_root   BLOB NOT NULL,
+    target_root BLOB NOT NULL,
+    sent        BLOB NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+
+-- Ground: pull packs being received into pulls/<pack>.pack, for the copy at `into`.
+CREATE TABLE pull_incoming (
+    pack        BLOB PRIMARY KEY,
+    node        TEXT NOT NULL,
+    pod         TEXT NOT NULL,
+    into_dir    TEXT NOT NULL,
+    len         INTEGER NOT NULL,
+    received    INTEGER NOT NULL,
+    base_root   BLOB NOT NULL,
+    target_root BLOB NOT NULL,
+    updated_at  INTEGER NOT NULL
+);

@@ -74,6 +74,32 @@ pub enum Message {
     /// Ground → onboard: this ground gave the pack up (replaced, or its base is gone); drop
     /// what was staged of it. No answer.
     PackCancel { pack: PackId },
+    /// Ground → onboard: the files of `pod` that `filter` selects (`--path` patterns), as a
+    /// pack from the ground's copy, whose manifest is `base_root` (sent in `base`, zstd, when
+    /// the node may not know it). Without `delete`, files gone onboard stay in the copy.
+    /// `resume`: a pull pack the ground has partly, to continue instead.
+    PullRequest {
+        pod: PodName,
+        filter: Vec<String>,
+        delete: bool,
+        base_root: ManifestId,
+        #[serde(with = "serde_bytes")]
+        base: Vec<u8>,
+        resume: Option<PackId>,
+    },
+    /// Onboard → ground: the pull pack, `len` bytes, taking the copy to `target_root`.
+    PullOffer {
+        pack: PackId,
+        len: u64,
+        base_root: ManifestId,
+        target_root: ManifestId,
+    },
+    /// Onboard → ground: the copy already holds the selection.
+    PullSame { root: ManifestId },
+    /// Ground → onboard: send bytes `offset..offset + len` of pull pack `pack` (as `PackData`).
+    PullRange { pack: PackId, offset: u64, len: u64 },
+    /// Ground → onboard: the pull pack is applied to the copy; the node may forget it.
+    PullDone { pack: PackId },
 }
 
 /// How a pod's manifest travels: not at all when the ground's copy is current, as the changes

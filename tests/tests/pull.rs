@@ -1,0 +1,161 @@
+//! Pulls with both programs as processes: files a pod wrote into its volume come back; later
+//! pulls bring only what changed; removals follow `--delete`; `--path` selects; a pull stopped
+//! by its budget resumes; a pull with nothing new costs under 1 KB.
+
+use std::path::Path;
+
+use sync_tests::{Onboard, Run, Value, assert_same_tree, num, random_bytes, tree_hash, write};
+
+fn pull(ob: &Onboard, into: &Path, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "pull",
+        "--pod",
+        "p1",
+        "--into",
+        into.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    ob.ground(&args)
+}
+
+fn log_text(from: usize, lines: usize) -> String {
+    (from..from + lines)
+        .map(|i| format!("step={i} loss={:.6} lr=0.0003\n", 1.0 / (1.0 + i as f64)))
+        .collect()
+}
+
+#[test]
+fn pod_results_come_back_and_then_only_what_changed() {
+    let ob = Onboard::start();
+    let vol = ob.volume_path("p1");
+    write(&vol, "logs/train.log", log_text(0, 100_000));
+    write(&vol, "out/model.bin", random_bytes(1, 300_000));
+    for i in 0..30 {
+        write(
+            &vol,
+            &format!("out/r{i}.csv"),
+            format!("id,v\n{i},{}\n", i * i),
+        );
+    }
+    let copy = tempfile::tempdir().unwrap();
+    let first = pull(&ob, copy.path(), &[]).ok().json();
+    assert_eq!(first["complete"], true);
+    assert_same_tree(&vol, copy.path());
+
+    // The pod appends to its log, changes a result, renames one, removes one.
+    let grown = log_text(100_000, 2_000);
+    let mut log = std::fs::read_to_string(vol.join("logs/train.log")).unwrap();
+    log.push_str(&grown);
+    write(&vol, "logs/train.log", &log);
+    write(&vol, "out/r3.csv", "id,v\n3,10\n");
+    std::fs::rename(vol.join("out/r4.csv"), vol.join("out/r4-final.csv")).unwrap();
+    std::fs::remove_file(vol.join("out/r5.csv")).unwrap();
+    let second: Value = pull(&ob, copy.path(), &[]).ok().json();
+    assert_eq!(second["changes"]["changed"], 2, "{second}");
+    assert_eq!(second["changes"]["copied"], 1, "{second}");
+    // Without --delete, files gone onboard (removed, or renamed away) stay in the copy, and
+    // are the only difference.
+    for gone in ["out/r4.csv", "out/r5.csv"] {
+        assert!(copy.path().join(gone).exists(), "{gone}");
+        std::fs::remove_file(copy.path().join(gone)).unwrap();
+    }
+    assert_same_tree(&vol, copy.path());
+    // The log cost about its appended part: far less than the log.
+    let wire = num(&second, "wire.total");
+    let appended_zstd = zstd_len(grown.as_bytes());
+    assert!(
+        wire < 3 * appended_zstd + 2_000,
+        "second pull {wire} B; the appended part alone compresses to {appended_zstd} B"
+    );
+
+    // Nothing new: under 1 KB both ways.
+    let third: Value = pull(&ob, copy.path(), &[]).ok().json();
+    assert_eq!(third["up_to_date"], true, "{third}");
+    assert!(num(&third, "wire.total") <= 1024, "{third}");
+}
+
+fn zstd_len(bytes: &[u8]) -> u64 {
+    let out = std::process::Command::new("zstd")
+        .args(["-19", "-c", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(bytes)?;
+            c.wait_with_output()
+        });
+    match out {
+        Ok(o) if o.status.success() => o.stdout.len() as u64,
+        // Without the zstd program, a generous stand-in: a tenth of the text.
+        _ => bytes.len() as u64 / 10,
+    }
+}
+
+#[test]
+fn delete_and_path_select_what_the_copy_holds() {
+    let ob = Onboard::start();
+    let vol = ob.volume_path("p1");
+    write(&vol, "logs/a.log", "a\n");
+    write(&vol, "logs/old/b.log", "b\n");
+    write(&vol, "out/r.csv", "1\n");
+    write(&vol, "out/big.bin", random_bytes(2, 50_000));
+    let copy = tempfile::tempdir().unwrap();
+    pull(&ob, copy.path(), &["--path", "logs/**", "--path", "*.csv"]).ok();
+    let got = tree_hash(copy.path());
+    assert!(got.iter().any(|l| l.contains("logs/old/b.log")), "{got:?}");
+    assert!(got.iter().any(|l| l.contains("out/r.csv")), "{got:?}");
+    assert!(!copy.path().join("out/big.bin").exists());
+
+    std::fs::remove_file(vol.join("logs/a.log")).unwrap();
+    pull(&ob, copy.path(), &["--path", "logs/**", "--path", "*.csv"]).ok();
+    assert!(
+        copy.path().join("logs/a.log").exists(),
+        "kept without --delete"
+    );
+    pull(
+        &ob,
+        copy.path(),
+        &["--path", "logs/**", "--path", "*.csv", "--delete"],
+    )
+    .ok();
+    assert!(
+        !copy.path().join("logs/a.log").exists(),
+        "removed with --delete"
+    );
+}
+
+#[test]
+fn a_pull_stopped_by_its_budget_resumes_where_it_stopped() {
+    let ob = Onboard::start();
+    let vol = ob.volume_path("p1");
+    write(&vol, "data/blob.bin", random_bytes(3, 900_000));
+    let copy = tempfile::tempdir().unwrap();
+    let r = pull(&ob, copy.path(), &["--budget", "300KB"]);
+    assert_eq!(r.code, 75, "{r:#?}");
+    let first = r.json();
+    let got = num(&first, "received");
+    assert!(got > 200_000, "{first}");
+    assert!(
+        !copy.path().join("data/blob.bin").exists(),
+        "nothing applied yet"
+    );
+    let second = pull(&ob, copy.path(), &[]).ok().json();
+    assert_eq!(second["complete"], true);
+    assert_eq!(num(&second, "resumed_from"), got, "{second}");
+    assert!(
+        num(&second, "wire.received") < 900_000 - got + 30_000,
+        "{second}"
+    );
+    assert_same_tree(&vol, copy.path());
+}
+
+#[test]
+fn bad_patterns_are_refused_before_connecting() {
+    let ob = Onboard::start();
+    let copy = tempfile::tempdir().unwrap();
+    let r = pull(&ob, copy.path(), &["--path", "../etc/*"]);
+    assert_eq!(r.code, 1, "{r:#?}");
+    assert!(r.stderr.contains("--path"), "{}", r.stderr);
+}
