@@ -159,3 +159,59 @@ fn bad_patterns_are_refused_before_connecting() {
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(r.stderr.contains("--path"), "{}", r.stderr);
 }
+
+/// A database a pod updates in place: the node kept a signature of the version it sent, so the
+/// next pull sends the changed pages, not the database.
+#[test]
+fn a_database_updated_in_place_comes_back_as_its_changed_pages() {
+    let ob = Onboard::start();
+    let vol = ob.volume_path("p1");
+    std::fs::create_dir_all(&vol).unwrap();
+    let db_path = vol.join("results.sqlite");
+    let db = rusqlite::Connection::open(&db_path).unwrap();
+    db.execute_batch(
+        "PRAGMA journal_mode=DELETE;
+         CREATE TABLE m (id INTEGER PRIMARY KEY, step INTEGER, loss REAL, note TEXT);",
+    )
+    .unwrap();
+    let tx = db.unchecked_transaction().unwrap();
+    for i in 0..40_000 {
+        tx.execute(
+            "INSERT INTO m (step, loss, note) VALUES (?1, ?2, ?3)",
+            rusqlite::params![i, 1.0 / (1.0 + i as f64), format!("run-a checkpoint {i}")],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    pull(&ob, copy.path(), &[]).ok();
+    assert_same_tree(&vol, copy.path());
+    let size = std::fs::metadata(&db_path).unwrap().len();
+
+    // A few thousand rows updated (a stretch of the run re-scored), some added.
+    let tx = db.unchecked_transaction().unwrap();
+    for i in 10_000..12_500 {
+        tx.execute(
+            "UPDATE m SET loss = loss * 0.5 WHERE id = ?1",
+            rusqlite::params![i + 1],
+        )
+        .unwrap();
+    }
+    for i in 40_000..40_500 {
+        tx.execute(
+            "INSERT INTO m (step, loss, note) VALUES (?1, ?2, ?3)",
+            rusqlite::params![i, 0.0, "new"],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    drop(db);
+    let second = pull(&ob, copy.path(), &[]).ok().json();
+    assert_same_tree(&vol, copy.path());
+    let wire = num(&second, "wire.total");
+    eprintln!("database: {size} B; second pull {wire} B on the wire");
+    assert!(
+        wire * 10 < size,
+        "{wire} B on the wire for a {size} B database with 2,500 rows changed"
+    );
+}

@@ -27,6 +27,19 @@ pub fn signature(base: &[u8]) -> Vec<u8> {
     .into_serialized()
 }
 
+/// The signature of `base` with blocks of `block_size` bytes. Signatures the node keeps (of
+/// versions it sent) never cross the link, so they use small blocks for finer deltas.
+pub fn signature_with(base: &[u8], block_size: u32) -> Vec<u8> {
+    Signature::calculate(
+        base,
+        SignatureOptions {
+            block_size,
+            crypto_hash_size: STRONG_HASH_BYTES,
+        },
+    )
+    .into_serialized()
+}
+
 /// The delta that turns the signature's base into `target`.
 pub fn diff(signature: &[u8], target: &[u8]) -> Result<Vec<u8>, DeltaError> {
     let sig = Signature::deserialize(signature.to_vec()).map_err(|_| DeltaError::BadSignature)?;

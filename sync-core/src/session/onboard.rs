@@ -999,12 +999,31 @@ impl OnboardService {
         let mut bytes = Vec::new();
         let mut plan;
         let mut tries = 0;
+        let mut kept_sigs;
         loop {
             tries += 1;
-            let source = super::pull::VolumeSource::new(&dir, &now, &sent);
+            let source =
+                super::pull::Signing::new(super::pull::VolumeSource::new(&dir, &now, &sent));
             plan = pack::Plan::new(&base, &target, &|id| source.may_hold(id));
+            // Files changed in place (a database): deltas against the signature the node kept
+            // of the version it sent.
+            let wanted: Vec<u32> = plan.signature_requests();
+            let ids: Vec<crate::id::ContentId> = wanted
+                .iter()
+                .filter_map(|&i| base.entries()[i as usize].file_id())
+                .collect();
+            let by_id = self.db().sent_signatures(pod, &ids).map_err(internal)?;
+            let signatures: HashMap<u32, Vec<u8>> = wanted
+                .iter()
+                .filter_map(|&i| {
+                    let id = base.entries()[i as usize].file_id()?;
+                    by_id.get(&id).map(|s| (i, s.clone()))
+                })
+                .collect();
             bytes.clear();
-            match plan.encode(&base, &source, &HashMap::new(), &self.limits, &mut bytes) {
+            let encoded = plan.encode(&base, &source, &signatures, &self.limits, &mut bytes);
+            kept_sigs = source.into_signatures();
+            match encoded {
                 Ok(_) => break,
                 Err(PackError::SourceChanged { path }) if tries < 8 => {
                     let path = VolumePath::new(path).map_err(internal)?;
@@ -1045,10 +1064,15 @@ impl OnboardService {
             sent: plan
                 .objects
                 .iter()
-                .map(|o| super::pull::SentVersion {
-                    id: o.id,
-                    path: o.path.clone(),
-                    len: o.size,
+                .map(|o| {
+                    (
+                        super::pull::SentVersion {
+                            id: o.id,
+                            path: o.path.clone(),
+                            len: o.size,
+                        },
+                        kept_sigs.remove(&o.id),
+                    )
                 })
                 .collect(),
         };
@@ -1089,8 +1113,7 @@ impl OnboardService {
     fn pull_done(&self, pack: &PackId) -> Result<(), Reply> {
         let row = self.db().pull_pack_any(pack).map_err(internal)?;
         if let Some(p) = row {
-            let sent: Vec<_> = p.sent.into_iter().map(|v| (v, None)).collect();
-            self.db().remember_sent(&p.pod, &sent).map_err(internal)?;
+            self.db().remember_sent(&p.pod, &p.sent).map_err(internal)?;
             self.db().delete_pull_pack(pack).map_err(internal)?;
         }
         let _ = fs::remove_file(self.pull_file(pack));

@@ -34,6 +34,8 @@ pub struct VolumeSource<'a> {
     now: HashMap<ContentId, VolumePath>,
     /// What was sent before, by id.
     sent: HashMap<ContentId, (VolumePath, u64)>,
+    /// Sent versions already checked against the volume.
+    checked: std::cell::RefCell<HashMap<ContentId, bool>>,
 }
 
 impl<'a> VolumeSource<'a> {
@@ -47,12 +49,29 @@ impl<'a> VolumeSource<'a> {
             .iter()
             .map(|v| (v.id, (v.path.clone(), v.len)))
             .collect();
-        Self { dir, now, sent }
+        Self {
+            dir,
+            now,
+            sent,
+            checked: Default::default(),
+        }
     }
 
-    /// Whether `id` can serve as a base (cheap: no read). `base` confirms by hash.
+    /// Whether the node holds the bytes of `id` to encode against. Content the volume has is
+    /// taken on the scan's word; a grown file's prefix is read and hashed (once: the answer is
+    /// kept). A file changed in place holds nothing of its old version: it goes by signature.
     pub fn may_hold(&self, id: &ContentId) -> bool {
-        self.now.contains_key(id) || self.sent.contains_key(id)
+        if self.now.contains_key(id) {
+            return true;
+        }
+        if !self.sent.contains_key(id) {
+            return false;
+        }
+        *self
+            .checked
+            .borrow_mut()
+            .entry(*id)
+            .or_insert_with(|| matches!(self.base(id), Ok(Some(_))))
     }
 
     /// The first `len` bytes of the file at `path`, if there are that many.
@@ -91,6 +110,52 @@ impl ContentProvider for VolumeSource<'_> {
             return Ok(Some(bytes));
         }
         Ok(None)
+    }
+}
+
+/// Files smaller than this get no kept signature: sent whole, they cost less than one.
+const SIGN_MIN_BYTES: usize = 4096;
+/// Block size of kept signatures: they never cross the link, so small blocks (finer deltas)
+/// cost only storage on the node (12 bytes per KiB).
+const KEPT_BLOCK: u32 = 1024;
+
+/// Wraps a [`VolumeSource`] and keeps an rsync signature of every target it reads, so that
+/// the next pull can send a changed-in-place file as a delta against this version.
+pub struct Signing<'a> {
+    inner: VolumeSource<'a>,
+    sigs: std::cell::RefCell<HashMap<ContentId, Vec<u8>>>,
+}
+
+impl<'a> Signing<'a> {
+    pub fn new(inner: VolumeSource<'a>) -> Self {
+        Self {
+            inner,
+            sigs: Default::default(),
+        }
+    }
+
+    pub fn may_hold(&self, id: &ContentId) -> bool {
+        self.inner.may_hold(id)
+    }
+
+    pub fn into_signatures(self) -> HashMap<ContentId, Vec<u8>> {
+        self.sigs.into_inner()
+    }
+}
+
+impl ContentProvider for Signing<'_> {
+    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
+        let bytes = self.inner.target(path, id)?;
+        if bytes.len() >= SIGN_MIN_BYTES {
+            self.sigs
+                .borrow_mut()
+                .insert(*id, crate::delta::rsync::signature_with(&bytes, KEPT_BLOCK));
+        }
+        Ok(bytes)
+    }
+
+    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
+        self.inner.base(id)
     }
 }
 

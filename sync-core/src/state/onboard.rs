@@ -1,5 +1,7 @@
 //! The onboard tables: node identity, recent pod manifests, incoming packs, the apply journal.
 
+use std::collections::HashMap;
+
 use rusqlite::{OptionalExtension, params};
 
 use super::{Db, StateError, blob32, now_secs, pack_manifest, unpack_manifest};
@@ -32,8 +34,9 @@ pub struct PullPack {
     pub len: u64,
     pub base_root: ManifestId,
     pub target_root: ManifestId,
-    /// The versions it delivers, recorded as sent once it is applied.
-    pub sent: Vec<crate::session::pull::SentVersion>,
+    /// The versions it delivers, with the rsync signature kept for each (files of 4 KiB and
+    /// more), recorded as sent once it is applied.
+    pub sent: Vec<(crate::session::pull::SentVersion, Option<Vec<u8>>)>,
 }
 
 /// How a kept pull pack is looked up.
@@ -322,6 +325,29 @@ impl Db {
         )?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// The kept signatures of versions sent, by id.
+    pub fn sent_signatures(
+        &self,
+        pod: &PodName,
+        ids: &[crate::id::ContentId],
+    ) -> Result<HashMap<crate::id::ContentId, Vec<u8>>, StateError> {
+        let c = self.conn();
+        let mut get = c.prepare(
+            "SELECT signature FROM sent_version WHERE pod = ?1 AND id = ?2
+             AND signature IS NOT NULL",
+        )?;
+        let mut out = HashMap::new();
+        for id in ids {
+            let sig: Option<Vec<u8>> = get
+                .query_row(params![pod.as_str(), &id.0[..]], |r| r.get(0))
+                .optional()?;
+            if let Some(sig) = sig {
+                out.insert(*id, sig);
+            }
+        }
+        Ok(out)
     }
 
     /// What was sent of `ids` (those the ground says it holds).
