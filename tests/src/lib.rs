@@ -699,3 +699,119 @@ mod counting_proxy {
         }
     }
 }
+
+pub use throttle::Throttle;
+
+/// A throttling proxy: the link at a fixed rate, for tests that must land a kill or a cut in
+/// the middle of a transfer.
+mod throttle {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    const RATE: f64 = 3_000_000.0;
+
+    /// Forwards to a daemon whose address can change (it restarts on a new port), at `RATE`
+    /// bytes per second each way, counting what it delivered.
+    pub struct Throttle {
+        pub addr: String,
+        upstream: Arc<Mutex<String>>,
+        pub up: Arc<AtomicU64>,
+        pub down: Arc<AtomicU64>,
+        /// When the bytes sent up (over all connections) pass this, the connection is cut.
+        cut_at: Arc<AtomicU64>,
+        /// Likewise for the bytes sent down.
+        cut_down_at: Arc<AtomicU64>,
+    }
+
+    impl Throttle {
+        pub fn start(upstream: &str) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let upstream = Arc::new(Mutex::new(upstream.to_string()));
+            let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+            let cut_at = Arc::new(AtomicU64::new(u64::MAX));
+            let cut_down_at = Arc::new(AtomicU64::new(u64::MAX));
+            let (u, a, b, cut) = (upstream.clone(), up.clone(), down.clone(), cut_at.clone());
+            let cut_down = cut_down_at.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { continue };
+                    let target = u.lock().unwrap().clone();
+                    let Ok(server) = TcpStream::connect(&target) else {
+                        let _ = client.shutdown(Shutdown::Both);
+                        continue;
+                    };
+                    let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    let (a, b, cut, cut_down) =
+                        (a.clone(), b.clone(), cut.clone(), cut_down.clone());
+                    std::thread::spawn(move || pipe(client, server, a, cut));
+                    std::thread::spawn(move || pipe(s2, c2, b, cut_down));
+                }
+            });
+            Self {
+                addr,
+                upstream,
+                up,
+                down,
+                cut_at,
+                cut_down_at,
+            }
+        }
+
+        /// Cuts the connection carrying the byte at `offset` of everything sent down so far.
+        pub fn cut_down_at(&self, offset: u64) {
+            self.cut_down_at.store(offset, Ordering::SeqCst);
+        }
+
+        /// Cuts the connection carrying the byte at `offset` of everything sent up so far.
+        pub fn cut_at(&self, offset: u64) {
+            self.cut_at.store(offset, Ordering::SeqCst);
+        }
+
+        pub fn retarget(&self, upstream: &str) {
+            *self.upstream.lock().unwrap() = upstream.to_string();
+        }
+
+        pub fn carried(&self) -> u64 {
+            self.up.load(Ordering::SeqCst) + self.down.load(Ordering::SeqCst)
+        }
+    }
+
+    fn pipe(mut from: TcpStream, mut to: TcpStream, count: Arc<AtomicU64>, cut: Arc<AtomicU64>) {
+        let mut buf = [0u8; 8 * 1024];
+        let start = Instant::now();
+        let mut sent = 0u64;
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            sent += n as u64;
+            let due = Duration::from_secs_f64(sent as f64 / RATE);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+            // Up to the cut and no further: the rest is lost with the link.
+            let before = count.load(Ordering::SeqCst);
+            let limit = cut.load(Ordering::SeqCst);
+            let take = if before + n as u64 > limit {
+                limit.saturating_sub(before) as usize
+            } else {
+                n
+            };
+            if to.write_all(&buf[..take]).is_err() {
+                break;
+            }
+            count.fetch_add(take as u64, Ordering::SeqCst);
+            if take < n {
+                cut.store(u64::MAX, Ordering::SeqCst);
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    }
+}

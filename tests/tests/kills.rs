@@ -6,109 +6,13 @@
 //! A throttling proxy stands for the link (3 MB/s): slow enough that a kill lands mid-transfer,
 //! and it counts what crossed it, both ways.
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sync_tests::{Onboard, assert_same_tree, ground_bin, random_bytes, write};
-
-const RATE: f64 = 3_000_000.0;
-
-/// Forwards to a daemon whose address can change (it restarts on a new port), at `RATE`
-/// bytes per second each way, counting what it delivered.
-struct Throttle {
-    addr: String,
-    upstream: Arc<Mutex<String>>,
-    up: Arc<AtomicU64>,
-    down: Arc<AtomicU64>,
-    /// When the bytes sent up (over all connections) pass this, the connection is cut.
-    cut_at: Arc<AtomicU64>,
-}
-
-impl Throttle {
-    fn start(upstream: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let upstream = Arc::new(Mutex::new(upstream.to_string()));
-        let (up, down) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let cut_at = Arc::new(AtomicU64::new(u64::MAX));
-        let (u, a, b, cut) = (upstream.clone(), up.clone(), down.clone(), cut_at.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                let target = u.lock().unwrap().clone();
-                let Ok(server) = TcpStream::connect(&target) else {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (a, b, cut) = (a.clone(), b.clone(), cut.clone());
-                std::thread::spawn(move || pipe(client, server, a, cut));
-                std::thread::spawn(move || pipe(s2, c2, b, Arc::new(AtomicU64::new(u64::MAX))));
-            }
-        });
-        Self {
-            addr,
-            upstream,
-            up,
-            down,
-            cut_at,
-        }
-    }
-
-    /// Cuts the connection carrying the byte at `offset` of everything sent up so far.
-    fn cut_at(&self, offset: u64) {
-        self.cut_at.store(offset, Ordering::SeqCst);
-    }
-
-    fn retarget(&self, upstream: &str) {
-        *self.upstream.lock().unwrap() = upstream.to_string();
-    }
-
-    fn carried(&self) -> u64 {
-        self.up.load(Ordering::SeqCst) + self.down.load(Ordering::SeqCst)
-    }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream, count: Arc<AtomicU64>, cut: Arc<AtomicU64>) {
-    let mut buf = [0u8; 8 * 1024];
-    let start = Instant::now();
-    let mut sent = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        sent += n as u64;
-        let due = Duration::from_secs_f64(sent as f64 / RATE);
-        if let Some(wait) = due.checked_sub(start.elapsed()) {
-            std::thread::sleep(wait);
-        }
-        // Up to the cut and no further: the rest is lost with the link.
-        let before = count.load(Ordering::SeqCst);
-        let limit = cut.load(Ordering::SeqCst);
-        let take = if before + n as u64 > limit {
-            limit.saturating_sub(before) as usize
-        } else {
-            n
-        };
-        if to.write_all(&buf[..take]).is_err() {
-            break;
-        }
-        count.fetch_add(take as u64, Ordering::SeqCst);
-        if take < n {
-            cut.store(u64::MAX, Ordering::SeqCst);
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
-}
+use sync_tests::{Onboard, Throttle, assert_same_tree, ground_bin, random_bytes, write};
 
 /// Six MB of incompressible files and two thousand small ones (so the apply takes a while too).
 fn make_tree(root: &Path) {
