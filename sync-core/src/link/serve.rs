@@ -101,6 +101,7 @@ where
     conn.blocking(|s| Outcome {
         replies: s.flush().into_iter().collect(),
         close: true,
+        more: false,
     })
     .await
     .ok();
@@ -130,17 +131,24 @@ impl Conn {
                     if matches!(msg, Message::KeepAlive) {
                         continue;
                     }
-                    let outcome = self.handle(msg, tx).await?;
-                    for r in &outcome.replies {
-                        if let Message::Error { message, .. } = r {
-                            eprintln!("refused: {message}");
+                    let mut outcome = self.handle(msg, tx).await?;
+                    loop {
+                        for r in &outcome.replies {
+                            if let Message::Error { message, .. } = r {
+                                eprintln!("refused: {message}");
+                            }
                         }
-                    }
-                    if !outcome.replies.is_empty() {
-                        tx.send_all(&outcome.replies).await?;
-                    }
-                    if outcome.close {
-                        return Ok(());
+                        if !outcome.replies.is_empty() {
+                            tx.send_all(&outcome.replies).await?;
+                        }
+                        if outcome.close {
+                            return Ok(());
+                        }
+                        if !outcome.more {
+                            break;
+                        }
+                        // The replies (a whole pack's acknowledgement) are out: now the work.
+                        outcome = self.alive_while(tx, |s| s.go_on()).await?;
                     }
                     let waiting = self.session.as_ref().is_some_and(|s| s.unacknowledged() > 0);
                     self.flush_at = match (waiting, self.flush_at) {
@@ -155,6 +163,7 @@ impl Conn {
                     let out = self.alive_while(tx, |s| Outcome {
                         replies: s.flush().into_iter().collect(),
                         close: false,
+                        more: false,
                     }).await?;
                     if !out.replies.is_empty() {
                         tx.send_all(&out.replies).await?;

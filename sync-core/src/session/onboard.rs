@@ -104,6 +104,7 @@ impl OnboardService {
     pub fn session(self: &Arc<Self>) -> OnboardSession {
         OnboardSession {
             svc: self.clone(),
+            to_apply: None,
             incoming: None,
         }
     }
@@ -542,10 +543,15 @@ impl OnboardService {
 pub struct Outcome {
     pub replies: Vec<Message>,
     pub close: bool,
+    /// Send the replies, then call [`OnboardSession::go_on`]: a whole pack is acknowledged
+    /// before its (possibly long) apply starts, so the ground knows every byte is durable.
+    pub more: bool,
 }
 
 pub struct OnboardSession {
     svc: Arc<OnboardService>,
+    /// A whole pack received and acknowledged, to apply next.
+    to_apply: Option<IncomingPack>,
     incoming: Option<Receiving>,
 }
 
@@ -557,6 +563,7 @@ impl OnboardSession {
             Err(Reply(m)) => Outcome {
                 replies: vec![*m],
                 close: false,
+                more: false,
             },
         }
     }
@@ -566,6 +573,7 @@ impl OnboardSession {
             Ok(Outcome {
                 replies: vec![m],
                 close: false,
+                more: false,
             })
         };
         match msg {
@@ -600,6 +608,7 @@ impl OnboardSession {
             Message::PullRange { pack, offset, len } => Ok(Outcome {
                 replies: self.svc.pull_range(&pack, offset, len)?,
                 close: false,
+                more: false,
             }),
             Message::PullDone { pack } => {
                 self.svc.pull_done(&pack)?;
@@ -617,6 +626,7 @@ impl OnboardSession {
             Message::Bye => Ok(Outcome {
                 replies: self.flush().into_iter().collect(),
                 close: true,
+                more: false,
             }),
             other => Err(reply(
                 ErrorKind::Protocol,
@@ -668,6 +678,7 @@ impl OnboardSession {
                             Message::PackApplied { pack, root },
                         ],
                         close: false,
+                        more: false,
                     });
                 }
                 Fit::Stale => {
@@ -737,6 +748,7 @@ impl OnboardSession {
             return Ok(Outcome {
                 replies: vec![accept],
                 close: false,
+                more: false,
             });
         }
         // Everything is here already (the daemon died between the last byte and the apply).
@@ -777,6 +789,7 @@ impl OnboardSession {
             return Ok(Outcome {
                 replies: self.flush().into_iter().collect(),
                 close: false,
+                more: false,
             });
         }
         Ok(Outcome::default())
@@ -848,10 +861,36 @@ impl OnboardSession {
         let ack = Message::PackAck {
             offset: info.received,
         };
+        self.to_apply = Some(info);
+        Ok(Outcome {
+            replies: vec![ack],
+            close: false,
+            more: true,
+        })
+    }
+
+    /// Work an earlier [`Outcome`] asked to go on with: applying a whole pack.
+    pub fn go_on(&mut self) -> Outcome {
+        match self.apply_received() {
+            Ok(o) => o,
+            Err(Reply(m)) => Outcome {
+                replies: vec![*m],
+                close: false,
+                more: false,
+            },
+        }
+    }
+
+    fn apply_received(&mut self) -> Result<Outcome, Reply> {
+        let Some(info) = self.to_apply.take() else {
+            return Ok(Outcome::default());
+        };
+        let pack = info.pack;
         match self.svc.apply_pack(&info) {
             Ok(root) => Ok(Outcome {
-                replies: vec![ack, Message::PackApplied { pack, root }],
+                replies: vec![Message::PackApplied { pack, root }],
                 close: false,
+                more: false,
             }),
             Err(e) => {
                 // A pack that failed verification is never retried as is; one whose changeset
