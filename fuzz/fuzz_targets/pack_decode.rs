@@ -76,6 +76,11 @@ fn structured(mode: u8, rest: &[u8]) {
             .map(|it| match it.encoding {
                 Encoding::Literal => objects.get(it.object as usize).copied().unwrap_or(0),
                 Encoding::Rsync { delta_len, .. } => delta_len,
+                Encoding::Append { keep, .. } => objects
+                    .get(it.object as usize)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(keep),
             })
             .fold(0u64, u64::saturating_add);
         let (content, tail) = payloads.split_at(need.min(payloads.len() as u64) as usize);

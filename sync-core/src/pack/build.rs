@@ -21,6 +21,9 @@ use crate::path::VolumePath;
 /// Content of a segment (prefix plus payloads) the sender aims for: large enough for matches
 /// across many files, small enough that both ends hold it in memory comfortably.
 const SEGMENT_TARGET_BYTES: u64 = 128 << 20;
+/// An object that starts with its whole base is sent as an append from this base size on
+/// (below it, matching the base in the prefix costs nothing worth saving).
+const APPEND_MIN_BYTES: u64 = 64 * 1024;
 /// Below this size an rsync signature costs more than it can save.
 const RSYNC_MIN_BYTES: u64 = 4096;
 
@@ -166,6 +169,7 @@ impl Plan {
                 data,
                 prefix: None,
                 rsync: None,
+                append: None,
                 order: sort_key(&o.path),
             };
             match o.base {
@@ -174,7 +178,15 @@ impl Plan {
                         .file_id()
                         .expect("planned on a file");
                     if let Some(bytes) = provider.base(&id)? {
-                        w.prefix = Some((b, bytes));
+                        if bytes.len() as u64 >= APPEND_MIN_BYTES
+                            && bytes.len() as u64 <= limits.max_prefix_bytes
+                            && w.data.starts_with(&bytes)
+                        {
+                            // Grew at the end only: send the new part, not a match of the old.
+                            w.append = Some((b, bytes.len() as u64));
+                        } else {
+                            w.prefix = Some((b, bytes));
+                        }
                     }
                 }
                 BaseChoice::Rsync(b) => {
@@ -267,14 +279,17 @@ struct Work {
     data: Vec<u8>,
     prefix: Option<(u32, Vec<u8>)>,
     rsync: Option<(u32, Vec<u8>)>,
+    /// The object starts with all of base `.0`, `.1` bytes long: only the rest is sent.
+    append: Option<(u32, u64)>,
     order: (String, String),
 }
 
 impl Work {
     fn payload(&self) -> &[u8] {
-        match &self.rsync {
-            Some((_, delta)) => delta,
-            None => &self.data,
+        match (&self.rsync, self.append) {
+            (Some((_, delta)), _) => delta,
+            (None, Some((_, keep))) => &self.data[keep as usize..],
+            (None, None) => &self.data,
         }
     }
 
@@ -307,15 +322,19 @@ fn encode_segment(
             prefix_entries.push(*b);
             prefix.extend_from_slice(bytes);
         }
-        let encoding = match &w.rsync {
-            Some((b, delta)) => {
+        let encoding = match (&w.rsync, w.append) {
+            (Some((b, delta)), _) => {
                 stats.rsynced += 1;
                 Encoding::Rsync {
                     base: *b,
                     delta_len: delta.len() as u64,
                 }
             }
-            None => {
+            (None, Some((base, keep))) => {
+                stats.prefixed += 1;
+                Encoding::Append { base, keep }
+            }
+            (None, None) => {
                 if w.prefix.is_some() {
                     stats.prefixed += 1;
                 } else {

@@ -16,7 +16,7 @@
 //! A segment's frame is compressed against a reference prefix: the concatenated content of the
 //! base manifest entries in [`SegmentSpec::prefix`]. It decodes to the payloads of its items, back
 //! to back: an object's bytes ([`Encoding::Literal`]) or a fast_rsync delta against one base entry
-//! ([`Encoding::Rsync`]). Bases are named by their index in the base manifest, which the header's
+//! ([`Encoding::Rsync`]), or a base's bytes followed by new ones ([`Encoding::Append`]). Bases are named by their index in the base manifest, which the header's
 //! `base_root` pins; the receiver verifies each base's BLAKE3 before use.
 
 use serde::de::DeserializeOwned;
@@ -157,6 +157,10 @@ pub enum Encoding {
     Literal,
     /// A fast_rsync delta of `delta_len` bytes against base manifest entry `base`.
     Rsync { base: u32, delta_len: u64 },
+    /// The first `keep` bytes of base manifest entry `base`, then the object's remaining bytes
+    /// from the stream: a file that only grew (a log). The sender compresses only what is new,
+    /// instead of matching the whole old file again.
+    Append { base: u32, keep: u64 },
 }
 
 /// What a receiver accepts. Every size read from a pack is checked against these before any

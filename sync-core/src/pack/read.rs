@@ -106,7 +106,11 @@ fn check(what: &'static str, value: u64, limit: u64) -> Result<(), PackError> {
 
 /// Checks a header against the base and the limits before anything is decoded. The base root
 /// itself was checked by [`read_header`].
-fn validate(header: &PackHeader, base: &Manifest, limits: &Limits) -> Result<(), PackError> {
+pub(crate) fn validate(
+    header: &PackHeader,
+    base: &Manifest,
+    limits: &Limits,
+) -> Result<(), PackError> {
     check(
         "change count",
         header.changes.len() as u64,
@@ -150,6 +154,17 @@ fn validate(header: &PackHeader, base: &Manifest, limits: &Limits) -> Result<(),
                     "object #{} is carried twice",
                     item.object
                 )));
+            }
+            if let Encoding::Append { base: b, keep } = item.encoding {
+                let base_size = base_file(b)?.size();
+                if keep != base_size || keep > size {
+                    return Err(PackError::Structure(format!(
+                        "object #{} keeps {keep} bytes of a {base_size}-byte base and is {size}",
+                        item.object
+                    )));
+                }
+                // The base is held in memory while the object is written.
+                check("append base size", base_size, limits.max_prefix_bytes)?;
             }
             if let Encoding::Rsync { base: b, delta_len } = item.encoding {
                 check("rsync object size", size, limits.max_rsync_bytes())?;
@@ -311,6 +326,12 @@ pub fn decode_pack(
                 let size = header.objects[item.object as usize];
                 let hashed = match item.encoding {
                     Encoding::Literal => put_object(sink, item.object, size, &mut dec)?,
+                    Encoding::Append { base: b, keep } => {
+                        let base_bytes = verified_base(bases, &base.entries()[b as usize])?;
+                        let mut joined =
+                            std::io::Read::chain(&base_bytes[..keep as usize], &mut dec);
+                        put_object(sink, item.object, size, &mut joined)?
+                    }
                     Encoding::Rsync { base: b, delta_len } => {
                         let mut delta = Vec::new();
                         (&mut dec).take(delta_len).read_to_end(&mut delta)?;

@@ -330,6 +330,50 @@ fn lying_object_table_is_refused() {
     assert!(decode(&forged, &base, &blobs).is_err());
 }
 
+#[test]
+fn a_grown_file_travels_as_its_new_part() {
+    let mut blobs = Blobs::default();
+    let old: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| (i % 251).to_le_bytes())
+        .collect();
+    let grown: Vec<u8> = [old.clone(), text(5_000, 9)].concat();
+    let base = manifest(&[("logs/run.log", &old)], &mut blobs);
+    let target = manifest(&[("logs/run.log", &grown)], &mut blobs);
+    let (pack, stats) = build(&base, &target, &blobs, &blobs);
+    assert_eq!(stats.prefixed, 1);
+    assert!(pack.len() < 8_000, "{} bytes for a 5 KB append", pack.len());
+    let (d, sink) = decode(&pack, &base, &blobs).unwrap();
+    assert_eq!(d.target.root(), target.root());
+    assert_eq!(sink.0[&0], grown);
+}
+
+#[test]
+fn an_append_that_does_not_keep_its_whole_base_is_refused() {
+    let mut blobs = Blobs::default();
+    let old: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| (i % 7).to_le_bytes())
+        .collect();
+    let grown: Vec<u8> = [old.clone(), b"tail".to_vec()].concat();
+    let base = manifest(&[("a.log", &old)], &mut blobs);
+    let target = manifest(&[("a.log", &grown)], &mut blobs);
+    let (pack, _) = build(&base, &target, &blobs, &blobs);
+    let mut header = read_header(&mut &pack[..], &base, &Limits::default()).unwrap();
+    for seg in &mut header.segments {
+        for item in &mut seg.items {
+            if let Encoding::Append { base, keep } = item.encoding {
+                item.encoding = Encoding::Append {
+                    base,
+                    keep: keep - 1,
+                };
+            }
+        }
+    }
+    assert!(matches!(
+        super::read::validate(&header, &base, &Limits::default()),
+        Err(PackError::Structure(_))
+    ));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
