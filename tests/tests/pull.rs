@@ -294,3 +294,39 @@ fn a_file_being_rewritten_during_a_pull_is_never_delivered_torn() {
     pull(&ob, copy.path(), &[]).ok();
     assert_same_tree(&vol, copy.path());
 }
+
+/// Regression: a pod's symlink pointing outside its volume (`latest -> /data/run3`) failed the
+/// pull. It means nothing on the ground: it is left out, and the rest comes.
+#[test]
+fn a_symlink_that_points_outside_the_volume_is_left_out_of_pulls() {
+    let ob = Onboard::start();
+    let vol = ob.volume_path("p1");
+    write(&vol, "run3/out.txt", "done\n");
+    sync_tests::symlink(&vol, "latest", "/data/run3");
+    let copy = tempfile::tempdir().unwrap();
+    pull(&ob, copy.path(), &[]).ok();
+    assert!(!copy.path().join("latest").is_symlink());
+    assert!(copy.path().join("run3/out.txt").exists());
+    let again = pull(&ob, copy.path(), &[]).ok().json();
+    assert_eq!(again["up_to_date"], true, "{again}");
+}
+
+/// Regression: a pull cut while asked with one --path was resumed by a pull asked with
+/// another, which then got the first one's selection.
+#[test]
+fn a_pull_asked_differently_does_not_resume_the_cut_one() {
+    let ob = Onboard::start();
+    let vol = ob.volume_path("p1");
+    write(&vol, "logs/big.bin", random_bytes(21, 800_000));
+    write(&vol, "results/r.csv", "1,2\n");
+    let copy = tempfile::tempdir().unwrap();
+    let r = pull(
+        &ob,
+        copy.path(),
+        &["--path", "logs/**", "--budget", "200KB"],
+    );
+    assert_eq!(r.code, 75, "{r:#?}");
+    pull(&ob, copy.path(), &["--path", "results"]).ok();
+    assert!(copy.path().join("results/r.csv").exists());
+    assert!(!copy.path().join("logs/big.bin").exists());
+}

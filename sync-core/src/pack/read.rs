@@ -247,7 +247,9 @@ impl Read for Tee<'_> {
 fn verified_base(reader: &dyn BaseReader, entry: &Entry) -> Result<Vec<u8>, PackError> {
     let bytes = reader.read_base(entry)?;
     let expected = entry.file_id().expect("validated as a file");
-    if ContentId::of(&bytes) != expected {
+    // The length too: a manifest naming the right content with a wrong size must not lead a
+    // later step past the end of the bytes.
+    if ContentId::of(&bytes) != expected || bytes.len() as u64 != entry.size() {
         return Err(PackError::BaseChanged {
             path: entry.path.to_string(),
             expected,

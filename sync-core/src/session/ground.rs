@@ -1188,16 +1188,36 @@ fn coalesce(ranges: &[(u64, u64)], max: u64) -> Vec<(u64, u64)> {
     out
 }
 
+/// What the ground accepts from a node's pull packs.
+fn ground_limits() -> Limits {
+    Limits::default()
+}
+
 /// Largest range one `PullRange` asks for.
 const PULL_RANGE_BYTES: u64 = 256 * 1024;
 /// Durable progress of a pull is recorded at least every this many bytes.
 const PULL_SYNC_BYTES: u64 = 256 * 1024;
 
 impl Ground {
-    fn pull_path(&self, pack: &PackId) -> PathBuf {
+    /// Where a pull pack for the copy at `into` is received: one file per copy and pack, so two
+    /// copies pulling the same pack never share (or truncate) a file.
+    fn pull_path(&self, into: &str, pack: &PackId) -> PathBuf {
+        let copy = blake3::hash(into.as_bytes()).to_hex();
         self.dir
             .join("pulls")
-            .join(format!("{}.pack", pack.to_hex()))
+            .join(format!("{}-{}.pack", &copy[..16], pack.to_hex()))
+    }
+
+    /// Scans a pull's copy: like a pod's volume, it may hold symlinks that point outside it
+    /// (the pod made them), and the engine's own temporaries are not part of it.
+    pub fn scan_copy(&mut self, folder: &Path) -> Result<(Manifest, ScanStats), GroundError> {
+        let abs = std::fs::canonicalize(folder).map_err(io_at(folder))?;
+        let dir = Dir::open_ambient_dir(&abs, ambient_authority()).map_err(io_at(&abs))?;
+        let scope = abs.display().to_string();
+        let cache = self.db.stat_cache(&scope)?;
+        let (m, fresh, stats) = scan_dir(&dir, &cache, &ScanOptions::volume())?;
+        self.db.save_stat_cache(&scope, &cache, &fresh)?;
+        Ok((m, stats))
     }
 }
 
@@ -1218,7 +1238,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         std::fs::create_dir_all(into).map_err(io_at(into))?;
         let abs = std::fs::canonicalize(into).map_err(io_at(into))?;
         let into_key = abs.display().to_string();
-        let (base, _) = ground.scan_local(&abs)?;
+        let (base, _) = ground.scan_copy(&abs)?;
+        // A pull asked differently (other --path, --delete) does not resume this one.
+        let request = format!("{filter:?} delete={delete}");
         let mut report = PullReport {
             pod: pod.to_string(),
             node: self.node.to_hex(),
@@ -1234,12 +1256,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         };
         // A pull cut earlier continues, unless the copy changed since (then it could not apply).
         let mut resume = ground.db.pull_incoming(&self.node, pod, &into_key)?;
-        if let Some(r) = resume.as_ref().filter(|r| r.base_root != base.root()) {
-            ground.db.delete_pull_incoming(&r.pack)?;
-            let _ = std::fs::remove_file(ground.pull_path(&r.pack));
+        if let Some(r) = resume
+            .as_ref()
+            .filter(|r| r.base_root != base.root() || r.request != request)
+        {
+            ground.db.delete_pull_incoming(r)?;
+            let _ = std::fs::remove_file(ground.pull_path(&r.into, &r.pack));
             resume = None;
         }
-        let request = |with_base: bool| Message::PullRequest {
+        let ask = |with_base: bool| Message::PullRequest {
             pod: pod.clone(),
             filter: filter.to_vec(),
             delete,
@@ -1251,7 +1276,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             },
             resume: resume.as_ref().map(|r| r.pack),
         };
-        self.tx.send(&request(false)).await?;
+        self.tx.send(&ask(false)).await?;
         let mut reply = self.recv().await;
         if let Err(GroundError::Remote {
             kind: ErrorKind::NotFound,
@@ -1260,7 +1285,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         {
             // The node does not know the copy's manifest (a fresh ground, a copy changed by
             // hand): send it once.
-            self.tx.send(&request(true)).await?;
+            self.tx.send(&ask(true)).await?;
             reply = self.recv().await;
         }
         let (pack, len, target_root) = match reply? {
@@ -1274,7 +1299,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 len,
                 base_root,
                 target_root,
-            } if base_root == base.root() => (pack, len, target_root),
+            } if base_root == base.root() && len <= ground_limits().max_total_bytes => {
+                (pack, len, target_root)
+            }
+            Message::PullOffer { len, .. } if len > ground_limits().max_total_bytes => {
+                return Err(GroundError::OverLimit(format!(
+                    "the node offers a {} pull pack, over this ground's limit",
+                    fmt_bytes(len)
+                )));
+            }
             _ => {
                 return Err(GroundError::Unexpected {
                     expected: "PullOffer or PullSame",
@@ -1290,6 +1323,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 node: self.node,
                 pod: pod.clone(),
                 into: into_key.clone(),
+                request: request.clone(),
                 len,
                 received: 0,
                 base_root: base.root(),
@@ -1297,7 +1331,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             },
         };
         ground.db.put_pull_incoming(&state)?;
-        let path = ground.pull_path(&pack);
+        let path = ground.pull_path(&into_key, &pack);
         std::fs::create_dir_all(path.parent().expect("pulls folder")).map_err(io_at(&path))?;
         let mut file = std::fs::OpenOptions::new()
             .create(true)
@@ -1325,11 +1359,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         report.changes = ChangeSummary::of(&base, &changes);
         report.complete = true;
         report.root = target_root.to_hex();
-        ground.db.delete_pull_incoming(&pack)?;
+        ground.db.delete_pull_incoming(&state)?;
         let _ = std::fs::remove_file(&path);
         self.tx.send(&Message::PullDone { pack }).await?;
         // The copy's stat cache learns the new files now, so the next scan reads nothing.
-        let _ = ground.scan_local(&abs);
+        let _ = ground.scan_copy(&abs);
         Ok(report)
     }
 
@@ -1444,7 +1478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let staging = ground.dir.join("pulls").join(state.pack.to_hex());
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(io_at(&staging))?;
-        let path = ground.pull_path(&state.pack);
+        let path = ground.pull_path(&state.into, &state.pack);
         let file = std::fs::File::open(&path).map_err(io_at(&path))?;
         let mut reader = std::io::BufReader::new(file);
         let mut sink = super::onboard::StagingSink { dir: &staging };
@@ -1453,14 +1487,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             base,
             &super::onboard::VolumeReader(&dir),
             &mut sink,
-            &self.limits,
+            // The ground's own limits: a node does not decide what the ground may allocate.
+            &ground_limits(),
         );
         let decoded = match decoded {
             Ok(d) if d.target.root() == state.target_root => d,
             other => {
                 // A pack that does not check out is never applied; the next pull starts over.
                 let _ = std::fs::remove_dir_all(&staging);
-                ground.db.delete_pull_incoming(&state.pack)?;
+                ground.db.delete_pull_incoming(state)?;
                 let _ = std::fs::remove_file(&path);
                 return Err(match other {
                     Err(e) => e.into(),

@@ -231,6 +231,14 @@ impl OnboardService {
         for pack in stale {
             self.discard(&pack);
         }
+        let stale = self
+            .db()
+            .stale_pull_packs(PULL_PACK_DAYS * 24 * 3600)
+            .unwrap_or_default();
+        for pack in stale {
+            let _ = self.db().delete_pull_pack(&pack);
+            let _ = fs::remove_file(self.pull_file(&pack));
+        }
     }
 
     fn finish_apply(&self, pack: &PackId) -> Result<(), OnboardError> {
@@ -943,6 +951,15 @@ impl OnboardService {
     }
 }
 
+/// Largest manifest of a ground's copy a node takes (decoded, it is held in memory): about
+/// 200,000 files.
+const MAX_COPY_MANIFEST: usize = 16 << 20;
+/// Files found changing while a pull pack is encoded, each pinned to the copy's version,
+/// before the pull gives up for this pass.
+const MAX_PULL_RETRIES: u32 = 64;
+/// Pull packs nobody finished for this long are dropped.
+const PULL_PACK_DAYS: i64 = 7;
+
 /// Largest range one `PullRange` may ask for; the ground asks for more as data arrives.
 const MAX_PULL_RANGE: u64 = 4 << 20;
 /// Bytes of pull pack per `PackData` frame.
@@ -987,8 +1004,9 @@ impl OnboardService {
         self.settle_pod(pod)?;
         let now = self.scan_pod(pod).map_err(internal)?;
         let base = if !base_blob.is_empty() {
-            let raw = zstd::bulk::decompress(base_blob, self.limits.max_header_bytes as usize)
-                .map_err(|_| refused("the copy's manifest does not decompress"))?;
+            let raw = zstd::bulk::decompress(base_blob, MAX_COPY_MANIFEST).map_err(|_| {
+                refused("the copy's manifest does not decompress (or is too large)")
+            })?;
             let m = Manifest::decode(&raw).map_err(|e| refused(e.to_string()))?;
             if m.root() != base_root {
                 return Err(refused("the copy's manifest does not match its root"));
@@ -1008,6 +1026,28 @@ impl OnboardService {
                 })?
         };
         let mut target = now.filtered(&filter);
+        // A pod's symlink that leads outside its volume means nothing on the ground (and a
+        // copy must never hold one): it is not pulled.
+        let escaping: Vec<VolumePath> = target
+            .entries()
+            .iter()
+            .filter(|e| match &e.kind {
+                crate::manifest::EntryKind::Symlink { target } => {
+                    crate::path::check_symlink_target(&e.path, target).is_err()
+                }
+                _ => false,
+            })
+            .map(|e| e.path.clone())
+            .collect();
+        if !escaping.is_empty() {
+            let kept: Vec<Entry> = target
+                .entries()
+                .iter()
+                .filter(|e| !escaping.contains(&e.path))
+                .cloned()
+                .collect();
+            target = Manifest::new(kept).map_err(internal)?;
+        }
         if !delete {
             target = super::pull::keep_removed(&base, target);
         }
@@ -1064,7 +1104,8 @@ impl OnboardService {
             kept_sigs = source.into_signatures();
             match encoded {
                 Ok(_) => break,
-                Err(PackError::SourceChanged { path }) if tries < 8 => {
+                // Each changed file is pinned to the copy's version and the pack encoded again.
+                Err(PackError::SourceChanged { path }) if tries < MAX_PULL_RETRIES => {
                     let path = VolumePath::new(path).map_err(internal)?;
                     let mut entries: Vec<Entry> = target
                         .entries()

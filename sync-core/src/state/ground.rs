@@ -303,6 +303,8 @@ pub struct PullIncoming {
     pub node: NodeId,
     pub pod: PodName,
     pub into: String,
+    /// The filter and --delete the pull was asked with.
+    pub request: String,
     pub len: u64,
     /// Durable in the ground's staging file up to here.
     pub received: u64,
@@ -314,8 +316,9 @@ impl Db {
     pub fn put_pull_incoming(&self, p: &PullIncoming) -> Result<(), StateError> {
         self.conn().execute(
             "INSERT OR REPLACE INTO pull_incoming
-             (pack, node, pod, into_dir, len, received, base_root, target_root, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             (pack, node, pod, into_dir, len, received, base_root, target_root, updated_at,
+              request)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 &p.pack.0[..],
                 p.node.to_hex(),
@@ -325,7 +328,8 @@ impl Db {
                 p.received as i64,
                 &p.base_root.0[..],
                 &p.target_root.0[..],
-                now_secs()
+                now_secs(),
+                p.request
             ],
         )?;
         Ok(())
@@ -341,7 +345,7 @@ impl Db {
         let row = self
             .conn()
             .query_row(
-                "SELECT pack, len, received, base_root, target_root FROM pull_incoming
+                "SELECT pack, len, received, base_root, target_root, request FROM pull_incoming
                  WHERE node = ?1 AND pod = ?2 AND into_dir = ?3",
                 params![node.to_hex(), pod.as_str(), into],
                 |r| {
@@ -351,11 +355,12 @@ impl Db {
                         r.get::<_, i64>(2)?,
                         r.get::<_, Vec<u8>>(3)?,
                         r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, String>(5)?,
                     ))
                 },
             )
             .optional()?;
-        let Some((pack, len, received, base, target)) = row else {
+        let Some((pack, len, received, base, target, request)) = row else {
             return Ok(None);
         };
         Ok(Some(PullIncoming {
@@ -363,6 +368,7 @@ impl Db {
             node: *node,
             pod: pod.clone(),
             into: into.to_string(),
+            request,
             len: len as u64,
             received: received as u64,
             base_root: ManifestId(blob32(base, "manifest root")?),
@@ -370,9 +376,11 @@ impl Db {
         }))
     }
 
-    pub fn delete_pull_incoming(&self, pack: &PackId) -> Result<(), StateError> {
-        self.conn()
-            .execute("DELETE FROM pull_incoming WHERE pack = ?1", [&pack.0[..]])?;
+    pub fn delete_pull_incoming(&self, p: &PullIncoming) -> Result<(), StateError> {
+        self.conn().execute(
+            "DELETE FROM pull_incoming WHERE node = ?1 AND pod = ?2 AND into_dir = ?3",
+            params![p.node.to_hex(), p.pod.as_str(), p.into],
+        )?;
         Ok(())
     }
 }

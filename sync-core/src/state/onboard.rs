@@ -289,6 +289,19 @@ impl Db {
         }
     }
 
+    /// Pull packs built more than `secs` ago.
+    pub fn stale_pull_packs(&self, secs: i64) -> Result<Vec<PackId>, StateError> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT pack FROM pull_pack WHERE created_at < ?1")?;
+        let rows = stmt.query_map([now_secs() - secs], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(PackId(blob32(r?, "pack id")?));
+        }
+        Ok(out)
+    }
+
     pub fn delete_pull_pack(&self, pack: &PackId) -> Result<(), StateError> {
         self.conn()
             .execute("DELETE FROM pull_pack WHERE pack = ?1", [&pack.0[..]])?;

@@ -135,14 +135,18 @@ CREATE TABLE pull_pack (
 );
 
 -- Ground: pull packs being received into pulls/<pack>.pack, for the copy at `into`.
+-- One per copy: a copy receives one pull at a time. `request`: the filter and --delete it was
+-- asked with (a pull asked differently does not resume it).
 CREATE TABLE pull_incoming (
-    pack        BLOB PRIMARY KEY,
     node        TEXT NOT NULL,
     pod         TEXT NOT NULL,
     into_dir    TEXT NOT NULL,
+    pack        BLOB NOT NULL,
+    request     TEXT NOT NULL,
     len         INTEGER NOT NULL,
     received    INTEGER NOT NULL,
     base_root   BLOB NOT NULL,
     target_root BLOB NOT NULL,
-    updated_at  INTEGER NOT NULL
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (node, pod, into_dir)
 );
