@@ -77,30 +77,14 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 
-# --- our tool (same rules as run.sh) -------------------------------------------
-ONBOARD=${SYNC_BIN_DIR:-$REPO/target/release}/sync-onboard
-GROUND=${SYNC_BIN_DIR:-$REPO/target/release}/sync-ground
-[[ -n ${SYNC_BIN_DIR:-} ]] && SYNC_BUILD=0
-have_sync() { [[ -x $ONBOARD && -x $GROUND ]]; }
-if [[ $SYNC_BUILD == force ]] || { [[ $SYNC_BUILD != 0 ]] && ! have_sync; }; then
-  command -v cargo >/dev/null || die "cargo not found"
-  log "building sync-ground and sync-onboard (log: .work/pull/cargo-build.log)"
-  s=$(date +%s)
-  # A failed rebuild must not silently measure stale binaries.
-  (cd "$REPO" && cargo build --release -p sync-ground -p sync-onboard) \
-    >"$WORK/cargo-build.log" 2>&1 ||
-    die "cargo build failed (see benches/compare/.work/pull/cargo-build.log)"
-  BUILD_TIME=$(($(date +%s) - s))
-  log "built in ${BUILD_TIME}s"
-fi
-have_sync || die "$ONBOARD or $GROUND not built"
+# --- our tool, the server, helpers (lib/common.sh) ------------------------------
+# shellcheck source=lib/common.sh
+. "$HERE/lib/common.sh"
+build_sync "$WORK/cargo-build.log" || die "$SYNC_NOTE"
 
 # --- helpers -------------------------------------------------------------------
 FAILED=0
 fail() { echo "pull: FAILED: $*" >&2; FAILED=1; }
-tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b-a}'; }
 json_field() { # FILE DOTTED.KEY
   python3 -c '
 import json, sys
@@ -108,17 +92,6 @@ v = json.load(open(sys.argv[1]))
 for k in sys.argv[2].split("."):
     v = v[k]
 print(json.dumps(v) if isinstance(v, bool) else v)' "$1" "$2"
-}
-# Deterministic tar: sorted names, no owner/time noise (as run.sh).
-mktar() { # DIR OUT
-  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$1" -cf "$2" .
-}
-ratio() { # A B -> A/B with 3 decimals, or n/a
-  if [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ && $2 -gt 0 ]]; then
-    awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'
-  else
-    echo n/a
-  fi
 }
 same_tree() { # WHAT A B OUT: diff -r, FAILED on a difference
   if ! diff -r "$2" "$3" >"$4" 2>&1; then
@@ -132,22 +105,7 @@ same_tree() { # WHAT A B OUT: diff -r, FAILED on a difference
 VOLS=$WORK/vols
 mkdir -p "$VOLS" "$WORK/ostate" "$WORK/gstate"
 "$ONBOARD" keygen >"$WORK/key"
-SERVER_PID=""
-cleanup() {
-  if [[ -n $SERVER_PID ]]; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    for _ in $(seq 100); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-      log "sync-onboard ignored SIGTERM; sending SIGKILL"
-      kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-  fi
-}
+cleanup() { stop_server; }
 trap cleanup EXIT
 "$ONBOARD" serve --volumes "$VOLS" --state "$WORK/ostate" \
   --listen 127.0.0.1:0 --key "$WORK/key" >"$WORK/serve.out" 2>"$WORK/serve.err" &

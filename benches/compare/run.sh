@@ -69,68 +69,15 @@ CORPUS=$(cd "$CORPUS" && pwd)
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 
-# --- our tool ------------------------------------------------------------------
-ONBOARD=${SYNC_BIN_DIR:-$REPO/target/release}/sync-onboard
-GROUND=${SYNC_BIN_DIR:-$REPO/target/release}/sync-ground
-[[ -n ${SYNC_BIN_DIR:-} ]] && SYNC_BUILD=0
-SYNC_NOTE=""
-have_sync() { [[ -x $ONBOARD && -x $GROUND ]]; }
-if [[ $SYNC_BUILD == force ]] || { [[ $SYNC_BUILD != 0 ]] && ! have_sync; }; then
-  if command -v cargo >/dev/null; then
-    log "building sync-ground and sync-onboard (log: .work/cargo-build.log)"
-    if ! (cd "$REPO" && cargo build --release -p sync-ground -p sync-onboard) \
-        >"$WORK/cargo-build.log" 2>&1; then
-      SYNC_NOTE="cargo build failed (see benches/compare/.work/cargo-build.log)"
-      log "$SYNC_NOTE"
-    fi
-  else
-    SYNC_NOTE="cargo not found"
-  fi
-fi
-if have_sync; then
-  # A failed *re*build must not silently measure stale binaries.
-  if [[ -n $SYNC_NOTE ]]; then HAVE_SYNC=0; else HAVE_SYNC=1; fi
-else
-  HAVE_SYNC=0
-  : "${SYNC_NOTE:=$ONBOARD or $GROUND not built}"
-fi
-
-# Server started by sync_case; killed on any exit so no process is left over.
-SERVER_PID=""
-cleanup() {
-  if [[ -n $SERVER_PID ]]; then
-    kill -TERM "$SERVER_PID" 2>/dev/null || true
-    # Give it 10 s to shut down cleanly; a server that ignores SIGTERM must
-    # not hang the benchmark.
-    for _ in $(seq 100); do
-      kill -0 "$SERVER_PID" 2>/dev/null || break
-      sleep 0.1
-    done
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-      echo "run: sync-onboard ignored SIGTERM; sending SIGKILL" >&2
-      kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-  fi
-}
+# --- our tool, the server, helpers (lib/common.sh) ------------------------------
+# shellcheck source=lib/common.sh
+. "$HERE/lib/common.sh"
+if build_sync "$WORK/cargo-build.log"; then HAVE_SYNC=1; else HAVE_SYNC=0; log "$SYNC_NOTE"; fi
+cleanup() { stop_server; }
 trap cleanup EXIT
 
 FAILED=0
 fail() { echo "run: FAILED: $*" >&2; FAILED=1; }
-
-# --- helpers -------------------------------------------------------------------
-fsize() { stat -c %s "$1"; }
-tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }
-now() { date +%s.%N; }
-elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b-a}'; }
-
-# Deterministic tar: sorted names, no owner/time noise, so the byte stream
-# depends only on file names, modes and contents.
-mktar() { # DIR OUT
-  tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
-    -C "$1" -cf "$2" .
-}
 
 # zstd with v1.tar as dictionary. --long=27 (128 MiB window) covers the whole
 # ~30 MB reference; zstd needs the same flag to decode.
@@ -301,14 +248,6 @@ for c in "${CASES[@]}"; do
 done
 
 # --- report --------------------------------------------------------------------
-ratio() { # A B -> A/B with 3 decimals, or n/a
-  if [[ $1 =~ ^[0-9]+$ && $2 =~ ^[0-9]+$ && $2 -gt 0 ]]; then
-    awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", a/b}'
-  else
-    echo n/a
-  fi
-}
-
 hdr="| case | raw v2 | zstd -19 --long=27 --patch-from | xdelta3 -9 | rsync -z (wire) |"
 sep="|---|---:|---:|---:|---:|"
 ((HAVE_CASYNC)) && { hdr+=" casync (new chunks + index) |"; sep+="---:|"; }

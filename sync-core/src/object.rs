@@ -14,6 +14,15 @@ pub struct ObjectStore {
     dir: PathBuf,
 }
 
+/// Writes `bytes` to `tmp`, syncs it and renames it to `dest`: `dest` is either absent or
+/// whole, never torn.
+pub(crate) fn write_durably(tmp: &Path, dest: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = fs::File::create(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(tmp, dest)
+}
+
 impl ObjectStore {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         fs::create_dir_all(dir)?;
@@ -56,11 +65,7 @@ impl ObjectStore {
         let parent = dest.parent().expect("two levels");
         fs::create_dir_all(parent)?;
         let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), id.short()));
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &dest)?;
-        Ok(())
+        write_durably(&tmp, &dest, bytes)
     }
 
     /// Removes every object not in `keep`; returns how many were removed.

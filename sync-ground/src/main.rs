@@ -88,6 +88,13 @@ struct Conn {
     /// The pod (each pod name owns one volume).
     #[arg(long, default_value = "default", value_name = "NAME")]
     pod: String,
+    #[command(flatten)]
+    link: LinkArgs,
+}
+
+/// Where the node is and how to reach it.
+#[derive(Args)]
+struct LinkArgs {
     /// Address of sync-onboard.
     #[arg(long, env = "SYNC_TO", value_name = "HOST:PORT")]
     to: String,
@@ -183,17 +190,8 @@ struct StatusArgs {
 
 #[derive(Args)]
 struct PassArgs {
-    /// Address of sync-onboard.
-    #[arg(long, env = "SYNC_TO", value_name = "HOST:PORT")]
-    to: String,
-    /// File holding the link key (64 hex digits), the same as the onboard side's.
-    #[arg(long, env = "SYNC_KEY", value_name = "FILE")]
-    key: PathBuf,
     #[command(flatten)]
-    local: Local,
-    /// Give up on a link that has been silent this many seconds.
-    #[arg(long, default_value_t = 12, value_name = "SECS")]
-    timeout: u64,
+    link: LinkArgs,
     #[command(flatten)]
     limits: Limits,
 }
@@ -315,8 +313,8 @@ struct Session {
 
 async fn open(conn: &Conn) -> Result<Session> {
     let pod = PodName::new(conn.pod.clone())?;
-    let ground = open_ground(&conn.local)?;
-    let (client, started) = connect(&conn.to, &conn.key, conn.timeout).await?;
+    let ground = open_ground(&conn.link.local)?;
+    let (client, started) = connect(&conn.link).await?;
     Ok(Session {
         client,
         ground,
@@ -330,7 +328,8 @@ fn open_ground(local: &Local) -> Result<Ground> {
     Ground::open(&state).with_context(|| format!("opening the ground state in {}", state.display()))
 }
 
-async fn connect(to: &str, key: &Path, timeout: u64) -> Result<(Client<TcpStream>, Instant)> {
+async fn connect(link: &LinkArgs) -> Result<(Client<TcpStream>, Instant)> {
+    let (to, key, timeout) = (link.to.as_str(), link.key.as_path(), link.timeout);
     let started = Instant::now();
     let key_text = std::fs::read_to_string(key)
         .with_context(|| format!("reading the link key from {}", key.display()))?;
@@ -474,18 +473,18 @@ async fn push(a: PushArgs) -> Result<()> {
     // Scan before connecting: a first scan of a large tree reads every file, and the link
     // need not wait for it.
     let pod = PodName::new(a.conn.pod.clone())?;
-    let mut ground = open_ground(&a.conn.local)?;
+    let mut ground = open_ground(&a.conn.link.local)?;
     let (local, scan) = ground
         .scan_local(&a.folder)
         .with_context(|| format!("scanning {}", a.folder.display()))?;
-    let (client, started) = connect(&a.conn.to, &a.conn.key, a.conn.timeout).await?;
+    let (client, started) = connect(&a.conn.link).await?;
     let mut s = Session {
         client,
         ground,
         pod,
         started,
     };
-    let json = a.conn.local.json;
+    let json = a.conn.link.local.json;
     let allow = a.limits.allowance(&s.ground, &s.client.node);
     let mut bars = Bars::new(json);
     let result = s
@@ -719,8 +718,8 @@ struct PlanLine {
 }
 
 async fn pass(a: PassArgs) -> Result<()> {
-    let mut ground = open_ground(&a.local)?;
-    let (mut client, started) = connect(&a.to, &a.key, a.timeout).await?;
+    let ground = open_ground(&a.link.local)?;
+    let (mut client, started) = connect(&a.link).await?;
     let node = client.node;
     let allow = a.limits.allowance(&ground, &node);
     let queue = ground.db.queued_for_node(&node)?;
@@ -744,7 +743,7 @@ async fn pass(a: PassArgs) -> Result<()> {
             }
         })
         .collect();
-    let json = a.local.json;
+    let json = a.link.local.json;
     if !json {
         if queue.is_empty() {
             println!("nothing queued for node {}", node.short());
@@ -857,7 +856,6 @@ async fn pass(a: PassArgs) -> Result<()> {
             fmt::bytes(received)
         );
     }
-    let _ = &mut ground;
     if !complete {
         return Err(Incomplete(format!(
             "incomplete: {} left, resumes at the next pass",
@@ -871,7 +869,7 @@ async fn pass(a: PassArgs) -> Result<()> {
 async fn pull(a: PullArgs) -> Result<()> {
     sync_core::manifest::PathFilter::new(&a.paths)?;
     let mut s = open(&a.conn).await?;
-    let json = a.conn.local.json;
+    let json = a.conn.link.local.json;
     let allow = a.limits.allowance(&s.ground, &s.client.node);
     let mut bars = Bars::new(json);
     let result = s
@@ -979,7 +977,7 @@ async fn ls(a: LsArgs) -> Result<()> {
     {
         return Err(GroundError::NotFound(f.to_string()).into());
     }
-    if a.conn.local.json {
+    if a.conn.link.local.json {
         let out: Vec<LsEntry> = entries
             .iter()
             .map(|e| LsEntry {
@@ -1054,7 +1052,7 @@ async fn rm(a: RmArgs) -> Result<()> {
         .remove(&mut s.ground, &s.pod, &paths, a.recursive)
         .await?;
     let (sent, received) = s.client.bye(&s.ground).await?;
-    if a.conn.local.json {
+    if a.conn.link.local.json {
         #[derive(Serialize)]
         struct RmJson<'a> {
             #[serde(flatten)]

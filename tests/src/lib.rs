@@ -181,25 +181,7 @@ impl Onboard {
 
     /// Like [`Onboard::ground`] with another key file and ground state.
     pub fn ground_with(&self, key: &Path, state: &Path, args: &[&str]) -> Run {
-        let out = Command::new(ground_bin())
-            .args(args)
-            .arg("--to")
-            .arg(&self.addr)
-            .arg("--key")
-            .arg(key)
-            .arg("--state")
-            .arg(state)
-            .env_remove("SYNC_TO")
-            .env_remove("SYNC_KEY")
-            .env_remove("SYNC_STATE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("running sync-ground");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        run_ground(&self.addr, key, state, args)
     }
 
     /// `push FOLDER --pod POD --json [EXTRA...]`, which must succeed; returns its JSON report.
@@ -492,25 +474,31 @@ impl Drop for SmallDisk {
 impl Onboard {
     /// Like [`Onboard::ground`], but connecting to `addr` (a proxy in front of the daemon).
     pub fn ground_to(&self, addr: &str, args: &[&str]) -> Run {
-        let out = Command::new(ground_bin())
-            .args(args)
-            .arg("--to")
-            .arg(addr)
-            .arg("--key")
-            .arg(self.key())
-            .arg("--state")
-            .arg(self.ground_state())
-            .env_remove("SYNC_TO")
-            .env_remove("SYNC_KEY")
-            .env_remove("SYNC_STATE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("running sync-ground");
-        Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        run_ground(addr, &self.key(), &self.ground_state(), args)
+    }
+}
+
+/// Runs `sync-ground ARGS --to ADDR --key KEY --state STATE`, with nothing from the
+/// environment.
+fn run_ground(addr: &str, key: &Path, state: &Path, args: &[&str]) -> Run {
+    let out = Command::new(ground_bin())
+        .args(args)
+        .arg("--to")
+        .arg(addr)
+        .arg("--key")
+        .arg(key)
+        .arg("--state")
+        .arg(state)
+        .env_remove("SYNC_TO")
+        .env_remove("SYNC_KEY")
+        .env_remove("SYNC_STATE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running sync-ground");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
 

@@ -11,6 +11,15 @@ pub mod sim;
 
 pub use serve::{ServeOptions, serve, serve_connection};
 
+/// Sleeps until `at`, or forever: a timer arm of a `select!` that is off when there is nothing
+/// to wait for.
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A side that has sent nothing for this long sends a keep-alive, so the other side's idle
 /// timeout can be a few seconds even while this side is busy (applying, waiting for acks).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
@@ -136,15 +145,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         (self.rx, self.tx)
     }
 
-    /// Puts the halves back together.
-    pub fn unsplit(
-        rx: LinkReader<ReadHalf<S>>,
-        tx: LinkWriter<WriteHalf<S>>,
-        rtt: Duration,
-    ) -> Self {
-        Self { rx, tx, rtt }
-    }
-
     /// Flushes and shuts the write side down.
     pub async fn close(self) -> Result<(), LinkError> {
         self.tx.close().await
@@ -193,10 +193,6 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
                 .fetch_add(n as u64, Ordering::Relaxed);
             self.records.push(&self.buf[..n]);
         }
-    }
-
-    pub fn idle_timeout(&self) -> Duration {
-        self.idle
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 
-use super::{ACK_INTERVAL, KEEPALIVE_INTERVAL, Link, LinkError, LinkWriter};
+use super::{ACK_INTERVAL, KEEPALIVE_INTERVAL, Link, LinkError, LinkWriter, sleep_until_opt};
 use crate::session::onboard::{OnboardService, OnboardSession, Outcome};
 use crate::wire::{LinkKey, Message};
 
@@ -227,12 +227,5 @@ impl Conn {
         .map_err(|e| std::io::Error::other(e.to_string()))?;
         self.session = Some(s);
         Ok(o)
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }

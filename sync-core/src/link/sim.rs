@@ -16,6 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use super::sleep_until_opt;
+
 /// One end of a simulated connection: reads what the other end sent, writes towards it.
 /// Dropping it closes the connection, as closing a socket does.
 pub type SimStream = DuplexStream;
@@ -110,11 +112,6 @@ impl SimNet {
         }
     }
 
-    /// Adds a fault to come.
-    pub fn schedule(&self, fault: Fault) {
-        self.inner.faults.lock().expect("faults").push(fault);
-    }
-
     /// Bytes carried so far: (ground to onboard, onboard to ground).
     pub fn carried(&self) -> (u64, u64) {
         (
@@ -132,10 +129,6 @@ impl SimNet {
             .iter()
             .map(|(f, t)| (*f, t.duration_since(self.inner.start)))
             .collect()
-    }
-
-    pub fn config(&self) -> &SimConfig {
-        &self.inner.config
     }
 
     /// A new connection: (the ground's end, the onboard's end). Must be called inside a tokio
@@ -372,13 +365,6 @@ fn apply(status: &Status, action: Action) {
             });
         }
         Action::Corrupt => {}
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -20,15 +20,11 @@ pub enum FilterError {
 #[derive(Debug, Clone)]
 pub struct PathFilter {
     set: Option<GlobSet>,
-    patterns: Vec<String>,
 }
 
 impl PathFilter {
     pub fn all() -> Self {
-        Self {
-            set: None,
-            patterns: Vec::new(),
-        }
+        Self { set: None }
     }
 
     pub fn new(patterns: &[String]) -> Result<Self, FilterError> {
@@ -65,14 +61,7 @@ impl PathFilter {
             pattern: patterns.join(" "),
             reason: e.to_string(),
         })?;
-        Ok(Self {
-            set: Some(set),
-            patterns: patterns.to_vec(),
-        })
-    }
-
-    pub fn patterns(&self) -> &[String] {
-        &self.patterns
+        Ok(Self { set: Some(set) })
     }
 
     pub fn is_all(&self) -> bool {

@@ -20,6 +20,7 @@ use tokio::time::{Instant, sleep_until};
 use super::upload::Upload;
 use crate::link::{
     ACK_INTERVAL, Counters, KEEPALIVE_INTERVAL, Link, LinkError, LinkReader, LinkWriter,
+    sleep_until_opt,
 };
 use crate::manifest::{
     Change, Describe, EntryKind, FileSource, Manifest, PutKind, ScanOptions, ScanStats,
@@ -107,11 +108,25 @@ impl Ground {
 
     /// Scans a local folder through its stat cache.
     pub fn scan_local(&mut self, folder: &Path) -> Result<(Manifest, ScanStats), GroundError> {
+        self.scan_with(folder, &ScanOptions::local())
+    }
+
+    /// Scans a pull's copy: like a pod's volume, it may hold symlinks that point outside it
+    /// (the pod made them), and the engine's own temporaries are not part of it.
+    pub fn scan_copy(&mut self, folder: &Path) -> Result<(Manifest, ScanStats), GroundError> {
+        self.scan_with(folder, &ScanOptions::volume())
+    }
+
+    fn scan_with(
+        &mut self,
+        folder: &Path,
+        opts: &ScanOptions,
+    ) -> Result<(Manifest, ScanStats), GroundError> {
         let abs = std::fs::canonicalize(folder).map_err(io_at(folder))?;
         let dir = Dir::open_ambient_dir(&abs, ambient_authority()).map_err(io_at(&abs))?;
         let scope = abs.display().to_string();
         let cache = self.db.stat_cache(&scope)?;
-        let (m, fresh, stats) = scan_dir(&dir, &cache, &ScanOptions::local())?;
+        let (m, fresh, stats) = scan_dir(&dir, &cache, opts)?;
         self.db.save_stat_cache(&scope, &cache, &fresh)?;
         Ok((m, stats))
     }
@@ -784,15 +799,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let (bytes, stats) = self.keep_alive_while(job).await??;
         let pack = PackId(*blake3::hash(&bytes).as_bytes());
         let path = ground.pack_path(&pack);
-        // Written whole, synced and renamed: a queued pack on disk is never torn.
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            std::io::Write::write_all(&mut f, &bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        };
-        write().map_err(io_at(&path))?;
+        // A queued pack on disk is never torn.
+        crate::object::write_durably(&path.with_extension("tmp"), &path, &bytes)
+            .map_err(io_at(&path))?;
         let q = OutgoingPack {
             pack,
             node: self.node,
@@ -1118,13 +1127,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(t) => sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Keeps every target read for encoding in the content store.
 struct Keeping {
     inner: LocalTree,
@@ -1206,18 +1208,6 @@ impl Ground {
         self.dir
             .join("pulls")
             .join(format!("{}-{}.pack", &copy[..16], pack.to_hex()))
-    }
-
-    /// Scans a pull's copy: like a pod's volume, it may hold symlinks that point outside it
-    /// (the pod made them), and the engine's own temporaries are not part of it.
-    pub fn scan_copy(&mut self, folder: &Path) -> Result<(Manifest, ScanStats), GroundError> {
-        let abs = std::fs::canonicalize(folder).map_err(io_at(folder))?;
-        let dir = Dir::open_ambient_dir(&abs, ambient_authority()).map_err(io_at(&abs))?;
-        let scope = abs.display().to_string();
-        let cache = self.db.stat_cache(&scope)?;
-        let (m, fresh, stats) = scan_dir(&dir, &cache, &ScanOptions::volume())?;
-        self.db.save_stat_cache(&scope, &cache, &fresh)?;
-        Ok((m, stats))
     }
 }
 
@@ -1382,8 +1372,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let clock = Instant::now();
         let mut written = state.received;
         let mut last_sync = Instant::now();
+        // Durable up to `written`: the staged bytes synced, then the offset recorded.
+        let persist = |file: &mut std::fs::File,
+                       state: &mut crate::state::PullIncoming,
+                       written: u64|
+         -> Result<(), GroundError> {
+            file.sync_data().map_err(io_at(Path::new("pull staging")))?;
+            state.received = written;
+            ground.db.put_pull_incoming(state)?;
+            Ok(())
+        };
+        let pack = state.pack;
         let report = |written: u64, durable: u64| Progress {
-            pack: state.pack,
+            pack,
             sent: written,
             acked: durable,
             total,
@@ -1411,9 +1412,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
             if !asked && up.in_flight() == 0 {
                 // Out of budget or time: what arrived is kept for the next pass.
-                file.sync_data().map_err(io_at(Path::new("pull staging")))?;
-                state.received = written;
-                ground.db.put_pull_incoming(state)?;
+                persist(file, state, written)?;
                 return Ok(false);
             }
             let deadline = sleep_until_opt(allow.deadline);
@@ -1424,9 +1423,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     continue;
                 }
                 _ = deadline, if up.in_flight() > 0 => {
-                    file.sync_data().map_err(io_at(Path::new("pull staging")))?;
-                    state.received = written;
-                    ground.db.put_pull_incoming(state)?;
+                    persist(file, state, written)?;
                     return Ok(false);
                 }
             };
@@ -1445,9 +1442,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                         || last_sync.elapsed() >= ACK_INTERVAL
                         || written == total
                     {
-                        file.sync_data().map_err(io_at(Path::new("pull staging")))?;
-                        state.received = written;
-                        ground.db.put_pull_incoming(state)?;
+                        persist(file, state, written)?;
                         last_sync = Instant::now();
                     }
                     progress(report(written, state.received));

@@ -1126,15 +1126,9 @@ impl OnboardService {
         }
         let pack_id = PackId(*blake3::hash(&bytes).as_bytes());
         let path = self.pull_file(&pack_id);
-        let write = || -> std::io::Result<()> {
-            fs::create_dir_all(path.parent().expect("pulls folder"))?;
-            let tmp = path.with_extension("tmp");
-            let mut f = File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path)
-        };
-        write().map_err(|e| storage(e.to_string()))?;
+        fs::create_dir_all(path.parent().expect("pulls folder"))
+            .and_then(|()| crate::object::write_durably(&path.with_extension("tmp"), &path, &bytes))
+            .map_err(|e| storage(e.to_string()))?;
         let p = crate::state::PullPack {
             pack: pack_id,
             pod: pod.clone(),

@@ -34,8 +34,9 @@ pub struct VolumeSource<'a> {
     now: HashMap<ContentId, VolumePath>,
     /// What was sent before, by id.
     sent: HashMap<ContentId, (VolumePath, u64)>,
-    /// Sent versions already checked against the volume.
-    checked: std::cell::RefCell<HashMap<ContentId, bool>>,
+    /// Sent versions already checked against the volume: their bytes when the volume still
+    /// holds them (the encoder takes them from here instead of reading and hashing again).
+    checked: std::cell::RefCell<HashMap<ContentId, Option<Vec<u8>>>>,
 }
 
 impl<'a> VolumeSource<'a> {
@@ -67,11 +68,18 @@ impl<'a> VolumeSource<'a> {
         if !self.sent.contains_key(id) {
             return false;
         }
-        *self
-            .checked
+        self.checked
             .borrow_mut()
             .entry(*id)
-            .or_insert_with(|| matches!(self.base(id), Ok(Some(_))))
+            .or_insert_with(|| self.sent_prefix(id))
+            .is_some()
+    }
+
+    /// The bytes of a sent version `id` when the file it was sent from still starts with them.
+    fn sent_prefix(&self, id: &ContentId) -> Option<Vec<u8>> {
+        let (path, len) = self.sent.get(id)?;
+        let bytes = self.prefix_of(path, *len)?;
+        (ContentId::of(&bytes) == *id).then_some(bytes)
     }
 
     /// The first `len` bytes of the file at `path`, if there are that many.
@@ -103,13 +111,9 @@ impl ContentProvider for VolumeSource<'_> {
         {
             return Ok(Some(bytes));
         }
-        if let Some((path, len)) = self.sent.get(id)
-            && let Some(bytes) = self.prefix_of(path, *len)
-            && ContentId::of(&bytes) == *id
-        {
-            return Ok(Some(bytes));
-        }
-        Ok(None)
+        // Bytes checked while planning are used once; a second use reads again.
+        let checked = self.checked.borrow_mut().get_mut(id).and_then(Option::take);
+        Ok(checked.or_else(|| self.sent_prefix(id)))
     }
 }
 

@@ -156,9 +156,16 @@ impl Db {
 
     /// Packs being received that no connection has continued for `secs`.
     pub fn stale_incoming(&self, secs: i64) -> Result<Vec<PackId>, StateError> {
-        let mut stmt = self
-            .conn()
-            .prepare("SELECT pack FROM incoming WHERE updated_at < ?1")?;
+        self.packs_older("SELECT pack FROM incoming WHERE updated_at < ?1", secs)
+    }
+
+    /// Pull packs built more than `secs` ago.
+    pub fn stale_pull_packs(&self, secs: i64) -> Result<Vec<PackId>, StateError> {
+        self.packs_older("SELECT pack FROM pull_pack WHERE created_at < ?1", secs)
+    }
+
+    fn packs_older(&self, sql: &str, secs: i64) -> Result<Vec<PackId>, StateError> {
+        let mut stmt = self.conn().prepare(sql)?;
         let rows = stmt.query_map([now_secs() - secs], |r| r.get::<_, Vec<u8>>(0))?;
         let mut out = Vec::new();
         for r in rows {
@@ -287,19 +294,6 @@ impl Db {
             }
             None => Ok(None),
         }
-    }
-
-    /// Pull packs built more than `secs` ago.
-    pub fn stale_pull_packs(&self, secs: i64) -> Result<Vec<PackId>, StateError> {
-        let mut stmt = self
-            .conn()
-            .prepare("SELECT pack FROM pull_pack WHERE created_at < ?1")?;
-        let rows = stmt.query_map([now_secs() - secs], |r| r.get::<_, Vec<u8>>(0))?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(PackId(blob32(r?, "pack id")?));
-        }
-        Ok(out)
     }
 
     pub fn delete_pull_pack(&self, pack: &PackId) -> Result<(), StateError> {
