@@ -10,6 +10,7 @@
 #   SYNC_BUILD=force  always run cargo build first (picks up new code)
 #   SYNC_BIN_DIR=DIR  take sync-onboard/sync-ground from DIR (never builds)
 #   PULL_TIMEOUT=900  seconds allowed per sync-ground pull / rsync run
+#   PULL_CASES="sqlite results"  run only these cases (default: all three)
 #
 # Cases (data from lib/pull-gen.py, seeded: the same bytes on every run):
 #   log      a 42 MB training log (timestamp, step, loss, lr, GPU memory...)
@@ -62,7 +63,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 WORK=$HERE/.work/pull # .work/ is git-ignored (benches/compare/.gitignore)
 SYNC_BUILD=${SYNC_BUILD:-auto}
 PULL_TIMEOUT=${PULL_TIMEOUT:-900}
-CASES=(log sqlite results)
+read -r -a CASES <<<"${PULL_CASES:-log sqlite results}"
 GEN=$HERE/lib/pull-gen.py
 
 log() { echo "pull: $*" >&2; }

@@ -18,7 +18,7 @@ use sync_core::delta::zstd_ref::window_log_for;
 use sync_core::id::ContentId;
 use sync_core::manifest::ManifestError;
 use sync_core::pack::format::{FIXED_LEN, HeaderBody, MAGIC, VERSION};
-use sync_core::pack::{DecodedPack, Encoding, PackError, decode_pack, read_header};
+use sync_core::pack::{DecodedPack, Encoding, PackError, PrefixPart, decode_pack, read_header};
 use sync_core_fuzz::{Blobs, FIXTURE, Sink, compress_with_prefix, limits, receiver_blobs};
 
 static RECEIVER: LazyLock<Blobs> = LazyLock::new(|| receiver_blobs(&FIXTURE));
@@ -88,10 +88,24 @@ fn structured(mode: u8, rest: &[u8]) {
         // The prefix the segment names, if it is a valid one; else none (the decode then fails on
         // the structure or on the content, both fine).
         let mut prefix = Vec::new();
-        for &b in &seg.prefix {
-            match fx.base.entries().get(b as usize).and_then(|e| e.file_id()) {
-                Some(id) if prefix.len() as u64 <= limits.max_prefix_bytes => {
-                    prefix.extend_from_slice(&RECEIVER.0[&id]);
+        for part in &seg.prefix {
+            let held = fx
+                .base
+                .entries()
+                .get(part.base() as usize)
+                .and_then(|e| e.file_id())
+                .map(|id| &RECEIVER.0[&id][..]);
+            let bytes = match (held, *part) {
+                (Some(all), PrefixPart::Entry(_)) => Some(all),
+                (Some(all), PrefixPart::Range { from, len, .. }) => usize::try_from(from)
+                    .ok()
+                    .zip(usize::try_from(len).ok())
+                    .and_then(|(from, len)| all.get(from..from.checked_add(len)?)),
+                (None, _) => None,
+            };
+            match bytes {
+                Some(bytes) if prefix.len() as u64 <= limits.max_prefix_bytes => {
+                    prefix.extend_from_slice(bytes);
                 }
                 _ => {
                     prefix.clear();

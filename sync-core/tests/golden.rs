@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use sync_core::delta::{rsync, zstd_ref};
 use sync_core::id::{ContentId, ManifestId, NodeId, PackId};
 use sync_core::manifest::{Entry, EntryKind, Manifest};
-use sync_core::pack::format::FIXED_LEN;
+use sync_core::pack::format::{FIXED_LEN, PrefixPart};
 use sync_core::pack::{
     BaseReader, ContentProvider, Limits, ObjectSink, PackError, PackHeader, Plan, decode_pack,
     read_header,
@@ -231,7 +231,9 @@ fn pack_case() -> PackCase {
     let main1 = text(80, 1);
     let mut main2 = main1.clone();
     main2.splice(900..900, b"# a new line\n".iter().copied());
-    let data1 = noise(6000, 7);
+    // Text, so that its changed block compresses against the unchanged ones around it (a
+    // prefix range).
+    let data1 = text(400, 7);
     let mut data2 = data1.clone();
     data2[3000..3010].copy_from_slice(b"0123456789");
     let notes = text(20, 5);
@@ -301,7 +303,17 @@ fn pack_layout(pack: &[u8], base: &Manifest, receiver: &Blobs) -> (Vec<u8>, Pack
         let prefix: Vec<u8> = seg
             .prefix
             .iter()
-            .flat_map(|&b| receiver.read_base(&base.entries()[b as usize]).unwrap())
+            .flat_map(|part| {
+                let bytes = receiver
+                    .read_base(&base.entries()[part.base() as usize])
+                    .unwrap();
+                match *part {
+                    PrefixPart::Entry(_) => bytes,
+                    PrefixPart::Range { from, len, .. } => {
+                        bytes[from as usize..(from + len) as usize].to_vec()
+                    }
+                }
+            })
             .collect();
         let (frame, rest) = r.split_at(seg.frame_len as usize);
         r = rest;
@@ -392,6 +404,17 @@ fn committed_pack_decodes_to_the_target() {
         .filter(|i| matches!(i.encoding, sync_core::pack::Encoding::Rsync { .. }))
         .count();
     assert_eq!(rsynced, 1, "data.bin travels as an rsync delta");
+    let ranges = d
+        .header
+        .segments
+        .iter()
+        .flat_map(|s| &s.prefix)
+        .filter(|p| matches!(p, PrefixPart::Range { .. }))
+        .count();
+    assert!(
+        ranges > 0,
+        "data.bin's delta compresses against its unchanged neighbours"
+    );
     // The header in its decoded form matches what the builder plans today.
     let plan = Plan::new(&case.base, &case.target, &|id| {
         case.sender.0.contains_key(id)

@@ -49,6 +49,70 @@ pub fn diff(signature: &[u8], target: &[u8]) -> Result<Vec<u8>, DeltaError> {
     Ok(out)
 }
 
+/// A stretch of the target an rsync delta copies from the base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Copied {
+    /// Where it lands in the target.
+    pub target: u64,
+    /// Where it comes from in the base.
+    pub base: u64,
+    pub len: u64,
+}
+
+/// The copies of a delta this engine made, in target order. The sender reads its own deltas
+/// with this (to know which of the receiver's base bytes it also holds); a delta from the link
+/// is only ever applied, never read here.
+pub fn copies(delta: &[u8]) -> Result<Vec<Copied>, DeltaError> {
+    const MAGIC: u32 = 0x7273_0236;
+    let bad = || DeltaError::Diff("malformed delta".into());
+    let mut rest = delta;
+    let mut take = |n: usize| -> Result<u64, DeltaError> {
+        if rest.len() < n {
+            return Err(bad());
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Ok(head.iter().fold(0u64, |v, &b| (v << 8) | b as u64))
+    };
+    if take(4)? != MAGIC as u64 {
+        return Err(bad());
+    }
+    let mut out: Vec<Copied> = Vec::new();
+    let mut at = 0u64;
+    loop {
+        match take(1)? as u8 {
+            0 => break,
+            cmd @ 0x01..=0x40 => {
+                let n = cmd as u64;
+                take(n as usize)?;
+                at += n;
+            }
+            cmd @ 0x41..=0x44 => {
+                let n = take(1 << (cmd - 0x41))?;
+                take(usize::try_from(n).map_err(|_| bad())?)?;
+                at += n;
+            }
+            cmd @ 0x45..=0x54 => {
+                let mode = cmd - 0x45;
+                let base = take(1 << (mode / 4))?;
+                let len = take(1 << (mode % 4))?;
+                match out.last_mut() {
+                    // fast_rsync emits one copy per block run; adjacent ones join.
+                    Some(c) if c.target + c.len == at && c.base + c.len == base => c.len += len,
+                    _ => out.push(Copied {
+                        target: at,
+                        base,
+                        len,
+                    }),
+                }
+                at += len;
+            }
+            _ => return Err(bad()),
+        }
+    }
+    Ok(out)
+}
+
 /// Applies `delta` to `base`.
 ///
 /// # Security
@@ -84,6 +148,25 @@ mod tests {
         let delta = diff(&sig, &target).unwrap();
         assert!(delta.len() < 3_000, "delta {} bytes", delta.len());
         assert_eq!(apply(&base, &delta, target.len() as u64).unwrap(), target);
+    }
+
+    #[test]
+    fn copies_name_the_unchanged_stretches() {
+        // 250 whole blocks of 1 KiB (fast_rsync leaves a short last block unmatched).
+        let base: Vec<u8> = (0..64_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let mut target = base.clone();
+        target[100_000..100_010].copy_from_slice(b"0123456789");
+        let delta = diff(&signature_with(&base, 1024), &target).unwrap();
+        let copies = copies(&delta).unwrap();
+        // Everything but the 1 KiB block holding the edit is copied, in two stretches.
+        assert_eq!(copies.len(), 2, "{copies:?}");
+        let copied: u64 = copies.iter().map(|c| c.len).sum();
+        assert_eq!(copied, target.len() as u64 - 1024);
+        for c in &copies {
+            let (t, b, n) = (c.target as usize, c.base as usize, c.len as usize);
+            assert_eq!(target[t..t + n], base[b..b + n]);
+        }
+        assert!(super::copies(&delta[..delta.len() - 1]).is_err());
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::io::Write;
 
 use super::PackError;
 use super::format::{
-    Encoding, FIXED_LEN, HeaderBody, Item, Limits, MAGIC, MAX_HEADER_DICT, SegmentSpec, VERSION,
+    Encoding, FIXED_LEN, HeaderBody, Item, Limits, MAGIC, MAX_HEADER_DICT, PrefixPart, SegmentSpec,
+    VERSION,
 };
 use crate::delta::{rsync, zstd_ref};
 use crate::id::{ContentId, ManifestId};
@@ -26,6 +27,9 @@ const SEGMENT_TARGET_BYTES: u64 = 128 << 20;
 const APPEND_MIN_BYTES: u64 = 64 * 1024;
 /// Below this size an rsync signature costs more than it can save.
 const RSYNC_MIN_BYTES: u64 = 4096;
+/// Unchanged bytes of an rsync-delta'd object put in the prefix on each side of a changed
+/// stretch: a changed page compresses against the pages around it, which both ends hold.
+const CONTEXT_BYTES: u64 = 16 * 1024;
 
 /// What the sender reads while encoding.
 pub trait ContentProvider {
@@ -169,6 +173,7 @@ impl Plan {
                 data,
                 prefix: None,
                 rsync: None,
+                context: Vec::new(),
                 append: None,
                 order: sort_key(&o.path),
             };
@@ -195,6 +200,7 @@ impl Plan {
                     if let Some(sig) = signatures.get(&b).filter(|_| fits) {
                         let delta = rsync::diff(sig, &w.data)?;
                         if (delta.len() as u64) < o.size - o.size / 8 {
+                            w.context = context(&rsync::copies(&delta)?, &w.data, CONTEXT_BYTES);
                             w.rsync = Some((b, delta));
                         }
                     }
@@ -218,7 +224,12 @@ impl Plan {
         let mut current_bytes = 0u64;
         for w in work {
             let cost = w.cost();
-            if !current.is_empty() && current_bytes + cost > budget {
+            // Rsync deltas get segments of their own: their prefix (the unchanged neighbours of
+            // changed stretches) only helps them, and may hurt other content (see below).
+            let family_changes = current
+                .first()
+                .is_some_and(|f| f.rsync.is_some() != w.rsync.is_some());
+            if !current.is_empty() && (current_bytes + cost > budget || family_changes) {
                 segments.push(encode_segment(
                     std::mem::take(&mut current),
                     limits,
@@ -279,6 +290,9 @@ struct Work {
     data: Vec<u8>,
     prefix: Option<(u32, Vec<u8>)>,
     rsync: Option<(u32, Vec<u8>)>,
+    /// With `rsync`: stretches of the base the delta copies, `(offset in the base, length)`,
+    /// which the sender holds in the target, as prefix for the delta's literal bytes.
+    context: Vec<(u64, u64, Vec<u8>)>,
     /// The object starts with all of base `.0`, `.1` bytes long: only the rest is sent.
     append: Option<(u32, u64)>,
     order: (String, String),
@@ -294,8 +308,41 @@ impl Work {
     }
 
     fn cost(&self) -> u64 {
-        self.payload().len() as u64 + self.prefix.as_ref().map_or(0, |(_, b)| b.len() as u64)
+        self.payload().len() as u64
+            + self.prefix.as_ref().map_or(0, |(_, b)| b.len() as u64)
+            + self.context.iter().map(|c| c.1).sum::<u64>()
     }
+}
+
+/// The copied stretches of a target within `width` bytes of a changed (literal) one, as
+/// `(offset in the base, length, the bytes)`, in target order.
+fn context(copies: &[rsync::Copied], target: &[u8], width: u64) -> Vec<(u64, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (i, c) in copies.iter().enumerate() {
+        let end = c.target + c.len;
+        let changed_before = c.target
+            > i.checked_sub(1)
+                .map_or(0, |p| copies[p].target + copies[p].len);
+        let changed_after = end < copies.get(i + 1).map_or(target.len() as u64, |n| n.target);
+        let mut take = |from: u64, to: u64| {
+            if from == to {
+                return;
+            }
+            let at = from as usize..to as usize;
+            out.push((c.base + (from - c.target), to - from, target[at].to_vec()));
+        };
+        if c.len <= 2 * width && (changed_before || changed_after) {
+            take(c.target, end);
+            continue;
+        }
+        if changed_before {
+            take(c.target, c.target + width);
+        }
+        if changed_after {
+            take(end - width, end);
+        }
+    }
+    out
 }
 
 /// Clusters literal files by type (extension), then name, as archivers do for solid compression.
@@ -310,16 +357,16 @@ fn encode_segment(
     limits: &Limits,
     stats: &mut PlanStats,
 ) -> Result<(SegmentSpec, Vec<u8>), PackError> {
-    let mut prefix_entries = Vec::new();
+    let mut parts: Vec<PrefixPart> = Vec::new();
     let mut prefix = Vec::new();
     let mut content = Vec::new();
     let mut items = Vec::new();
     for w in &work {
         if let Some((b, bytes)) = &w.prefix
-            && !prefix_entries.contains(b)
+            && !parts.contains(&PrefixPart::Entry(*b))
             && (prefix.len() + bytes.len()) as u64 <= limits.max_prefix_bytes
         {
-            prefix_entries.push(*b);
+            parts.push(PrefixPart::Entry(*b));
             prefix.extend_from_slice(bytes);
         }
         let encoding = match (&w.rsync, w.append) {
@@ -349,17 +396,49 @@ fn encode_segment(
             encoding,
         });
     }
-    let mut frame = Vec::new();
-    let window_log = zstd_ref::compress_capped(
-        &prefix,
-        &mut &content[..],
-        content.len() as u64,
-        limits.max_window_log as u32,
-        &mut frame,
-    )?;
+    let compress = |prefix: &[u8]| -> Result<(Vec<u8>, u32), PackError> {
+        let mut frame = Vec::new();
+        let window_log = zstd_ref::compress_capped(
+            prefix,
+            &mut &content[..],
+            content.len() as u64,
+            limits.max_window_log as u32,
+            &mut frame,
+        )?;
+        Ok((frame, window_log))
+    };
+    let (mut frame, mut window_log) = compress(&prefix)?;
+    // Unchanged neighbours of the rsync deltas' literal bytes, nearest the deltas. They make a
+    // changed database page cost its change; but level 19's parser also takes short matches
+    // from them that cost more than literals (decimal text compresses worse with a prefix of
+    // more decimal text), so they stay only where they make the frame smaller.
+    let unranged = parts.len();
+    let mut ranged = prefix.clone();
+    for w in &work {
+        let Some((b, _)) = &w.rsync else { continue };
+        for (from, len, bytes) in &w.context {
+            if (ranged.len() + bytes.len()) as u64 > limits.max_prefix_bytes {
+                break;
+            }
+            parts.push(PrefixPart::Range {
+                base: *b,
+                from: *from,
+                len: *len,
+            });
+            ranged.extend_from_slice(bytes);
+        }
+    }
+    if parts.len() > unranged {
+        let (with, wl) = compress(&ranged)?;
+        if with.len() < frame.len() {
+            (frame, window_log) = (with, wl);
+        } else {
+            parts.truncate(unranged);
+        }
+    }
     Ok((
         SegmentSpec {
-            prefix: prefix_entries,
+            prefix: parts,
             items,
             frame_len: frame.len() as u64,
             window_log: window_log as u8,

@@ -1,9 +1,9 @@
-//! Pack byte layout, version 1. All integers inside postcard values are varints.
+//! Pack byte layout, version 2. All integers inside postcard values are varints.
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `OSPK` |
-//! | 4 | 1 | format version, `1` |
+//! | 4 | 1 | format version, `2` |
 //! | 5 | 32 | base root: the manifest the pack applies to |
 //! | 37 | 1 | header dictionary: 0 none, 1 the base manifest's canonical encoding |
 //! | 38 | 4 | header length H (u32, little-endian) |
@@ -13,11 +13,17 @@
 //! The header is compressed against the base manifest the receiver already holds, so the paths
 //! of changed and removed files, which are all in it, cost next to nothing.
 //!
-//! A segment's frame is compressed against a reference prefix: the concatenated content of the
-//! base manifest entries in [`SegmentSpec::prefix`]. It decodes to the payloads of its items, back
-//! to back: an object's bytes ([`Encoding::Literal`]) or a fast_rsync delta against one base entry
-//! ([`Encoding::Rsync`]), or a base's bytes followed by new ones ([`Encoding::Append`]). Bases are named by their index in the base manifest, which the header's
-//! `base_root` pins; the receiver verifies each base's BLAKE3 before use.
+//! A segment's frame is compressed against a reference prefix: the parts in
+//! [`SegmentSpec::prefix`], concatenated: whole base manifest entries, and stretches of base
+//! entries ([`PrefixPart::Range`]). It decodes to the payloads of its items, back to back: an
+//! object's bytes ([`Encoding::Literal`]), a fast_rsync delta against one base entry
+//! ([`Encoding::Rsync`]), or a base's bytes followed by new ones ([`Encoding::Append`]). Bases
+//! are named by their index in the base manifest, which the header's `base_root` pins; the
+//! receiver verifies each base's BLAKE3 before use.
+//!
+//! Version 2 added ranges: an rsync delta's literal bytes compress against the unchanged
+//! stretches of the same file around them, which both ends hold (the sender in its target, the
+//! receiver in its base), so a changed database page costs its change, not its entropy.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -27,7 +33,7 @@ use crate::id::ManifestId;
 use crate::manifest::Change;
 
 pub const MAGIC: &[u8; 4] = b"OSPK";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes before the header frame.
 pub const FIXED_LEN: usize = 42;
 /// A base manifest encoding larger than this is not used as the header's dictionary (it would
@@ -45,10 +51,9 @@ pub struct HeaderBody {
 
 impl HeaderBody {
     /// Decodes the postcard form [`HeaderBody`]'s `Serialize` writes, checking every table's
-    /// declared count before anything is allocated for it: changes and objects against
-    /// `max_changes`; segments, segment items and prefix entries each against the object count
-    /// (every segment carries at least one object, every object travels once, and a segment names
-    /// at most one prefix entry per object it carries). Deserializing with serde alone would
+    /// declared count before anything is allocated for it: changes, objects and prefix parts
+    /// (all segments together) against `max_changes`; segments and segment items against the
+    /// object count (every segment carries at least one object, and every object travels once). Deserializing with serde alone would
     /// build the whole header first, and an element in memory is far larger than its encoding (a
     /// removal of a one-letter path: 3 bytes, about 100 in memory), so `max_header_bytes` alone
     /// does not bound the memory a header takes. Bytes after the last segment are refused.
@@ -62,10 +67,10 @@ impl HeaderBody {
         let object_count = objects.len() as u64;
         let n = r.count("segment count", object_count)?;
         let mut segments = Vec::with_capacity(n.min(r.0.len()));
-        let (mut prefix_entries, mut items) = (0u64, 0u64);
+        let (mut prefix_parts, mut items) = (0u64, 0u64);
         for _ in 0..n {
-            let n = r.count("prefix entries", object_count - prefix_entries)?;
-            prefix_entries += n as u64;
+            let n = r.count("prefix parts", limits.max_changes - prefix_parts)?;
+            prefix_parts += n as u64;
             let prefix = r.seq(n)?;
             let n = r.count("segment items", object_count - items)?;
             items += n as u64;
@@ -136,13 +141,31 @@ pub struct PackHeader {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentSpec {
-    /// Base manifest entries whose content, concatenated in this order, is the zstd prefix.
-    pub prefix: Vec<u32>,
+    /// What, concatenated in this order, is the zstd prefix.
+    pub prefix: Vec<PrefixPart>,
     pub items: Vec<Item>,
     /// Compressed length of the segment's frame.
     pub frame_len: u64,
     /// Window log the frame needs; checked against the receiver's limit.
     pub window_log: u8,
+}
+
+/// A part of a segment's reference prefix: bytes of the receiver's base that the sender holds too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrefixPart {
+    /// The whole content of base manifest entry `.0`.
+    Entry(u32),
+    /// `len` bytes of base manifest entry `base` from offset `from`: a stretch an rsync delta in
+    /// the segment copies, which the sender therefore holds in its target.
+    Range { base: u32, from: u64, len: u64 },
+}
+
+impl PrefixPart {
+    pub fn base(&self) -> u32 {
+        match *self {
+            PrefixPart::Entry(b) | PrefixPart::Range { base: b, .. } => b,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,7 +260,7 @@ mod tests {
             objects: vec![300, 70_000],
             segments: vec![
                 SegmentSpec {
-                    prefix: vec![3],
+                    prefix: vec![PrefixPart::Entry(3)],
                     items: vec![Item {
                         object: 0,
                         encoding: Encoding::Literal,
@@ -246,7 +269,11 @@ mod tests {
                     window_log: 20,
                 },
                 SegmentSpec {
-                    prefix: vec![],
+                    prefix: vec![PrefixPart::Range {
+                        base: 5,
+                        from: 4096,
+                        len: 1024,
+                    }],
                     items: vec![Item {
                         object: 1,
                         encoding: Encoding::Rsync {
@@ -292,8 +319,9 @@ mod tests {
         b.objects.pop();
         assert_eq!(over(&b, &Limits::default()), Some("segment count"));
         let mut b = body();
-        b.segments[0].prefix = vec![3, 4, 5];
-        assert_eq!(over(&b, &Limits::default()), Some("prefix entries"));
+        b.changes.clear();
+        b.segments[0].prefix = vec![PrefixPart::Entry(3); 6];
+        assert_eq!(over(&b, &tight), Some("prefix parts"));
         let mut b = body();
         let extra = b.segments[0].items[0];
         b.segments[1].items.push(extra);

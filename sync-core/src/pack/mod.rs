@@ -11,7 +11,7 @@ pub mod format;
 pub mod read;
 
 pub use build::{ContentProvider, Plan, PlanStats};
-pub use format::{Encoding, Item, Limits, PackHeader, SegmentSpec};
+pub use format::{Encoding, Item, Limits, PackHeader, PrefixPart, SegmentSpec};
 pub use read::{BaseReader, DecodedPack, ObjectSink, decode_pack, read_header, target_on};
 
 use crate::id::ContentId;

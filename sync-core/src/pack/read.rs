@@ -8,7 +8,9 @@ use std::io::{BufReader, Read};
 
 use super::PackError;
 use super::build::header_dictionary;
-use super::format::{Encoding, FIXED_LEN, HeaderBody, Limits, MAGIC, PackHeader, VERSION};
+use super::format::{
+    Encoding, FIXED_LEN, HeaderBody, Limits, MAGIC, PackHeader, PrefixPart, VERSION,
+};
 use crate::delta::{rsync, zstd_ref};
 use crate::id::{ContentId, ManifestId};
 use crate::manifest::{Entry, Manifest, SourceResolver, apply_changes};
@@ -141,8 +143,22 @@ pub(crate) fn validate(
             limits.max_window_log as u64,
         )?;
         let mut prefix = 0u64;
-        for &b in &seg.prefix {
-            prefix = prefix.saturating_add(base_file(b)?.size());
+        for part in &seg.prefix {
+            let size = base_file(part.base())?.size();
+            let len = match *part {
+                PrefixPart::Entry(_) => size,
+                PrefixPart::Range { from, len, .. } => {
+                    if len == 0 || from.checked_add(len).is_none_or(|end| end > size) {
+                        return Err(PackError::Structure(format!(
+                            "prefix range {from}+{len} of a {size}-byte base"
+                        )));
+                    }
+                    // The whole base is read (and held) to take the range.
+                    check("prefix range base size", size, limits.max_rsync_bytes())?;
+                    len
+                }
+            };
+            prefix = prefix.saturating_add(len);
         }
         check("prefix size", prefix, limits.max_prefix_bytes)?;
         for item in &seg.items {
@@ -258,6 +274,27 @@ fn verified_base(reader: &dyn BaseReader, entry: &Entry) -> Result<Vec<u8>, Pack
     Ok(bytes)
 }
 
+/// The last base a segment read, verified: the ranges of one base and the delta against it
+/// share one read.
+#[derive(Default)]
+struct HeldBase(Option<(u32, Vec<u8>)>);
+
+impl HeldBase {
+    fn get(
+        &mut self,
+        reader: &dyn BaseReader,
+        base: &Manifest,
+        index: u32,
+    ) -> Result<&[u8], PackError> {
+        if self.0.as_ref().is_none_or(|(i, _)| *i != index) {
+            self.0 = None; // the old one goes before the new one is read
+            let bytes = verified_base(reader, &base.entries()[index as usize])?;
+            self.0 = Some((index, bytes));
+        }
+        Ok(&self.0.as_ref().expect("just held").1)
+    }
+}
+
 /// Stores one object through the sink, hashing it; the sink must take exactly `size` bytes.
 fn put_object(
     sink: &mut dyn ObjectSink,
@@ -315,9 +352,19 @@ pub fn decode_pack(
     validate(&header, base, limits)?;
     let mut objects = vec![(ContentId::empty(), 0u64); header.objects.len()];
     for seg in &header.segments {
+        // Ranges of one base and the rsync delta against it read the base once.
+        let mut held = HeldBase::default();
         let mut prefix = Vec::new();
-        for &b in &seg.prefix {
-            prefix.extend_from_slice(&verified_base(bases, &base.entries()[b as usize])?);
+        for part in &seg.prefix {
+            match *part {
+                PrefixPart::Entry(b) => {
+                    prefix.extend_from_slice(&verified_base(bases, &base.entries()[b as usize])?)
+                }
+                PrefixPart::Range { base: b, from, len } => {
+                    let bytes = held.get(bases, base, b)?;
+                    prefix.extend_from_slice(&bytes[from as usize..(from + len) as usize])
+                }
+            }
         }
         let mut frame = BufReader::new(r.take(seg.frame_len));
         {
@@ -340,8 +387,7 @@ pub fn decode_pack(
                         if delta.len() as u64 != delta_len {
                             return Err(PackError::Truncated);
                         }
-                        let base_bytes = verified_base(bases, &base.entries()[b as usize])?;
-                        let out = rsync::apply(&base_bytes, &delta, size)?;
+                        let out = rsync::apply(held.get(bases, base, b)?, &delta, size)?;
                         put_object(sink, item.object, size, &mut &out[..])?
                     }
                 };

@@ -287,7 +287,8 @@ fn decompression_bomb_header_is_refused() {
     let mut frame = Vec::new();
     crate::delta::zstd_ref::compress(&[], &mut &zeros[..], zeros.len() as u64, &mut frame).unwrap();
     let base = Manifest::default();
-    let mut pack = b"OSPK\x01".to_vec();
+    let mut pack = b"OSPK".to_vec();
+    pack.push(super::format::VERSION);
     pack.extend_from_slice(&base.root().0);
     pack.push(0);
     pack.extend_from_slice(&(frame.len() as u32).to_le_bytes());
@@ -372,6 +373,112 @@ fn an_append_that_does_not_keep_its_whole_base_is_refused() {
         super::read::validate(&header, &base, &Limits::default()),
         Err(PackError::Structure(_))
     ));
+}
+
+/// A database-like file: 4 KiB pages of similar records. `changed` pages get new values.
+fn pages(n: usize, changed: std::ops::Range<usize>, seed: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in 0..n {
+        let mut page = Vec::new();
+        let mut r = 0u32;
+        while page.len() < 4000 {
+            let v = if changed.contains(&p) { seed } else { 0 };
+            let row = format!(
+                "|row {:06} run-{:02} loss {:08}|",
+                p * 100 + r as usize,
+                r % 8,
+                (r * 7919 + v) % 99_991
+            );
+            page.extend_from_slice(row.as_bytes());
+            r += 1;
+        }
+        page.resize(4096, 0);
+        out.extend_from_slice(&page);
+    }
+    out
+}
+
+/// The sender lacks the old bytes (a pull): `path` goes by rsync delta against `receiver`.
+fn build_rsync(old: &[u8], new: &[u8]) -> (Manifest, Blobs, Vec<u8>) {
+    let mut receiver = Blobs::default();
+    let base = manifest(&[("db/metrics.db", old)], &mut receiver);
+    let mut sender = Blobs::default();
+    let target = manifest(&[("db/metrics.db", new)], &mut sender);
+    let plan = Plan::new(&base, &target, &|id| sender.0.contains_key(id));
+    let mut sigs = HashMap::new();
+    for b in plan.signature_requests() {
+        let bytes = receiver.read_base(&base.entries()[b as usize]).unwrap();
+        sigs.insert(b, crate::delta::rsync::signature_with(&bytes, 256));
+    }
+    let mut out = Vec::new();
+    plan.encode(&base, &sender, &sigs, &Limits::default(), &mut out)
+        .unwrap();
+    (base, receiver, out)
+}
+
+#[test]
+fn changed_pages_compress_against_their_unchanged_neighbours() {
+    let old = pages(400, 0..0, 0);
+    let new = pages(400, 180..200, 17);
+    let (base, receiver, pack) = build_rsync(&old, &new);
+    let header = read_header(&mut &pack[..], &base, &Limits::default()).unwrap();
+    let ranges: Vec<_> = header
+        .segments
+        .iter()
+        .flat_map(|s| &s.prefix)
+        .filter(|p| matches!(p, PrefixPart::Range { .. }))
+        .collect();
+    assert!(!ranges.is_empty(), "no neighbours in the prefix");
+    let (d, sink) = decode(&pack, &base, &receiver).unwrap();
+    assert_eq!(sink.0[&0], new);
+    assert_eq!(d.objects[0].0, ContentId::of(&new));
+    // Without the neighbours the same delta costs more: the ranges are kept only when they
+    // make the frame smaller.
+    let literal: usize = header.segments.iter().map(|s| s.frame_len as usize).sum();
+    let mut alone = Vec::new();
+    let sig = crate::delta::rsync::signature_with(&old, 256);
+    let delta = crate::delta::rsync::diff(&sig, &new).unwrap();
+    crate::delta::zstd_ref::compress(&[], &mut &delta[..], delta.len() as u64, &mut alone).unwrap();
+    assert!(
+        literal < alone.len(),
+        "{literal} with neighbours, {} without",
+        alone.len()
+    );
+}
+
+#[test]
+fn prefix_ranges_outside_their_base_are_refused() {
+    let old = pages(40, 0..0, 0);
+    let new = pages(40, 10..12, 5);
+    let (base, receiver, pack) = build_rsync(&old, &new);
+    let header = read_header(&mut &pack[..], &base, &Limits::default()).unwrap();
+    assert!(decode(&pack, &base, &receiver).is_ok());
+    let size = old.len() as u64;
+    for (from, len) in [(size - 10, 11), (0, 0), (u64::MAX - 1, 4), (size, 1)] {
+        let mut h = header.clone();
+        let seg = h
+            .segments
+            .iter_mut()
+            .find(|s| {
+                s.prefix
+                    .iter()
+                    .any(|p| matches!(p, PrefixPart::Range { .. }))
+            })
+            .expect("a segment with ranges");
+        let base_index = seg.prefix[0].base();
+        seg.prefix.push(PrefixPart::Range {
+            base: base_index,
+            from,
+            len,
+        });
+        assert!(
+            matches!(
+                super::read::validate(&h, &base, &Limits::default()),
+                Err(PackError::Structure(_))
+            ),
+            "range {from}+{len} of {size} accepted"
+        );
+    }
 }
 
 proptest! {

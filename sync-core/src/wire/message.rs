@@ -6,7 +6,7 @@ use crate::id::{ManifestId, NodeId, PackId};
 use crate::pack::Limits;
 use crate::path::{PodName, VolumePath};
 
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
