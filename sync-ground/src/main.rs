@@ -28,7 +28,8 @@ const EXIT_HELP: &str = "Exit status:
   4  link or node failure (cannot connect, connection lost, silent link, the node's disk
      full): retry at the next pass
   5  authentication failed: the two sides do not hold the same key
-  6  the pod's volume changed during the push: run it again
+  6  the pod's volume changed during the push, or the copy (--into) changed during the pull
+     where the pull changes it (nothing was applied): run it again
  75  incomplete: the budget, the deadline or the link ran out; what was sent is kept onboard
      and the push resumes at the next `push` or `pass`";
 
@@ -64,8 +65,10 @@ the pod's outputs elsewhere in the volume are left alone.\n\nExample:\n  sync-gr
         after_help = "Only new or changed files cross the link, each as the difference from the \
 copy the ground already holds; renamed files cost nothing. The copy is updated when the whole \
 pull has arrived and checked out, files replaced by rename; a pull cut by the link, the budget or \
-the deadline keeps what arrived and resumes at the next pull (exit 75). A file a pod is still \
-writing is never delivered torn: it comes with the next pull.\n\nPatterns (--path, repeatable): \
+the deadline keeps what arrived and resumes at the next pull (exit 75). A file you change in the \
+copy while a pull that also changes it runs is kept: nothing is applied and the pull exits 6 (run \
+it again); changes elsewhere in the copy are kept and the pull applies around them. A file a pod \
+is still writing is never delivered torn: it comes with the next pull.\n\nPatterns (--path, repeatable): \
 a name matches at any depth ('*.csv'), a path matches from the volume's root ('logs/**'); '*' \
 stays within a folder, '**' crosses folders.\n\nExample:\n  sync-ground pull --pod p1 --into ./results --path 'logs/**' --path '*.csv' --to 10.0.0.2:7700 --key link.key"
     )]
@@ -276,6 +279,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 },
                 GroundError::Link(l) => link_code(l),
                 GroundError::OverLimit(_) => 3,
+                // Like a volume that moved on under a push: nothing happened, run it again.
+                GroundError::CopyChanged { .. } => 6,
                 _ => 1,
             };
         }

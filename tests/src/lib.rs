@@ -716,6 +716,12 @@ mod throttle {
 
     impl Throttle {
         pub fn start(upstream: &str) -> Self {
+            Self::start_at(upstream, RATE)
+        }
+
+        /// Like [`Throttle::start`], at `rate` bytes per second each way (a slow link keeps a
+        /// transfer going long enough for a test to act in the middle of it).
+        pub fn start_at(upstream: &str, rate: f64) -> Self {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap().to_string();
             let upstream = Arc::new(Mutex::new(upstream.to_string()));
@@ -735,8 +741,8 @@ mod throttle {
                     let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                     let (a, b, cut, cut_down) =
                         (a.clone(), b.clone(), cut.clone(), cut_down.clone());
-                    std::thread::spawn(move || pipe(client, server, a, cut));
-                    std::thread::spawn(move || pipe(s2, c2, b, cut_down));
+                    std::thread::spawn(move || pipe(client, server, a, cut, rate));
+                    std::thread::spawn(move || pipe(s2, c2, b, cut_down, rate));
                 }
             });
             Self {
@@ -768,7 +774,13 @@ mod throttle {
         }
     }
 
-    fn pipe(mut from: TcpStream, mut to: TcpStream, count: Arc<AtomicU64>, cut: Arc<AtomicU64>) {
+    fn pipe(
+        mut from: TcpStream,
+        mut to: TcpStream,
+        count: Arc<AtomicU64>,
+        cut: Arc<AtomicU64>,
+        rate: f64,
+    ) {
         let mut buf = [0u8; 8 * 1024];
         let start = Instant::now();
         let mut sent = 0u64;
@@ -778,7 +790,7 @@ mod throttle {
                 Ok(n) => n,
             };
             sent += n as u64;
-            let due = Duration::from_secs_f64(sent as f64 / RATE);
+            let due = Duration::from_secs_f64(sent as f64 / rate);
             if let Some(wait) = due.checked_sub(start.elapsed()) {
                 std::thread::sleep(wait);
             }

@@ -1,6 +1,7 @@
 //! Pulls with both programs as processes: files a pod wrote into its volume come back; later
 //! pulls bring only what changed; removals follow `--delete`; `--path` selects; a pull stopped
-//! by its budget resumes; a pull with nothing new costs under 1 KB.
+//! by its budget resumes; a pull with nothing new costs under 1 KB; what the copy's user
+//! changes while a pull runs is never overwritten by it.
 
 use std::path::Path;
 
@@ -329,4 +330,118 @@ fn a_pull_asked_differently_does_not_resume_the_cut_one() {
     pull(&ob, copy.path(), &["--path", "results"]).ok();
     assert!(copy.path().join("results/r.csv").exists());
     assert!(!copy.path().join("logs/big.bin").exists());
+}
+
+/// Runs a pull of `p1` into `copy` through a slow link and, once the pull's pack has started
+/// to arrive (the copy was scanned by then, and the pack takes seconds more), runs `edit`,
+/// as a user changing the copy in the middle of a pull would.
+fn pull_while_editing(ob: &Onboard, copy: &Path, edit: impl FnOnce()) -> Run {
+    let link = sync_tests::Throttle::start_at(&ob.addr, 100_000.0);
+    let into = copy.to_str().unwrap();
+    let args = ["pull", "--pod", "p1", "--into", into, "--json"];
+    let pulls = ob.ground_state().join("pulls");
+    std::thread::scope(|s| {
+        let run = s.spawn(|| ob.ground_to(&link.addr, &args));
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let arriving = || {
+            std::fs::read_dir(&pulls).is_ok_and(|rd| {
+                rd.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+            })
+        };
+        while !arriving() {
+            assert!(!run.is_finished(), "the pull ended before its pack arrived");
+            assert!(std::time::Instant::now() < until, "no pull pack after 60 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        edit();
+        run.join().unwrap()
+    })
+}
+
+/// A copy pulled once, then a pod that rewrote a large file and a small one: the next pull
+/// takes seconds over the slow link.
+fn copy_behind_the_pod(ob: &Onboard) -> tempfile::TempDir {
+    let vol = ob.volume_path("p1");
+    write(&vol, "data/big.bin", random_bytes(31, 600_000));
+    write(&vol, "notes.txt", "the pod's first notes\n");
+    write(&vol, "keep.txt", "left alone by the pod\n");
+    let copy = tempfile::tempdir().unwrap();
+    pull(ob, copy.path(), &[]).ok();
+    assert_same_tree(&vol, copy.path());
+    write(&vol, "data/big.bin", random_bytes(32, 600_000));
+    write(&vol, "notes.txt", "the pod's second notes\n");
+    copy
+}
+
+fn engine_temporaries(copy: &Path) -> Vec<String> {
+    std::fs::read_dir(copy)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".~sync."))
+        .collect()
+}
+
+/// Regression: the copy was scanned only when a pull started, and a file its user edited
+/// while the pull ran was overwritten when it applied. (A pull stopped by its budget and run
+/// again after the edit never had this problem: the edit changes the copy's root, so the cut
+/// pull is not resumed but planned again from the edited copy. The edit has to land while the
+/// pull runs.) Now the copy is looked at again before anything is placed: the edit is kept
+/// byte for byte, nothing of the pull is applied, and the pull exits 6 (run it again).
+#[test]
+fn an_edit_to_a_file_the_pull_changes_is_kept_and_the_pull_exits_6() {
+    let ob = Onboard::start();
+    let copy = copy_behind_the_pod(&ob);
+    let mine = b"the user's own notes\n\x00\xff kept byte for byte\n";
+    let r = pull_while_editing(&ob, copy.path(), || write(copy.path(), "notes.txt", mine));
+    assert_eq!(r.code, 6, "{r:#?}");
+    assert!(
+        r.stderr
+            .contains("the copy changed at notes.txt during the pull")
+            && r.stderr.contains("nothing was applied")
+            && r.stderr.contains("run the pull again"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read(copy.path().join("notes.txt")).unwrap(), mine);
+    // Nothing else of the pull was applied, and nothing of it is left in the copy.
+    assert_eq!(
+        std::fs::read(copy.path().join("data/big.bin")).unwrap(),
+        random_bytes(31, 600_000)
+    );
+    assert_eq!(engine_temporaries(copy.path()), Vec::<String>::new());
+    // Run again, the pull plans from the copy as it is now and brings the pod's versions.
+    pull(&ob, copy.path(), &[]).ok();
+    assert_same_tree(&ob.volume_path("p1"), copy.path());
+}
+
+/// Edits elsewhere in the copy while a pull runs (a file the pull does not change, a new
+/// folder): the pull applies around them, and they are kept.
+#[test]
+fn an_edit_elsewhere_in_the_copy_during_a_pull_is_kept_and_the_pull_applies() {
+    let ob = Onboard::start();
+    let copy = copy_behind_the_pod(&ob);
+    let r = pull_while_editing(&ob, copy.path(), || {
+        write(copy.path(), "keep.txt", "changed by the user\n");
+        write(copy.path(), "mine/plot.py", "print('mine')\n");
+    });
+    let report = r.ok().json();
+    assert_eq!(report["complete"], true, "{report}");
+    let vol = ob.volume_path("p1");
+    for f in ["data/big.bin", "notes.txt"] {
+        assert_eq!(
+            std::fs::read(copy.path().join(f)).unwrap(),
+            std::fs::read(vol.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(copy.path().join("keep.txt")).unwrap(),
+        "changed by the user\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(copy.path().join("mine/plot.py")).unwrap(),
+        "print('mine')\n"
+    );
+    assert_eq!(engine_temporaries(copy.path()), Vec::<String>::new());
 }

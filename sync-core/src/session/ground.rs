@@ -2,7 +2,7 @@
 //! removes over a [`Link`]. Planning and encoding are the pure functions of [`crate::pack`]; this
 //! module sequences the protocol's request/reply steps around them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use cap_std::ambient_authority;
@@ -23,14 +23,15 @@ use crate::link::{
     sleep_until_opt,
 };
 use crate::manifest::{
-    Change, Describe, EntryKind, FileSource, Manifest, PutKind, ScanOptions, ScanStats,
-    apply_changes, scan_dir,
+    Change, Describe, EntryKind, FileSource, Manifest, ManifestError, PutKind, ScanOptions,
+    ScanStats, apply_changes, diff, scan_dir,
 };
 use crate::object::ObjectStore;
-use crate::pack::{ContentProvider, Limits, PackError, Plan, PlanStats};
+use crate::pack::{ContentProvider, DecodedPack, Limits, PackError, Plan, PlanStats};
 use crate::path::{PodName, VolumePath};
-use crate::state::{Db, OutgoingPack};
+use crate::state::{Db, OutgoingPack, PullIncoming, PullJournal};
 use crate::units::fmt_bytes;
+use crate::volume::VolumeError;
 use crate::wire::{ErrorKind, ManifestBody, Message};
 
 /// Pack bytes per `PackData` message: small enough that a cut link loses little, large enough
@@ -74,6 +75,24 @@ pub enum GroundError {
         path: String,
         source: std::io::Error,
     },
+    /// the copy a pull was applying to changed, while the pull ran, where the pull changes it
+    #[error(
+        "{into}: the copy changed at {path} during the pull; nothing was applied: run the pull \
+         again"
+    )]
+    CopyChanged { into: String, path: String },
+    /// a pull's journaled apply to its copy that cannot be finished now; it stays journaled
+    #[error(
+        "{into}: a pull was applied to this copy only in part and cannot be finished yet \
+         ({source}); it is finished at the next pull into it"
+    )]
+    PullUnfinished { into: String, source: VolumeError },
+    /// a pull's journaled apply to its copy that can never be finished: given up
+    #[error(
+        "{into}: a pull was applied to this copy only in part and can never be finished \
+         ({source}); the copy is left as it is: run the pull again to bring it up to date"
+    )]
+    PullAbandoned { into: String, source: VolumeError },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> GroundError + '_ {
@@ -93,11 +112,13 @@ pub struct Ground {
 impl Ground {
     pub fn open(dir: &Path) -> Result<Self, GroundError> {
         std::fs::create_dir_all(dir.join("packs")).map_err(io_at(dir))?;
-        Ok(Self {
+        let ground = Self {
             dir: dir.to_path_buf(),
             db: Db::open(&dir.join("ground.db"))?,
             store: ObjectStore::open(&dir.join("objects")).map_err(io_at(dir))?,
-        })
+        };
+        ground.roll_forward_pulls();
+        Ok(ground)
     }
 
     fn pack_path(&self, pack: &PackId) -> PathBuf {
@@ -1204,10 +1225,283 @@ impl Ground {
     /// Where a pull pack for the copy at `into` is received: one file per copy and pack, so two
     /// copies pulling the same pack never share (or truncate) a file.
     fn pull_path(&self, into: &str, pack: &PackId) -> PathBuf {
+        self.pull_path_with(into, pack, "pack")
+    }
+
+    /// Where a pull pack's objects are decoded to before they go into the copy: per copy too.
+    fn pull_staging(&self, into: &str, pack: &PackId) -> PathBuf {
+        self.pull_path_with(into, pack, "staging")
+    }
+
+    fn pull_path_with(&self, into: &str, pack: &PackId, ext: &str) -> PathBuf {
         let copy = blake3::hash(into.as_bytes()).to_hex();
         self.dir
             .join("pulls")
-            .join(format!("{}-{}.pack", &copy[..16], pack.to_hex()))
+            .join(format!("{}-{}.{ext}", &copy[..16], pack.to_hex()))
+    }
+
+    /// Forgets a pull being received: its row, its pack file and its staging folder. The next
+    /// pull into that copy plans from the copy as it is then.
+    fn drop_pull(&self, r: &PullIncoming) -> Result<(), GroundError> {
+        let _ = std::fs::remove_file(self.pull_path(&r.into, &r.pack));
+        let _ = std::fs::remove_dir_all(self.pull_staging(&r.into, &r.pack));
+        self.db.delete_pull_incoming(r)?;
+        Ok(())
+    }
+
+    /// Finishes, where it can, every pull whose apply to its copy a crash interrupted. Only
+    /// renames and removals are left of such an apply, so this is cheap, and the copy is whole
+    /// again before anything looks at it. One that cannot finish now (the copy's disk is not
+    /// mounted, say) stays journaled, and the next pull into that copy says why: nothing here
+    /// is dropped without a word.
+    fn roll_forward_pulls(&self) {
+        // An entry that does not decode is reported by the next pull into its copy.
+        let Ok(journals) = self.db.pull_journals() else {
+            return;
+        };
+        for j in journals {
+            let Ok(dir) = Dir::open_ambient_dir(&j.into, ambient_authority()) else {
+                continue;
+            };
+            if crate::volume::apply(&dir, &j.plan, &j.tag).is_ok()
+                && self.db.pull_journal_end(&j.into).is_ok()
+            {
+                crate::volume::sweep_temps(&dir, &HashSet::new());
+            }
+        }
+    }
+
+    /// Makes the copy at `into` (an absolute path) whole before a pull looks at it: a pull's
+    /// apply to it that a crash (or a failed rename) interrupted is finished first (every step
+    /// is idempotent), then the engine's temporaries left at the copy's root are removed, those
+    /// of a `prepare` that a crash cut short before its plan was journaled included (no journal
+    /// names them). While a journaled apply cannot finish, its temporaries are kept and it
+    /// stays journaled ([`GroundError::PullUnfinished`]); one that never can (a file it was to
+    /// place is gone) is given up, naming the copy ([`GroundError::PullAbandoned`]).
+    pub fn settle_copy(&self, into: &Path) -> Result<(), GroundError> {
+        let key = into.display().to_string();
+        let dir = Dir::open_ambient_dir(into, ambient_authority()).map_err(io_at(into))?;
+        let mut keep = HashSet::new();
+        let mut outcome = Ok(());
+        if let Some(j) = self.db.pull_journal(&key)? {
+            match crate::volume::apply(&dir, &j.plan, &j.tag) {
+                Ok(()) => self.db.pull_journal_end(&key)?,
+                Err(source @ VolumeError::Unrecoverable { .. }) => {
+                    // Kept, it would stop every later pull into this copy. The copy holds what
+                    // the steps before it did; the next pull plans from the copy as it is and
+                    // brings it up to date.
+                    self.db.pull_journal_end(&key)?;
+                    outcome = Err(GroundError::PullAbandoned { into: key, source });
+                }
+                Err(source) => {
+                    keep.extend(j.plan.temps().map(String::from));
+                    outcome = Err(GroundError::PullUnfinished { into: key, source });
+                }
+            }
+        }
+        crate::volume::sweep_temps(&dir, &keep);
+        outcome
+    }
+
+    /// Decodes a whole pull pack against `base` (the copy as it was when the pull was asked
+    /// for) and applies it to the copy as it is now, journaled. The pull may have run for
+    /// minutes: if the copy's user changed something the pack changes meanwhile, nothing is
+    /// applied ([`GroundError::CopyChanged`]). A pack that does not check out, or that can no
+    /// longer apply, is dropped with its row, so the next pull plans from the copy as it is.
+    fn apply_pull(
+        &mut self,
+        copy: &Path,
+        base: &Manifest,
+        state: &PullIncoming,
+    ) -> Result<AppliedPull, GroundError> {
+        let staging = self.pull_staging(&state.into, &state.pack);
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(io_at(&staging))?;
+        let result = self.apply_staged(copy, &staging, base, state);
+        let _ = std::fs::remove_dir_all(&staging);
+        if let Err(
+            GroundError::CopyChanged { .. }
+            | GroundError::Pack(_)
+            | GroundError::Manifest(_)
+            | GroundError::BadReply(_),
+        ) = &result
+        {
+            // Never applicable to this copy again. (An I/O failure, a full disk, keeps it: the
+            // next pull tries the same pack again.)
+            self.drop_pull(state)?;
+        }
+        result
+    }
+
+    fn apply_staged(
+        &mut self,
+        copy: &Path,
+        staging: &Path,
+        base: &Manifest,
+        state: &PullIncoming,
+    ) -> Result<AppliedPull, GroundError> {
+        let into = state.into.as_str();
+        let dir = Dir::open_ambient_dir(copy, ambient_authority()).map_err(io_at(copy))?;
+        let path = self.pull_path(&state.into, &state.pack);
+        let file = std::fs::File::open(&path).map_err(io_at(&path))?;
+        let mut reader = std::io::BufReader::new(file);
+        let mut sink = super::onboard::StagingSink { dir: staging };
+        let decoded = crate::pack::decode_pack(
+            &mut reader,
+            base,
+            &super::onboard::VolumeReader(&dir),
+            &mut sink,
+            // The ground's own limits: a node does not decide what the ground may allocate.
+            &ground_limits(),
+        );
+        let decoded = match decoded {
+            Ok(d) if d.target.root() == state.target_root => d,
+            // A base read from the copy that no longer is what the copy held when the pull was
+            // asked for: its user changed it meanwhile.
+            Err(PackError::BaseChanged { path, .. }) => {
+                return Err(GroundError::CopyChanged {
+                    into: into.to_string(),
+                    path,
+                });
+            }
+            Err(e) => return Err(e.into()),
+            Ok(_) => return Err(GroundError::BadReply("pull pack target")),
+        };
+        let changes = &decoded.header.changes;
+        // Looked at again just before anything is placed in it.
+        let (now, _) = self.copy_now(copy, into, base, &decoded)?;
+        let tag = format!("pull{}", state.pack.short());
+        // Every file goes into the copy under a temporary name first; should that fail (the
+        // copy's disk is full), the temporaries go and the copy is as it was.
+        let plan = crate::volume::prepare(&dir, staging, &now, changes, &decoded.objects, &tag)
+            .map_err(|e| match e {
+                VolumeError::SourceGone { path, .. } => GroundError::CopyChanged {
+                    into: into.to_string(),
+                    path,
+                },
+                other => GroundError::Io {
+                    path: into.to_string(),
+                    source: std::io::Error::other(other.to_string()),
+                },
+            })?;
+        // Placing copies every file's bytes and may take a while: one more look, so that an
+        // edit can be lost only if it lands inside the rename loop itself.
+        let unplace = |dir: &Dir| {
+            for t in plan.temps() {
+                let _ = dir.remove_file(t);
+            }
+        };
+        let (now, target) = self
+            .copy_now(copy, into, &now, &decoded)
+            .inspect_err(|_| unplace(&dir))?;
+        self.db
+            .pull_journal_begin(&PullJournal {
+                into: into.to_string(),
+                tag: tag.clone(),
+                plan: plan.clone(),
+            })
+            .inspect_err(|_| unplace(&dir))?;
+        // Renames and removals only. Should one fail, the plan stays journaled and the next
+        // pull into this copy (or the next start of the ground) finishes it.
+        crate::volume::apply(&dir, &plan, &tag).map_err(|source| GroundError::PullUnfinished {
+            into: into.to_string(),
+            source,
+        })?;
+        self.db.pull_journal_end(into)?;
+        Ok(AppliedPull {
+            changes: decoded.header.changes,
+            on: now,
+            target,
+        })
+    }
+
+    /// Scans the copy again and checks that none of the pack's changes touches what its user
+    /// changed since `planned` was scanned. Returns the copy as it is now and the pack's target
+    /// on it (the user's changes elsewhere stay).
+    fn copy_now(
+        &mut self,
+        copy: &Path,
+        into: &str,
+        planned: &Manifest,
+        decoded: &DecodedPack,
+    ) -> Result<(Manifest, Manifest), GroundError> {
+        let (now, _) = self.scan_copy(copy)?;
+        let changed = |path: &VolumePath| GroundError::CopyChanged {
+            into: into.to_string(),
+            path: path.to_string(),
+        };
+        if let Some(path) = touched_by_changes(planned, &now, &decoded.header.changes) {
+            return Err(changed(&path));
+        }
+        // Content a change copies from elsewhere in the copy may be what the user changed.
+        let target = crate::pack::target_on(&now, decoded).map_err(|e| match e {
+            PackError::Manifest(m) => match manifest_error_path(&m) {
+                Some(path) => changed(path),
+                None => GroundError::Manifest(m),
+            },
+            other => other.into(),
+        })?;
+        Ok((now, target))
+    }
+}
+
+/// What a pull did to its copy.
+struct AppliedPull {
+    changes: Vec<Change>,
+    /// The copy the changes applied on (the copy as the pull found it, or as its user left it
+    /// while the pull ran).
+    on: Manifest,
+    /// The copy now.
+    target: Manifest,
+}
+
+/// The first path that the pack's `changes` touch and that differs between `planned` (the copy
+/// the pull was planned on) and `now` (the copy as it is): the same path, a folder above a
+/// changed path, or anything below a removed one. None when the user's changes and the pull's
+/// keep apart, so the pull can apply on the copy as the user left it.
+fn touched_by_changes(
+    planned: &Manifest,
+    now: &Manifest,
+    changes: &[Change],
+) -> Option<VolumePath> {
+    if planned.root() == now.root() {
+        return None;
+    }
+    let differ: HashSet<VolumePath> = diff(planned, now)
+        .into_iter()
+        .map(|c| c.path().clone())
+        .collect();
+    for c in changes {
+        let p = c.path();
+        if differ.contains(p) {
+            return Some(p.clone());
+        }
+        if let Some(a) = p.ancestors().find(|a| differ.contains(a)) {
+            return Some(a);
+        }
+    }
+    // Something the user put inside a folder the pull removes.
+    let removed: HashSet<&VolumePath> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Remove(p) => Some(p),
+            Change::Put(_) => None,
+        })
+        .collect();
+    differ
+        .into_iter()
+        .filter(|d| d.ancestors().any(|a| removed.contains(&a)))
+        .min()
+}
+
+/// The path a manifest error names, for errors a changed copy can cause.
+fn manifest_error_path(e: &ManifestError) -> Option<&VolumePath> {
+    match e {
+        ManifestError::Missing(p) | ManifestError::Orphan(p) | ManifestError::KindClash(p) => {
+            Some(p)
+        }
+        ManifestError::UnknownContent { path, .. } => Some(path),
+        _ => None,
     }
 }
 
@@ -1228,6 +1522,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         std::fs::create_dir_all(into).map_err(io_at(into))?;
         let abs = std::fs::canonicalize(into).map_err(io_at(into))?;
         let into_key = abs.display().to_string();
+        // An earlier pull into this copy may have stopped inside its apply (a crash): it is
+        // finished before the copy is looked at, so this one plans from a whole copy.
+        ground.settle_copy(&abs)?;
         let (base, _) = ground.scan_copy(&abs)?;
         // A pull asked differently (other --path, --delete) does not resume this one.
         let request = format!("{filter:?} delete={delete}");
@@ -1250,8 +1547,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             .as_ref()
             .filter(|r| r.base_root != base.root() || r.request != request)
         {
-            ground.db.delete_pull_incoming(r)?;
-            let _ = std::fs::remove_file(ground.pull_path(&r.into, &r.pack));
+            if r.target_root == base.root() {
+                // The copy holds what that pull delivers: it was applied (the ground stopped
+                // before it said so; the journal finished it). The node now records what it
+                // delivered, as bases for the next pull.
+                self.tx.send(&Message::PullDone { pack: r.pack }).await?;
+            }
+            ground.drop_pull(r)?;
             resume = None;
         }
         let ask = |with_base: bool| Message::PullRequest {
@@ -1345,10 +1647,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         report.received = len;
         drop(file);
         // Whole: verify every byte against the copy and apply it, files replaced by rename.
-        let changes = self.apply_pull(ground, &abs, &base, &state)?;
-        report.changes = ChangeSummary::of(&base, &changes);
+        let applied = ground.apply_pull(&abs, &base, &state)?;
+        report.changes = ChangeSummary::of(&applied.on, &applied.changes);
         report.complete = true;
-        report.root = target_root.to_hex();
+        report.root = applied.target.root().to_hex();
         ground.db.delete_pull_incoming(&state)?;
         let _ = std::fs::remove_file(&path);
         self.tx.send(&Message::PullDone { pack }).await?;
@@ -1460,59 +1762,574 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
         Ok(true)
     }
+}
 
-    /// Decodes a whole pull pack against the copy and applies it.
-    fn apply_pull(
-        &self,
-        ground: &Ground,
-        copy: &Path,
-        base: &Manifest,
-        state: &crate::state::PullIncoming,
-    ) -> Result<Vec<Change>, GroundError> {
-        let dir = Dir::open_ambient_dir(copy, ambient_authority()).map_err(io_at(copy))?;
-        let staging = ground.dir.join("pulls").join(state.pack.to_hex());
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).map_err(io_at(&staging))?;
-        let path = ground.pull_path(&state.into, &state.pack);
-        let file = std::fs::File::open(&path).map_err(io_at(&path))?;
-        let mut reader = std::io::BufReader::new(file);
-        let mut sink = super::onboard::StagingSink { dir: &staging };
-        let decoded = crate::pack::decode_pack(
-            &mut reader,
-            base,
-            &super::onboard::VolumeReader(&dir),
-            &mut sink,
-            // The ground's own limits: a node does not decide what the ground may allocate.
-            &ground_limits(),
-        );
-        let decoded = match decoded {
-            Ok(d) if d.target.root() == state.target_root => d,
-            other => {
-                // A pack that does not check out is never applied; the next pull starts over.
-                let _ = std::fs::remove_dir_all(&staging);
-                ground.db.delete_pull_incoming(state)?;
-                let _ = std::fs::remove_file(&path);
-                return Err(match other {
-                    Err(e) => e.into(),
-                    Ok(_) => GroundError::BadReply("pull pack target"),
-                });
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::link::sim::{SimConfig, SimNet};
+    use crate::link::{ServeOptions, serve_connection};
+    use crate::manifest::StatCache;
+    use crate::path::TEMP_PREFIX;
+    use crate::session::onboard::OnboardService;
+    use crate::volume::{self, ApplyPlan, Step};
+    use crate::wire::LinkKey;
+
+    fn write(root: &Path, rel: &str, body: impl AsRef<[u8]>) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, body).unwrap();
+    }
+
+    fn scan(root: &Path) -> Manifest {
+        let dir = Dir::open_ambient_dir(root, ambient_authority()).unwrap();
+        scan_dir(&dir, &StatCache::new(), &ScanOptions::volume())
+            .unwrap()
+            .0
+    }
+
+    fn temps(root: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(TEMP_PREFIX))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A node with pod `p`, a ground, a copy, and a fast simulated link between them.
+    struct Rig {
+        t: tempfile::TempDir,
+        svc: Arc<OnboardService>,
+        key: LinkKey,
+        net: SimNet,
+        ground: Ground,
+        pod: PodName,
+    }
+
+    impl Rig {
+        fn new() -> Self {
+            let t = tempfile::tempdir().unwrap();
+            let svc = OnboardService::open(
+                &t.path().join("vols"),
+                &t.path().join("onboard"),
+                Limits::default(),
+            )
+            .unwrap();
+            std::fs::create_dir_all(t.path().join("vols/p")).unwrap();
+            std::fs::create_dir_all(t.path().join("copy")).unwrap();
+            Self {
+                svc: Arc::new(svc),
+                key: LinkKey::generate().unwrap(),
+                net: SimNet::new(
+                    SimConfig::symmetric(10_000_000, Duration::from_millis(20)),
+                    vec![],
+                ),
+                ground: Ground::open(&t.path().join("ground")).unwrap(),
+                pod: PodName::new("p".to_string()).unwrap(),
+                t,
             }
+        }
+
+        fn vol(&self) -> PathBuf {
+            self.t.path().join("vols/p")
+        }
+
+        /// The copy, by its canonical path (the key its rows are kept under).
+        fn copy(&self) -> PathBuf {
+            std::fs::canonicalize(self.t.path().join("copy")).unwrap()
+        }
+
+        fn copy_key(&self) -> String {
+            self.copy().display().to_string()
+        }
+
+        /// One pull over a new connection; `progress` runs as the pack's bytes arrive (after
+        /// the copy was scanned, before it is applied).
+        async fn pull(
+            &mut self,
+            mut progress: impl FnMut(Progress),
+        ) -> Result<PullReport, GroundError> {
+            let (ground_end, onboard_end) = self.net.connect();
+            let (svc, key) = (self.svc.clone(), self.key.clone());
+            tokio::spawn(async move {
+                let opts = ServeOptions {
+                    idle_timeout: Duration::from_secs(20),
+                };
+                let _ = serve_connection(onboard_end, svc, &key, &opts).await;
+            });
+            let link = Link::connect(ground_end, &self.key, Duration::from_secs(10)).await?;
+            let mut client = Client::start(link).await?;
+            let (pod, copy) = (self.pod.clone(), self.copy());
+            let report = client
+                .pull(
+                    &mut self.ground,
+                    &pod,
+                    &copy,
+                    &[],
+                    false,
+                    &Allowance::default(),
+                    &mut progress,
+                )
+                .await;
+            client.bye(&self.ground).await?;
+            report
+        }
+
+        /// The node's id, as a connection learns it.
+        async fn node(&mut self) -> NodeId {
+            let (ground_end, onboard_end) = self.net.connect();
+            let (svc, key) = (self.svc.clone(), self.key.clone());
+            tokio::spawn(async move {
+                let _ = serve_connection(onboard_end, svc, &key, &ServeOptions::default()).await;
+            });
+            let link = Link::connect(ground_end, &self.key, Duration::from_secs(10))
+                .await
+                .unwrap();
+            let client = Client::start(link).await.unwrap();
+            let node = client.node;
+            client.bye(&self.ground).await.unwrap();
+            node
+        }
+
+        /// Files of the ground's `pulls/` folder (packs being received, staging folders).
+        fn pull_files(&self) -> Vec<String> {
+            std::fs::read_dir(self.t.path().join("ground/pulls"))
+                .map(|rd| {
+                    rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+
+        /// A crash in the middle of a pull's apply: every file of the pod's volume placed in
+        /// the copy under a temporary name, the plan journaled, and only its first `done` steps
+        /// run. Returns the target (the pod's volume).
+        fn crash_inside_apply(&mut self, done: usize) -> Manifest {
+            let (copy, vol) = (self.copy(), self.vol());
+            let base = scan(&copy);
+            let target = scan(&vol);
+            let mut changes = diff(&base, &target);
+            // New content becomes pack objects, staged as the decoder would.
+            let staging = self.t.path().join("staging");
+            std::fs::create_dir_all(&staging).unwrap();
+            let held = base.content_index();
+            let mut objects = Vec::new();
+            for c in &mut changes {
+                if let Change::Put(p) = c
+                    && let PutKind::File(FileSource::Known { id, size }) = p.kind
+                    && !held.contains_key(&id)
+                {
+                    let i = objects.len() as u32;
+                    std::fs::copy(vol.join(p.path.as_str()), staging.join(format!("o{i}")))
+                        .unwrap();
+                    objects.push((id, size));
+                    p.kind = PutKind::File(FileSource::Object(i));
+                }
+            }
+            let dir = Dir::open_ambient_dir(&copy, ambient_authority()).unwrap();
+            let tag = "pullcrash";
+            let plan = volume::prepare(&dir, &staging, &base, &changes, &objects, tag).unwrap();
+            assert!(plan.steps.len() > done, "{plan:?}");
+            self.ground
+                .db
+                .pull_journal_begin(&PullJournal {
+                    into: self.copy_key(),
+                    tag: tag.into(),
+                    plan: plan.clone(),
+                })
+                .unwrap();
+            let first = ApplyPlan {
+                steps: plan.steps[..done].to_vec(),
+            };
+            volume::apply(&dir, &first, tag).unwrap();
+            assert_ne!(scan(&copy).root(), target.root(), "left half-applied");
+            target
+        }
+
+        /// A pod volume and a copy that differ in every way a pull can change a copy.
+        fn diverged(&self) {
+            let (vol, copy) = (self.vol(), self.copy());
+            write(&vol, "a.txt", "the pod's a\n");
+            write(&vol, "d/same.txt", "same\n");
+            write(&vol, "d/new.txt", "brand new\n");
+            write(&vol, "moved/r.txt", "renamed by the pod\n");
+            write(&copy, "a.txt", "the copy's a\n");
+            write(&copy, "d/same.txt", "same\n");
+            write(&copy, "r.txt", "renamed by the pod\n");
+            write(&copy, "gone.txt", "removed by the pod\n");
+        }
+    }
+
+    /// Regression: a ground that died inside the renames of a pull left the copy half-updated,
+    /// with the pull's temporaries in it. The next pull now finishes the journaled plan before
+    /// it scans the copy, so it finds the copy at the target (nothing left to pull), sweeps
+    /// the temporaries, and tells the node the cut pull was applied.
+    #[tokio::test(start_paused = true)]
+    async fn a_pull_journaled_but_not_applied_is_finished_by_the_next_pull() {
+        let mut rig = Rig::new();
+        rig.diverged();
+        let base = scan(&rig.copy());
+        let target = rig.crash_inside_apply(2);
+        // A prepare that a crash cut short before its plan was journaled left this one.
+        write(&rig.copy(), ".~sync.pullother.3", "orphan");
+        // The cut pull's row: received whole, never reported applied to the node.
+        let node = rig.node().await;
+        rig.ground
+            .db
+            .put_pull_incoming(&PullIncoming {
+                pack: PackId([4; 32]),
+                node,
+                pod: rig.pod.clone(),
+                into: rig.copy_key(),
+                request: format!("{:?} delete={}", Vec::<String>::new(), false),
+                len: 10,
+                received: 10,
+                base_root: base.root(),
+                target_root: target.root(),
+            })
+            .unwrap();
+        let r = rig.pull(|_| {}).await.unwrap();
+        // Nothing left to pull: the copy was at the target before it was scanned.
+        assert!(r.up_to_date, "{r:?}");
+        assert_eq!(scan(&rig.copy()).root(), target.root());
+        assert_eq!(rig.ground.db.pull_journal(&rig.copy_key()).unwrap(), None);
+        assert_eq!(temps(&rig.copy()), Vec::<String>::new());
+        assert_eq!(
+            std::fs::read_to_string(rig.copy().join("moved/r.txt")).unwrap(),
+            "renamed by the pod\n"
+        );
+        assert!(!rig.copy().join("gone.txt").exists());
+        let row = rig
+            .ground
+            .db
+            .pull_incoming(&node, &rig.pod, &rig.copy_key());
+        assert_eq!(row.unwrap(), None);
+    }
+
+    /// The same crash, finished when the ground next opens its state (any command), before
+    /// anything else looks at the copy.
+    #[test]
+    fn opening_the_ground_finishes_a_journaled_pull() {
+        let mut rig = Rig::new();
+        rig.diverged();
+        let target = rig.crash_inside_apply(1);
+        let ground = Ground::open(&rig.t.path().join("ground")).unwrap();
+        assert_eq!(scan(&rig.copy()).root(), target.root());
+        assert!(ground.db.pull_journals().unwrap().is_empty());
+        assert_eq!(temps(&rig.copy()), Vec::<String>::new());
+    }
+
+    /// Temporaries that no journal names (a prepare a crash cut short) are swept; those of a
+    /// journaled apply that cannot finish yet are kept for it, and it finishes once it can.
+    #[test]
+    fn temporaries_left_in_a_copy_are_swept_unless_a_journaled_pull_needs_them() {
+        let rig = Rig::new();
+        let copy = rig.copy();
+        write(&copy, "mine.txt", "the user's\n");
+        write(&copy, ".~sync.pulldead.0", "orphan");
+        write(&copy, ".~sync.pulldead.7", "orphan");
+        rig.ground.settle_copy(&copy).unwrap();
+        assert_eq!(temps(&copy), Vec::<String>::new());
+        assert_eq!(
+            std::fs::read_to_string(copy.join("mine.txt")).unwrap(),
+            "the user's\n"
+        );
+
+        // A plan whose first step cannot run yet: a file stands where its folder goes.
+        write(&copy, "blocker", "in the way");
+        write(&copy, ".~sync.pulljour.1", "placed");
+        write(&copy, ".~sync.pulldead.2", "orphan");
+        let plan = ApplyPlan {
+            steps: vec![
+                Step::Dir {
+                    path: VolumePath::new("blocker/sub").unwrap(),
+                    mode: 0o755,
+                },
+                Step::File {
+                    path: VolumePath::new("x").unwrap(),
+                    temp: ".~sync.pulljour.1".into(),
+                    id: ContentId::of(b"placed"),
+                    mode: 0o644,
+                    mtime: 0,
+                },
+            ],
         };
-        let tag = format!("pull{}", state.pack.short());
-        let result = crate::volume::prepare(
-            &dir,
-            &staging,
-            base,
-            &decoded.header.changes,
-            &decoded.objects,
-            &tag,
-        )
-        .and_then(|plan| crate::volume::apply(&dir, &plan, &tag));
-        let _ = std::fs::remove_dir_all(&staging);
-        result.map_err(|e| GroundError::Io {
-            path: copy.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        Ok(decoded.header.changes)
+        let journal = PullJournal {
+            into: rig.copy_key(),
+            tag: "pulljour".into(),
+            plan,
+        };
+        rig.ground.db.pull_journal_begin(&journal).unwrap();
+        let err = rig.ground.settle_copy(&copy).unwrap_err();
+        assert!(
+            matches!(&err, GroundError::PullUnfinished { into, .. } if *into == rig.copy_key()),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&rig.copy_key()), "{err}");
+        assert_eq!(temps(&copy), vec![".~sync.pulljour.1".to_string()]);
+        assert_eq!(
+            rig.ground.db.pull_journal(&rig.copy_key()).unwrap(),
+            Some(journal)
+        );
+        // Out of the way now (its user made it the folder it was to be).
+        std::fs::remove_file(copy.join("blocker")).unwrap();
+        std::fs::create_dir(copy.join("blocker")).unwrap();
+        rig.ground.settle_copy(&copy).unwrap();
+        assert_eq!(std::fs::read_to_string(copy.join("x")).unwrap(), "placed");
+        assert!(copy.join("blocker/sub").is_dir());
+        assert_eq!(temps(&copy), Vec::<String>::new());
+        assert_eq!(rig.ground.db.pull_journal(&rig.copy_key()).unwrap(), None);
+    }
+
+    /// A journaled apply that can never finish (a file it was to place is gone, and the copy
+    /// does not hold it) is reported, naming the copy, and given up so later pulls can repair
+    /// the copy.
+    #[test]
+    fn a_journaled_pull_that_can_never_finish_is_reported_naming_the_copy() {
+        let rig = Rig::new();
+        let copy = rig.copy();
+        rig.ground
+            .db
+            .pull_journal_begin(&PullJournal {
+                into: rig.copy_key(),
+                tag: "pulllost".into(),
+                plan: ApplyPlan {
+                    steps: vec![Step::File {
+                        path: VolumePath::new("x").unwrap(),
+                        temp: ".~sync.pulllost.0".into(),
+                        id: ContentId::of(b"never placed"),
+                        mode: 0o644,
+                        mtime: 0,
+                    }],
+                },
+            })
+            .unwrap();
+        let err = rig.ground.settle_copy(&copy).unwrap_err();
+        assert!(
+            matches!(&err, GroundError::PullAbandoned { into, source: VolumeError::Unrecoverable { path } }
+                if *into == rig.copy_key() && path == "x"),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&rig.copy_key()), "{err}");
+        assert_eq!(rig.ground.db.pull_journal(&rig.copy_key()).unwrap(), None);
+        rig.ground.settle_copy(&copy).unwrap();
+    }
+
+    /// The pod's first version of every file, pulled into the copy.
+    async fn pulled_once(rig: &mut Rig) {
+        let vol = rig.vol();
+        write(&vol, "a.txt", "version 1\n");
+        write(&vol, "keep.txt", "the pod's keep\n");
+        write(&vol, "log.txt", "step 0 loss 1.0\n".repeat(1_000));
+        let r = rig.pull(|_| {}).await.unwrap();
+        assert!(r.complete, "{r:?}");
+        assert_eq!(scan(&rig.copy()).root(), scan(&vol).root());
+    }
+
+    /// Regression: the copy was scanned only when a pull started, so a file its user edited
+    /// while the pull ran was overwritten by the pull's version. Now the copy is scanned again
+    /// before anything is placed: the edit is kept, nothing is applied, and the pack is
+    /// dropped so the next pull plans from the copy as it is.
+    #[tokio::test(start_paused = true)]
+    async fn an_edit_to_a_file_the_pull_changes_stops_the_pull_and_is_kept() {
+        let mut rig = Rig::new();
+        pulled_once(&mut rig).await;
+        let (vol, copy) = (rig.vol(), rig.copy());
+        // Unrelated to the copy's version, and small: sent literal, not decoded against it.
+        write(&vol, "a.txt", "the pod's second version\n");
+        write(&vol, "new.txt", "new\n");
+        let before = scan(&copy);
+        let mut edited = false;
+        let err = rig
+            .pull(|_| {
+                if !std::mem::replace(&mut edited, true) {
+                    write(&copy, "a.txt", "the user's edit\n");
+                }
+            })
+            .await
+            .unwrap_err();
+        assert!(edited);
+        assert!(
+            matches!(&err, GroundError::CopyChanged { path, .. } if path == "a.txt"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("run the pull again"), "{err}");
+        assert_eq!(
+            std::fs::read_to_string(copy.join("a.txt")).unwrap(),
+            "the user's edit\n"
+        );
+        // Nothing else was applied either, and nothing of the pull is left behind.
+        assert!(!copy.join("new.txt").exists());
+        assert_eq!(
+            scan(&copy).entries().len(),
+            before.entries().len(),
+            "{:?}",
+            scan(&copy)
+        );
+        assert_eq!(temps(&copy), Vec::<String>::new());
+        assert_eq!(rig.pull_files(), Vec::<String>::new());
+        let node = rig.node().await;
+        let row = rig
+            .ground
+            .db
+            .pull_incoming(&node, &rig.pod, &rig.copy_key());
+        assert_eq!(row.unwrap(), None);
+        // Run again, the pull brings the pod's version.
+        let r = rig.pull(|_| {}).await.unwrap();
+        assert!(r.complete, "{r:?}");
+        assert_eq!(scan(&copy).root(), scan(&vol).root());
+    }
+
+    /// The same for a file the pack is decoded against (a grown log travels as its new part
+    /// appended to the copy's version): the edit is kept and nothing is applied.
+    #[tokio::test(start_paused = true)]
+    async fn an_edit_to_a_file_the_pull_decodes_against_stops_the_pull_and_is_kept() {
+        let mut rig = Rig::new();
+        pulled_once(&mut rig).await;
+        let (vol, copy) = (rig.vol(), rig.copy());
+        let mut log = std::fs::read_to_string(vol.join("log.txt")).unwrap();
+        log.push_str("step 1 loss 0.5\n");
+        write(&vol, "log.txt", &log);
+        let mut edited = false;
+        let err = rig
+            .pull(|_| {
+                if !std::mem::replace(&mut edited, true) {
+                    write(&copy, "log.txt", "the user's notes\n");
+                }
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, GroundError::CopyChanged { path, .. } if path == "log.txt"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(copy.join("log.txt")).unwrap(),
+            "the user's notes\n"
+        );
+        assert_eq!(temps(&copy), Vec::<String>::new());
+        assert_eq!(rig.pull_files(), Vec::<String>::new());
+    }
+
+    /// Edits elsewhere in the copy (a file the pull does not touch, a new folder) while the
+    /// pull runs: the pull applies on the copy as the user left it, and the edits stay.
+    #[tokio::test(start_paused = true)]
+    async fn an_edit_elsewhere_in_the_copy_during_a_pull_is_kept_and_the_pull_applies() {
+        let mut rig = Rig::new();
+        pulled_once(&mut rig).await;
+        let (vol, copy) = (rig.vol(), rig.copy());
+        write(&vol, "a.txt", "the pod's second version\n");
+        write(&vol, "new.txt", "new\n");
+        let mut edited = false;
+        let r = rig
+            .pull(|_| {
+                if !std::mem::replace(&mut edited, true) {
+                    write(&copy, "keep.txt", "the user's keep\n");
+                    write(&copy, "mine/notes.txt", "the user's notes\n");
+                }
+            })
+            .await
+            .unwrap();
+        assert!(edited);
+        assert!(r.complete, "{r:?}");
+        assert_eq!(
+            std::fs::read_to_string(copy.join("a.txt")).unwrap(),
+            "the pod's second version\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(copy.join("new.txt")).unwrap(),
+            "new\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(copy.join("keep.txt")).unwrap(),
+            "the user's keep\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(copy.join("mine/notes.txt")).unwrap(),
+            "the user's notes\n"
+        );
+        // The report names the copy as it now is.
+        assert_eq!(r.root, scan(&copy).root().to_hex());
+        assert_eq!(r.changes.changed, 1, "{r:?}");
+        assert_eq!(r.changes.added, 1, "{r:?}");
+        assert_eq!(temps(&copy), Vec::<String>::new());
+    }
+
+    #[test]
+    fn changes_touch_what_differs_at_their_path_above_it_or_below_a_removal() {
+        let file = |p: &str, body: &str| crate::manifest::Entry {
+            path: VolumePath::new(p).unwrap(),
+            kind: EntryKind::File {
+                id: ContentId::of(body.as_bytes()),
+                size: body.len() as u64,
+            },
+            mode: 0o644,
+            mtime: 0,
+        };
+        let dir = |p: &str, mode: u32| crate::manifest::Entry {
+            path: VolumePath::new(p).unwrap(),
+            kind: EntryKind::Dir,
+            mode,
+            mtime: 0,
+        };
+        let m = |e: Vec<crate::manifest::Entry>| Manifest::new(e).unwrap();
+        let planned = m(vec![
+            dir("a", 0o755),
+            file("a/x", "x"),
+            dir("b", 0o755),
+            file("b/y", "y"),
+            file("c", "c"),
+        ]);
+        let put = |p: &str| {
+            Change::Put(crate::manifest::Put {
+                path: VolumePath::new(p).unwrap(),
+                kind: PutKind::File(FileSource::Object(0)),
+                mode: 0o644,
+                mtime: 0,
+            })
+        };
+        let remove = |p: &str| Change::Remove(VolumePath::new(p).unwrap());
+        let vp = |p: &str| Some(VolumePath::new(p).unwrap());
+        // Unchanged copy: nothing to check.
+        assert_eq!(touched_by_changes(&planned, &planned, &[put("a/x")]), None);
+        // The user edited c.
+        let now = m(vec![
+            dir("a", 0o755),
+            file("a/x", "x"),
+            dir("b", 0o755),
+            file("b/y", "y"),
+            file("c", "edited"),
+        ]);
+        assert_eq!(touched_by_changes(&planned, &now, &[put("a/x")]), None);
+        assert_eq!(
+            touched_by_changes(&planned, &now, &[put("a/x"), put("c")]),
+            vp("c")
+        );
+        // The user changed folder a's mode: a change below it is touched.
+        let now = m(vec![
+            dir("a", 0o700),
+            file("a/x", "x"),
+            dir("b", 0o755),
+            file("b/y", "y"),
+            file("c", "c"),
+        ]);
+        assert_eq!(touched_by_changes(&planned, &now, &[put("a/x")]), vp("a"));
+        assert_eq!(touched_by_changes(&planned, &now, &[put("b/y")]), None);
+        // The user added a file in folder b: removing b touches it, changing b/y does not.
+        let now = m(vec![
+            dir("a", 0o755),
+            file("a/x", "x"),
+            dir("b", 0o755),
+            file("b/mine", "mine"),
+            file("b/y", "y"),
+            file("c", "c"),
+        ]);
+        assert_eq!(touched_by_changes(&planned, &now, &[put("b/y")]), None);
+        assert_eq!(
+            touched_by_changes(&planned, &now, &[remove("b/y"), remove("b")]),
+            vp("b/mine")
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The ground's tables: what it knows each pod holds, its content-store index, outgoing packs.
+//! The ground's tables: what it knows each pod holds, its content-store index, outgoing packs,
+//! pulls being received and the journal of a pull being applied to its copy.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -6,6 +7,7 @@ use super::{Db, StateError, blob32, now_secs, pack_manifest, unpack_manifest};
 use crate::id::{ContentId, ManifestId, NodeId, PackId};
 use crate::manifest::Manifest;
 use crate::path::PodName;
+use crate::volume::ApplyPlan;
 
 #[derive(Debug, Clone)]
 pub struct KnownManifest {
@@ -382,5 +384,144 @@ impl Db {
             params![p.node.to_hex(), p.pod.as_str(), p.into],
         )?;
         Ok(())
+    }
+}
+
+/// A pull being applied to a copy: its renames and removals, journaled from just before the
+/// first until the last, so that a crash in between is rolled forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullJournal {
+    /// The copy (its absolute path, as `PullIncoming::into`).
+    pub into: String,
+    /// The tag of the plan's temporaries (`.~sync.<tag>.<n>`), which `volume::apply` needs.
+    pub tag: String,
+    pub plan: ApplyPlan,
+}
+
+impl Db {
+    /// Journals a pull's apply to its copy (one per copy: a later one replaces it).
+    pub fn pull_journal_begin(&self, j: &PullJournal) -> Result<(), StateError> {
+        // The same encoding as the onboard journal's plans.
+        let plan = postcard::to_stdvec(&j.plan).expect("in-memory postcard");
+        self.conn().execute(
+            "INSERT OR REPLACE INTO pull_journal (into_dir, tag, plan, started_at)
+             VALUES (?1, ?2, ?3, ?4)",
+            params![j.into, j.tag, plan, now_secs()],
+        )?;
+        Ok(())
+    }
+
+    /// The copy's apply is done (or given up): its journal entry goes.
+    pub fn pull_journal_end(&self, into: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute("DELETE FROM pull_journal WHERE into_dir = ?1", [into])?;
+        Ok(())
+    }
+
+    /// The journaled apply of the copy at `into`, if a crash or a failure left one.
+    pub fn pull_journal(&self, into: &str) -> Result<Option<PullJournal>, StateError> {
+        let row: Option<(String, String, Vec<u8>)> = self
+            .conn()
+            .query_row(
+                "SELECT into_dir, tag, plan FROM pull_journal WHERE into_dir = ?1",
+                [into],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        row.map(pull_journal_row).transpose()
+    }
+
+    /// Every journaled apply, oldest first.
+    pub fn pull_journals(&self) -> Result<Vec<PullJournal>, StateError> {
+        let mut stmt = self
+            .conn()
+            .prepare("SELECT into_dir, tag, plan FROM pull_journal ORDER BY started_at, rowid")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(pull_journal_row(row?)?);
+        }
+        Ok(out)
+    }
+}
+
+fn pull_journal_row(
+    (into, tag, plan): (String, String, Vec<u8>),
+) -> Result<PullJournal, StateError> {
+    Ok(PullJournal {
+        into,
+        tag,
+        plan: postcard::from_bytes(&plan).map_err(|_| StateError::Corrupt("pull journal plan"))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::VolumePath;
+    use crate::volume::Step;
+
+    fn plan(name: &str) -> ApplyPlan {
+        ApplyPlan {
+            steps: vec![
+                Step::Remove {
+                    path: VolumePath::new("old").unwrap(),
+                },
+                Step::File {
+                    path: VolumePath::new(name).unwrap(),
+                    temp: ".~sync.pullab.1".into(),
+                    id: ContentId::of(b"x"),
+                    mode: 0o644,
+                    mtime: 7,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_pull_journal_is_kept_per_copy_until_it_ends() {
+        let db = Db::open_in_memory().unwrap();
+        assert_eq!(db.pull_journal("/c1").unwrap(), None);
+        let a = PullJournal {
+            into: "/c1".into(),
+            tag: "pullab".into(),
+            plan: plan("a"),
+        };
+        let b = PullJournal {
+            into: "/c2".into(),
+            tag: "pullcd".into(),
+            plan: plan("b"),
+        };
+        db.pull_journal_begin(&a).unwrap();
+        db.pull_journal_begin(&b).unwrap();
+        assert_eq!(db.pull_journal("/c1").unwrap(), Some(a.clone()));
+        assert_eq!(db.pull_journals().unwrap(), vec![a.clone(), b.clone()]);
+        // One per copy: a newer apply of the same copy replaces the entry.
+        let a2 = PullJournal {
+            tag: "pullef".into(),
+            plan: plan("a2"),
+            ..a.clone()
+        };
+        db.pull_journal_begin(&a2).unwrap();
+        assert_eq!(db.pull_journal("/c1").unwrap(), Some(a2));
+        db.pull_journal_end("/c1").unwrap();
+        assert_eq!(db.pull_journal("/c1").unwrap(), None);
+        assert_eq!(db.pull_journals().unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn an_undecodable_pull_journal_plan_is_reported_as_corrupt() {
+        let db = Db::open_in_memory().unwrap();
+        db.conn()
+            .execute(
+                "INSERT INTO pull_journal (into_dir, tag, plan, started_at)
+                 VALUES ('/c', 't', x'ff', 0)",
+                [],
+            )
+            .unwrap();
+        assert!(matches!(
+            db.pull_journal("/c"),
+            Err(StateError::Corrupt("pull journal plan"))
+        ));
     }
 }

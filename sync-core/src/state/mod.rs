@@ -1,7 +1,8 @@
 //! The SQLite store (one file per side) and the only code that knows its schema.
 //!
 //! - [`Db`]: opening, pragmas, migrations from `schema.sql`.
-//! - `ground`: what the ground knows of each pod, its content-store index, outgoing packs.
+//! - `ground`: what the ground knows of each pod, its content-store index, outgoing packs,
+//!   pulls being received and the journal of a pull's apply to its copy.
 //! - `onboard`: the node id, recent pod manifests, incoming packs, the apply journal.
 //! - stat caches for both.
 
@@ -13,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use ground::{KnownManifest, OutgoingPack, PullIncoming};
+pub use ground::{KnownManifest, OutgoingPack, PullIncoming, PullJournal};
 pub use onboard::{IncomingPack, JournalEntry, PullPack, PullPackKey};
 
 use crate::id::ContentId;

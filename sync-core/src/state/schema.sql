@@ -150,3 +150,16 @@ CREATE TABLE pull_incoming (
     updated_at  INTEGER NOT NULL,
     PRIMARY KEY (node, pod, into_dir)
 );
+
+-- migration 4
+-- Ground: a pull being applied to the copy at `into_dir`. Present from just before the first
+-- rename in the copy until the last, like the onboard `journal`: `plan` is the same postcard
+-- encoding of the apply plan, `tag` names its temporaries (`.~sync.<tag>.<n>`). Rolled forward
+-- before anything scans that copy again (the next pull into it) and when the ground opens its
+-- state. One per copy: a copy takes one pull at a time.
+CREATE TABLE pull_journal (
+    into_dir   TEXT PRIMARY KEY,
+    tag        TEXT NOT NULL,
+    plan       BLOB NOT NULL,
+    started_at INTEGER NOT NULL
+);
