@@ -489,6 +489,32 @@ fn fixed_messages() -> Vec<Message> {
             kind: ErrorKind::Superseded,
             message: "taken over".into(),
         },
+        Message::PullRequest {
+            pod: PodName::new("camera-1").unwrap(),
+            filter: vec!["out/**".into(), "*.csv".into()],
+            delete: true,
+            base_root: ManifestId([0x77; 32]),
+            base: vec![0x28, 0xb5, 0x2f, 0xfd],
+            resume: Some(PackId([0x88; 32])),
+        },
+        Message::PullOffer {
+            pack: PackId([0x88; 32]),
+            len: 70_000,
+            base_root: ManifestId([0x77; 32]),
+            target_root: ManifestId([0x99; 32]),
+            more: true,
+        },
+        Message::PullSame {
+            root: ManifestId([0x99; 32]),
+        },
+        Message::PullRange {
+            pack: PackId([0x88; 32]),
+            offset: 65_536,
+            len: 4_464,
+        },
+        Message::PullDone {
+            pack: PackId([0x88; 32]),
+        },
     ]
 }
 

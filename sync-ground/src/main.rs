@@ -924,11 +924,14 @@ async fn pull(a: PullArgs) -> Result<()> {
         let c = &report.changes;
         let verb = if report.complete { "pulled" } else { "pulling" };
         println!("{verb} {} → {}", report.pod, a.into.display());
-        if report.complete {
+        if report.complete || report.packs > 0 {
             println!(
                 "  {} added, {} modified, {} removed, {} renamed or copied, {} metadata only",
                 c.added, c.changed, c.removed, c.copied, c.metadata
             );
+        }
+        if report.packs > 1 {
+            println!("  in {} pull packs, each applied as it came", report.packs);
         }
         println!(
             "  wire {} (down {}, up {}), in {seconds:.2} s",
@@ -938,10 +941,13 @@ async fn pull(a: PullArgs) -> Result<()> {
         );
     }
     if !report.complete {
+        let applied = match report.packs {
+            0 => String::new(),
+            n => format!("{n} pull pack(s) applied, "),
+        };
         return Err(Incomplete(format!(
-            "incomplete: {} of a {} pull pack left, resumes at the next pull",
+            "incomplete: {applied}{} of the current pull pack left, resumes at the next pull",
             fmt::bytes(report.pack_bytes - report.received),
-            fmt::bytes(report.pack_bytes)
         ))
         .into());
     }

@@ -61,6 +61,15 @@ struct ServeArgs {
     /// Refuse packs whose content totals more than this many bytes.
     #[arg(long, value_name = "BYTES")]
     max_total_bytes: Option<u64>,
+    /// Most content (sum of file sizes) one pull pack carries, e.g. 128MiB. The node holds a
+    /// pull pack's content in memory while it encodes it; a larger selection is pulled as
+    /// several packs in a row, each applied on the ground before the next is built.
+    #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_size)]
+    max_pull_pack: u64,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    sync_core::units::parse_bytes(s).map_err(|e| e.to_string())
 }
 
 fn main() {
@@ -96,13 +105,15 @@ fn run_serve(args: ServeArgs) -> Result<()> {
     if let Some(v) = args.max_total_bytes {
         limits.max_total_bytes = v;
     }
-    let service = OnboardService::open(&args.volumes, &args.state, limits).with_context(|| {
-        format!(
-            "opening volumes {} and state {}",
-            args.volumes.display(),
-            args.state.display()
-        )
-    })?;
+    let mut service =
+        OnboardService::open(&args.volumes, &args.state, limits).with_context(|| {
+            format!(
+                "opening volumes {} and state {}",
+                args.volumes.display(),
+                args.state.display()
+            )
+        })?;
+    service.set_pull_pack_cap(args.max_pull_pack);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

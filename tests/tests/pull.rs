@@ -445,3 +445,42 @@ fn an_edit_elsewhere_in_the_copy_during_a_pull_is_kept_and_the_pull_applies() {
     );
     assert_eq!(engine_temporaries(copy.path()), Vec::<String>::new());
 }
+
+/// The node holds a pull pack's content in memory while it encodes it, so a selection larger
+/// than `--max-pull-pack` comes as several packs, each applied before the next is built; a
+/// budget that runs out between packs leaves the applied ones and the next pull goes on.
+#[test]
+fn a_selection_larger_than_one_pull_pack_comes_as_several() {
+    let ob = Onboard::start_in(tempfile::tempdir().unwrap(), &["--max-pull-pack", "250KB"]);
+    let vol = ob.volume_path("p1");
+    for i in 0..10 {
+        write(
+            &vol,
+            &format!("out/part-{i:02}.bin"),
+            random_bytes(100 + i, 100_000),
+        );
+    }
+    // Larger than a pack on its own: it still comes, whole, in a pack of its own.
+    write(&vol, "out/whole.bin", random_bytes(7, 400_000));
+    let copy = tempfile::tempdir().unwrap();
+
+    // A budget for about two packs: what came is applied, the rest waits.
+    let r = pull(&ob, copy.path(), &["--budget", "450KB"]);
+    assert_eq!(r.code, 75, "{r:#?}");
+    let first = r.json();
+    let applied = num(&first, "packs");
+    assert!(applied >= 1, "{first}");
+    let have = std::fs::read_dir(copy.path().join("out")).unwrap().count();
+    assert!(have > 0 && have < 11, "{have} files after a budgeted pull");
+
+    let second = pull(&ob, copy.path(), &[]).ok().json();
+    assert_eq!(second["complete"], true, "{second}");
+    // 1.4 MB of incompressible content at 250 KB a pack: at least four more packs.
+    assert!(num(&second, "packs") >= 4, "{second}");
+    assert_same_tree(&vol, copy.path());
+    // Every byte of content crossed once (plus framing), not once per pack.
+    let down = num(&first, "wire.received") + num(&second, "wire.received");
+    assert!(down < 1_400_000 + 60_000, "{down} bytes down for 1.4 MB");
+    let third = pull(&ob, copy.path(), &[]).ok().json();
+    assert_eq!(third["up_to_date"], true, "{third}");
+}

@@ -204,6 +204,17 @@ pub struct ChangeSummary {
 }
 
 impl ChangeSummary {
+    fn add(&mut self, o: &ChangeSummary) {
+        self.added += o.added;
+        self.changed += o.changed;
+        self.removed += o.removed;
+        self.copied += o.copied;
+        self.metadata += o.metadata;
+        self.dirs_added += o.dirs_added;
+        self.dirs_removed += o.dirs_removed;
+        self.symlinks += o.symlinks;
+    }
+
     pub fn of(base: &Manifest, changes: &[Change]) -> Self {
         let mut s = Self::default();
         for c in changes {
@@ -1197,6 +1208,23 @@ pub struct PullReport {
     /// Where this connection's transfer started (bytes kept from earlier passes).
     pub resumed_from: u64,
     pub root: String,
+    /// Pull packs applied: more than one when the selection was larger than the node puts in
+    /// one pack.
+    pub packs: u32,
+}
+
+impl PullReport {
+    /// Adds the report of the next pack of the same pull.
+    fn absorb(&mut self, next: PullReport) {
+        self.up_to_date &= next.up_to_date;
+        self.complete = next.complete;
+        self.changes.add(&next.changes);
+        self.pack = next.pack.or(self.pack.take());
+        self.pack_bytes += next.pack_bytes;
+        self.received += next.received;
+        self.root = next.root;
+        self.packs += next.packs;
+    }
 }
 
 /// Adjacent ranges joined, none longer than `max` unless a single one is.
@@ -1507,7 +1535,9 @@ fn manifest_error_path(e: &ManifestError) -> Option<&VolumePath> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// Brings the copy at `into` up to the pod's selection: only what is new or changed
-    /// crosses the link, as a delta against the copy. Resumes a pull a cut link stopped.
+    /// crosses the link, as a delta against the copy. Resumes a pull a cut link stopped. A
+    /// selection larger than the node puts in one pull pack comes as several, each applied
+    /// before the next is asked for, while the budget and the deadline allow.
     #[allow(clippy::too_many_arguments)]
     pub async fn pull(
         &mut self,
@@ -1519,6 +1549,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<PullReport, GroundError> {
+        let (mut report, mut more) = self
+            .pull_pack(ground, pod, into, filter, delete, allow, progress)
+            .await?;
+        while more && report.complete {
+            let (next, m) = self
+                .pull_pack(ground, pod, into, filter, delete, allow, progress)
+                .await?;
+            report.absorb(next);
+            more = m;
+        }
+        Ok(report)
+    }
+
+    /// One pull pack: asked for, received (or resumed) and applied. True with it when the node
+    /// has more of the selection for a next pack.
+    #[allow(clippy::too_many_arguments)]
+    async fn pull_pack(
+        &mut self,
+        ground: &mut Ground,
+        pod: &PodName,
+        into: &Path,
+        filter: &[String],
+        delete: bool,
+        allow: &Allowance,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(PullReport, bool), GroundError> {
         std::fs::create_dir_all(into).map_err(io_at(into))?;
         let abs = std::fs::canonicalize(into).map_err(io_at(into))?;
         let into_key = abs.display().to_string();
@@ -1540,6 +1596,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             received: 0,
             resumed_from: 0,
             root: base.root().to_hex(),
+            packs: 0,
         };
         // A pull cut earlier continues, unless the copy changed since (then it could not apply).
         let mut resume = ground.db.pull_incoming(&self.node, pod, &into_key)?;
@@ -1580,19 +1637,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             self.tx.send(&ask(true)).await?;
             reply = self.recv().await;
         }
-        let (pack, len, target_root) = match reply? {
+        let (pack, len, target_root, more) = match reply? {
             Message::PullSame { .. } => {
                 report.up_to_date = true;
                 report.complete = true;
-                return Ok(report);
+                return Ok((report, false));
             }
             Message::PullOffer {
                 pack,
                 len,
                 base_root,
                 target_root,
+                more,
             } if base_root == base.root() && len <= ground_limits().max_total_bytes => {
-                (pack, len, target_root)
+                (pack, len, target_root, more)
             }
             Message::PullOffer { len, .. } if len > ground_limits().max_total_bytes => {
                 return Err(GroundError::OverLimit(format!(
@@ -1642,7 +1700,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             .await?
         {
             report.received = state.received;
-            return Ok(report);
+            return Ok((report, more));
         }
         report.received = len;
         drop(file);
@@ -1656,7 +1714,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.tx.send(&Message::PullDone { pack }).await?;
         // The copy's stat cache learns the new files now, so the next scan reads nothing.
         let _ = ground.scan_copy(&abs);
-        Ok(report)
+        report.packs = 1;
+        Ok((report, more))
     }
 
     /// Asks for the pack's bytes in a window of ranges and writes them as they come. True when

@@ -1,6 +1,6 @@
 //! The onboard end: one [`OnboardService`] per daemon, one [`OnboardSession`] per connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -61,6 +61,8 @@ pub struct OnboardService {
     /// one then writes and records nothing more.
     receivers: Mutex<HashMap<PackId, u64>>,
     next_receiver: std::sync::atomic::AtomicU64,
+    /// Most content one pull pack carries; see [`OnboardService::set_pull_pack_cap`].
+    pull_pack_cap: u64,
 }
 
 impl OnboardService {
@@ -88,6 +90,7 @@ impl OnboardService {
             pod_locks: Mutex::new(HashMap::new()),
             receivers: Mutex::new(HashMap::new()),
             next_receiver: std::sync::atomic::AtomicU64::new(1),
+            pull_pack_cap: DEFAULT_PULL_PACK_CAP,
         };
         svc.roll_forward()?;
         Ok(svc)
@@ -957,6 +960,9 @@ const MAX_COPY_MANIFEST: usize = 16 << 20;
 /// Files found changing while a pull pack is encoded, each pinned to the copy's version,
 /// before the pull gives up for this pass.
 const MAX_PULL_RETRIES: u32 = 64;
+/// Content one pull pack carries at most, by default: the node holds a pack's content in
+/// memory while it encodes it, so a first pull of a large volume comes as several packs.
+pub const DEFAULT_PULL_PACK_CAP: u64 = 128 << 20;
 /// Pull packs nobody finished for this long are dropped.
 const PULL_PACK_DAYS: i64 = 7;
 
@@ -966,6 +972,13 @@ const MAX_PULL_RANGE: u64 = 4 << 20;
 const PULL_FRAME: u64 = 16 * 1024;
 
 impl OnboardService {
+    /// Sets the most content (sum of file sizes) one pull pack carries. A larger selection
+    /// comes as several packs, one after another (`PullOffer::more`); a single file larger
+    /// than this still comes whole, in a pack of its own.
+    pub fn set_pull_pack_cap(&mut self, bytes: u64) {
+        self.pull_pack_cap = bytes.max(1);
+    }
+
     fn pull_file(&self, pack: &PackId) -> PathBuf {
         self.state_dir
             .join("pulls")
@@ -982,11 +995,12 @@ impl OnboardService {
         base_blob: &[u8],
         resume: Option<PackId>,
     ) -> Result<Message, Reply> {
-        let offer = |p: &crate::state::PullPack| Message::PullOffer {
+        let offer = |p: &crate::state::PullPack, more: bool| Message::PullOffer {
             pack: p.pack,
             len: p.len,
             base_root: p.base_root,
             target_root: p.target_root,
+            more,
         };
         if let Some(pack) = resume
             && let Some(p) = self
@@ -995,7 +1009,8 @@ impl OnboardService {
                 .map_err(internal)?
             && self.pull_file(&pack).exists()
         {
-            return Ok(offer(&p));
+            // Whether more follows was not kept: the ground asks once more to find out.
+            return Ok(offer(&p, true));
         }
         let filter =
             crate::manifest::PathFilter::new(filter).map_err(|e| refused(e.to_string()))?;
@@ -1063,7 +1078,7 @@ impl OnboardService {
             .map_err(internal)?
             && self.pull_file(&p.pack).exists()
         {
-            return Ok(offer(&p));
+            return Ok(offer(&p, false));
         }
         let dir = self
             .volumes
@@ -1079,11 +1094,19 @@ impl OnboardService {
         let mut plan;
         let mut tries = 0;
         let mut kept_sigs;
+        let mut more = false;
         loop {
             tries += 1;
             let source =
                 super::pull::Signing::new(super::pull::VolumeSource::new(&dir, &now, &sent));
             plan = pack::Plan::new(&base, &target, &|id| source.may_hold(id));
+            let over = super::pull::over_cap(&plan, self.pull_pack_cap);
+            if !over.is_empty() {
+                // The rest stays at the copy's version for this pack and comes with the next.
+                target = super::pull::pin(&target, &base, &over).map_err(internal)?;
+                more = true;
+                continue;
+            }
             // Files changed in place (a database): deltas against the signature the node kept
             // of the version it sent.
             let wanted: Vec<u32> = plan.signature_requests();
@@ -1107,16 +1130,8 @@ impl OnboardService {
                 // Each changed file is pinned to the copy's version and the pack encoded again.
                 Err(PackError::SourceChanged { path }) if tries < MAX_PULL_RETRIES => {
                     let path = VolumePath::new(path).map_err(internal)?;
-                    let mut entries: Vec<Entry> = target
-                        .entries()
-                        .iter()
-                        .filter(|e| e.path != path)
-                        .cloned()
-                        .collect();
-                    if let Some(old) = base.get(&path) {
-                        entries.push(old.clone());
-                    }
-                    target = Manifest::new(entries).map_err(internal)?;
+                    target = super::pull::pin(&target, &base, &HashSet::from([path]))
+                        .map_err(internal)?;
                 }
                 Err(e) => return Err(pack_reply(e)),
             }
@@ -1154,7 +1169,7 @@ impl OnboardService {
         db.put_pull_pack(&p).map_err(internal)?;
         // The copy's manifest once this pack is applied: the next pull names it by its root.
         db.remember_pod_manifest(pod, &target).map_err(internal)?;
-        Ok(offer(&p))
+        Ok(offer(&p, more))
     }
 
     /// Bytes of a kept pull pack, as `PackData` frames.

@@ -217,6 +217,53 @@ pub fn keep_removed(base: &Manifest, target: Manifest) -> Manifest {
     Manifest::new(out.into_values().collect()).expect("entries from two valid manifests")
 }
 
+/// The paths whose content goes beyond `cap` bytes of a pull pack: the objects past the cap,
+/// in the plan's order (by path), and every path that takes one of them. The first object
+/// always stays, so that a pull of one huge file still moves.
+pub fn over_cap(plan: &crate::pack::Plan, cap: u64) -> std::collections::HashSet<VolumePath> {
+    let mut total = 0u64;
+    let dropped: std::collections::HashSet<u32> = plan
+        .objects
+        .iter()
+        .enumerate()
+        .filter_map(|(i, o)| {
+            total = total.saturating_add(o.size);
+            (i > 0 && total > cap).then_some(i as u32)
+        })
+        .collect();
+    plan.changes
+        .iter()
+        .filter_map(|c| match c {
+            crate::manifest::Change::Put(p) => match p.kind {
+                crate::manifest::PutKind::File(crate::manifest::FileSource::Object(i))
+                    if dropped.contains(&i) =>
+                {
+                    Some(p.path.clone())
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// `target` with `paths` as the copy (`base`) has them, or left out where the copy has none:
+/// they come with a later pull.
+pub fn pin(
+    target: &Manifest,
+    base: &Manifest,
+    paths: &std::collections::HashSet<VolumePath>,
+) -> Result<Manifest, crate::manifest::ManifestError> {
+    let mut entries: Vec<crate::manifest::Entry> = target
+        .entries()
+        .iter()
+        .filter(|e| !paths.contains(&e.path))
+        .cloned()
+        .collect();
+    entries.extend(paths.iter().filter_map(|p| base.get(p).cloned()));
+    Manifest::new(entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,12 +87,16 @@ pub enum Message {
         base: Vec<u8>,
         resume: Option<PackId>,
     },
-    /// Onboard → ground: the pull pack, `len` bytes, taking the copy to `target_root`.
+    /// Onboard → ground: the pull pack, `len` bytes, taking the copy to `target_root`. `more`:
+    /// the selection was larger than one pull pack may be (the node holds a pack's content in
+    /// memory while it encodes), so this pack carries a part of it and the ground asks again
+    /// once it is applied.
     PullOffer {
         pack: PackId,
         len: u64,
         base_root: ManifestId,
         target_root: ManifestId,
+        more: bool,
     },
     /// Onboard → ground: the copy already holds the selection.
     PullSame { root: ManifestId },
