@@ -1030,8 +1030,13 @@ impl OnboardService {
         } else if base_root == Manifest::default().root() {
             Manifest::default()
         } else {
-            self.db()
-                .pod_manifest(pod, &base_root)
+            // A copy is usually what an earlier pull made it; a copy that equals the volume as a
+            // push left it is found too.
+            let db = self.db();
+            db.copy_manifest(pod, &base_root)
+                .transpose()
+                .or_else(|| db.pod_manifest(pod, &base_root).transpose())
+                .transpose()
                 .map_err(internal)?
                 .ok_or_else(|| {
                     reply(
@@ -1168,7 +1173,7 @@ impl OnboardService {
         let db = self.db();
         db.put_pull_pack(&p).map_err(internal)?;
         // The copy's manifest once this pack is applied: the next pull names it by its root.
-        db.remember_pod_manifest(pod, &target).map_err(internal)?;
+        db.remember_copy_manifest(pod, &target).map_err(internal)?;
         Ok(offer(&p, more))
     }
 

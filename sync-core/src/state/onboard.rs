@@ -11,6 +11,25 @@ use crate::path::{PodName, VolumePath};
 
 /// How many past manifests of a pod are kept to answer with deltas.
 const KEEP_MANIFESTS: i64 = 8;
+/// Manifests of grounds' copies kept per pod: a few grounds, each with a few `--path` selections.
+const KEEP_COPY_MANIFESTS: i64 = 16;
+
+/// Which manifests: of a pod's volume (bases of pushes), or of grounds' copies (bases of pulls).
+#[derive(Clone, Copy)]
+enum Shelf {
+    Volume,
+    Copy,
+}
+
+impl Shelf {
+    /// The table (a fixed name, never from input) and how many per pod it keeps.
+    fn table(self) -> (&'static str, i64) {
+        match self {
+            Shelf::Volume => ("pod_manifest", KEEP_MANIFESTS),
+            Shelf::Copy => ("copy_manifest", KEEP_COPY_MANIFESTS),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingPack {
@@ -66,19 +85,9 @@ impl Db {
         Ok(NodeId(id))
     }
 
-    /// Remembers a manifest of `pod` (keeping the most recent few).
+    /// Remembers a manifest of `pod`'s volume (keeping the most recent few).
     pub fn remember_pod_manifest(&self, pod: &PodName, m: &Manifest) -> Result<(), StateError> {
-        self.conn().execute(
-            "INSERT INTO pod_manifest (pod, root, manifest, seen_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(pod, root) DO UPDATE SET seen_at = excluded.seen_at",
-            params![pod.as_str(), &m.root().0[..], pack_manifest(m), now_secs()],
-        )?;
-        self.conn().execute(
-            "DELETE FROM pod_manifest WHERE pod = ?1 AND root NOT IN
-             (SELECT root FROM pod_manifest WHERE pod = ?1 ORDER BY seen_at DESC, rowid DESC LIMIT ?2)",
-            params![pod.as_str(), KEEP_MANIFESTS],
-        )?;
-        Ok(())
+        self.remember(Shelf::Volume, pod, m)
     }
 
     pub fn pod_manifest(
@@ -86,10 +95,54 @@ impl Db {
         pod: &PodName,
         root: &ManifestId,
     ) -> Result<Option<Manifest>, StateError> {
+        self.recall(Shelf::Volume, pod, root)
+    }
+
+    /// Remembers the manifest a ground's copy of `pod` will have once a pull pack is applied,
+    /// apart from the volume's: many copies (other `--path`s, other grounds) must not push out
+    /// the bases pushes need, nor the other way round.
+    pub fn remember_copy_manifest(&self, pod: &PodName, m: &Manifest) -> Result<(), StateError> {
+        self.remember(Shelf::Copy, pod, m)
+    }
+
+    pub fn copy_manifest(
+        &self,
+        pod: &PodName,
+        root: &ManifestId,
+    ) -> Result<Option<Manifest>, StateError> {
+        self.recall(Shelf::Copy, pod, root)
+    }
+
+    fn remember(&self, shelf: Shelf, pod: &PodName, m: &Manifest) -> Result<(), StateError> {
+        let (table, keep) = shelf.table();
+        self.conn().execute(
+            &format!(
+                "INSERT INTO {table} (pod, root, manifest, seen_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(pod, root) DO UPDATE SET seen_at = excluded.seen_at"
+            ),
+            params![pod.as_str(), &m.root().0[..], pack_manifest(m), now_secs()],
+        )?;
+        self.conn().execute(
+            &format!(
+                "DELETE FROM {table} WHERE pod = ?1 AND root NOT IN
+                 (SELECT root FROM {table} WHERE pod = ?1 ORDER BY seen_at DESC, rowid DESC LIMIT ?2)"
+            ),
+            params![pod.as_str(), keep],
+        )?;
+        Ok(())
+    }
+
+    fn recall(
+        &self,
+        shelf: Shelf,
+        pod: &PodName,
+        root: &ManifestId,
+    ) -> Result<Option<Manifest>, StateError> {
+        let (table, _) = shelf.table();
         let blob: Option<Vec<u8>> = self
             .conn()
             .query_row(
-                "SELECT manifest FROM pod_manifest WHERE pod = ?1 AND root = ?2",
+                &format!("SELECT manifest FROM {table} WHERE pod = ?1 AND root = ?2"),
                 params![pod.as_str(), &root.0[..]],
                 |r| r.get(0),
             )
@@ -477,5 +530,35 @@ mod tests {
             .query_row("SELECT count(*) FROM pod_manifest", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, KEEP_MANIFESTS);
+    }
+
+    /// Manifests of grounds' copies live apart from the volume's: pulls into many copies never
+    /// push out the manifest a push's base needs.
+    #[test]
+    fn copy_manifests_do_not_push_out_volume_manifests() {
+        let db = Db::open_in_memory().unwrap();
+        let pod = PodName::new("p").unwrap();
+        let m = |i: usize| {
+            Manifest::new(vec![Entry {
+                path: VolumePath::new(format!("f{i}")).unwrap(),
+                kind: EntryKind::Dir,
+                mode: 0o755,
+                mtime: 0,
+            }])
+            .unwrap()
+        };
+        db.remember_pod_manifest(&pod, &m(0)).unwrap();
+        for i in 1..=40 {
+            db.remember_copy_manifest(&pod, &m(i)).unwrap();
+        }
+        assert!(db.pod_manifest(&pod, &m(0).root()).unwrap().is_some());
+        assert!(db.copy_manifest(&pod, &m(0).root()).unwrap().is_none());
+        assert!(db.copy_manifest(&pod, &m(40).root()).unwrap().is_some());
+        assert!(db.copy_manifest(&pod, &m(1).root()).unwrap().is_none());
+        let n: i64 = db
+            .conn()
+            .query_row("SELECT count(*) FROM copy_manifest", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, KEEP_COPY_MANIFESTS);
     }
 }

@@ -163,3 +163,15 @@ CREATE TABLE pull_journal (
     plan       BLOB NOT NULL,
     started_at INTEGER NOT NULL
 );
+
+-- migration 5
+-- Onboard: manifests grounds' copies will have once a pull pack is applied (the next pull names
+-- its copy by root), kept apart from `pod_manifest` so that pulls into many copies never push
+-- out the bases of pushes. Same layout.
+CREATE TABLE copy_manifest (
+    pod      TEXT NOT NULL,
+    root     BLOB NOT NULL,
+    manifest BLOB NOT NULL,
+    seen_at  INTEGER NOT NULL,
+    PRIMARY KEY (pod, root)
+);
