@@ -29,9 +29,10 @@ const EXIT_HELP: &str = "Exit status:
      full): retry at the next pass
   5  authentication failed: the two sides do not hold the same key
   6  the pod's volume changed during the push, or the copy (--into) changed during the pull
-     where the pull changes it (nothing was applied): run it again
+     where the pull changes it (nothing of that pull pack was applied): run it again
  75  incomplete: the budget, the deadline or the link ran out; what was sent is kept onboard
-     and the push resumes at the next `push` or `pass`";
+     and the push resumes at the next `push` or `pass` (a pull, at the next `pull`); or
+     another sync-ground is pulling into the same copy: try again when it is done";
 
 #[derive(Parser)]
 #[command(
@@ -281,6 +282,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 GroundError::OverLimit(_) => 3,
                 // Like a volume that moved on under a push: nothing happened, run it again.
                 GroundError::CopyChanged { .. } => 6,
+                GroundError::CopyBusy { .. } => EX_TEMPFAIL,
                 _ => 1,
             };
         }
@@ -945,10 +947,15 @@ async fn pull(a: PullArgs) -> Result<()> {
             0 => String::new(),
             n => format!("{n} pull pack(s) applied, "),
         };
-        return Err(Incomplete(format!(
-            "incomplete: {applied}{} of the current pull pack left, resumes at the next pull",
-            fmt::bytes(report.pack_bytes - report.received),
-        ))
+        let left = report.pack_bytes - report.received;
+        return Err(Incomplete(if left == 0 {
+            format!("incomplete: {applied}the rest comes with the next pull")
+        } else {
+            format!(
+                "incomplete: {applied}{} of the current pull pack left, resumes at the next pull",
+                fmt::bytes(left)
+            )
+        })
         .into());
     }
     Ok(())

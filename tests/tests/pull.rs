@@ -398,7 +398,7 @@ fn an_edit_to_a_file_the_pull_changes_is_kept_and_the_pull_exits_6() {
     assert!(
         r.stderr
             .contains("the copy changed at notes.txt during the pull")
-            && r.stderr.contains("nothing was applied")
+            && r.stderr.contains("nothing of this pull pack was applied")
             && r.stderr.contains("run the pull again"),
         "{}",
         r.stderr

@@ -30,6 +30,9 @@ const RSYNC_MIN_BYTES: u64 = 4096;
 /// Unchanged bytes of an rsync-delta'd object put in the prefix on each side of a changed
 /// stretch: a changed page compresses against the pages around it, which both ends hold.
 const CONTEXT_BYTES: u64 = 16 * 1024;
+/// Ranges one segment names at most (a receiver refuses more than its `max_changes` parts in a
+/// pack); changed stretches past them compress without neighbours.
+const MAX_RANGES_PER_SEGMENT: usize = 65_536;
 
 /// What the sender reads while encoding.
 pub trait ContentProvider {
@@ -413,11 +416,19 @@ fn encode_segment(
     // from them that cost more than literals (decimal text compresses worse with a prefix of
     // more decimal text), so they stay only where they make the frame smaller.
     let unranged = parts.len();
-    let mut ranged = prefix.clone();
+    let has_context = work.iter().any(|w| !w.context.is_empty());
+    // Rsync segments carry no whole entries: the copy is of an empty prefix.
+    let mut ranged = if has_context {
+        prefix.clone()
+    } else {
+        Vec::new()
+    };
     for w in &work {
         let Some((b, _)) = &w.rsync else { continue };
         for (from, len, bytes) in &w.context {
-            if (ranged.len() + bytes.len()) as u64 > limits.max_prefix_bytes {
+            if (ranged.len() + bytes.len()) as u64 > limits.max_prefix_bytes
+                || parts.len() - unranged >= MAX_RANGES_PER_SEGMENT
+            {
                 break;
             }
             parts.push(PrefixPart::Range {

@@ -142,12 +142,48 @@ pub(crate) fn validate(
             seg.window_log as u64,
             limits.max_window_log as u64,
         )?;
+        // Every base the prefix reads costs a read and a hash of the whole base, so the parts
+        // are held to what the sender makes: at most one whole entry per item, and ranges only
+        // of the bases the segment's rsync deltas patch, each base's ranges together (read once).
+        let rsync_bases: HashSet<u32> = seg
+            .items
+            .iter()
+            .filter_map(|i| match i.encoding {
+                Encoding::Rsync { base, .. } => Some(base),
+                _ => None,
+            })
+            .collect();
+        let entries = seg
+            .prefix
+            .iter()
+            .filter(|p| matches!(p, PrefixPart::Entry(_)))
+            .count();
+        if entries > seg.items.len() {
+            return Err(PackError::Structure(format!(
+                "{entries} whole prefix entries for {} items",
+                seg.items.len()
+            )));
+        }
+        let mut ranged: Vec<u32> = Vec::new();
         let mut prefix = 0u64;
         for part in &seg.prefix {
             let size = base_file(part.base())?.size();
             let len = match *part {
                 PrefixPart::Entry(_) => size,
-                PrefixPart::Range { from, len, .. } => {
+                PrefixPart::Range { base: b, from, len } => {
+                    if !rsync_bases.contains(&b) {
+                        return Err(PackError::Structure(format!(
+                            "prefix range of base #{b}, which no delta of the segment patches"
+                        )));
+                    }
+                    if ranged.last() != Some(&b) {
+                        if ranged.contains(&b) {
+                            return Err(PackError::Structure(format!(
+                                "prefix ranges of base #{b} are not together"
+                            )));
+                        }
+                        ranged.push(b);
+                    }
                     if len == 0 || from.checked_add(len).is_none_or(|end| end > size) {
                         return Err(PackError::Structure(format!(
                             "prefix range {from}+{len} of a {size}-byte base"
@@ -376,6 +412,7 @@ pub fn decode_pack(
                 let hashed = match item.encoding {
                     Encoding::Literal => put_object(sink, item.object, size, &mut dec)?,
                     Encoding::Append { base: b, keep } => {
+                        held = HeldBase::default(); // one base in memory at a time
                         let base_bytes = verified_base(bases, &base.entries()[b as usize])?;
                         let mut joined =
                             std::io::Read::chain(&base_bytes[..keep as usize], &mut dec);

@@ -481,6 +481,108 @@ fn prefix_ranges_outside_their_base_are_refused() {
     }
 }
 
+/// Regression (review): a few bytes of header could name millions of ranges alternating
+/// between two large bases, each a whole read and hash of its base before any frame byte.
+/// Ranges must belong to a base a delta of the segment patches, and come together per base.
+#[test]
+fn prefix_ranges_are_read_once_per_patched_base() {
+    let mut receiver = Blobs::default();
+    let (a, b) = (pages(40, 0..0, 0), pages(40, 0..0, 3));
+    let base = manifest(
+        &[("a.db", &a), ("b.db", &b), ("c.txt", &text(10, 1))],
+        &mut receiver,
+    );
+    let mut sender = Blobs::default();
+    let (a2, b2) = (pages(40, 10..12, 5), pages(40, 20..22, 6));
+    let target = manifest(
+        &[("a.db", &a2), ("b.db", &b2), ("c.txt", &text(10, 1))],
+        &mut sender,
+    );
+    let plan = Plan::new(&base, &target, &|id| sender.0.contains_key(id));
+    let sigs: HashMap<u32, Vec<u8>> = plan
+        .signature_requests()
+        .into_iter()
+        .map(|i| {
+            let bytes = receiver.read_base(&base.entries()[i as usize]).unwrap();
+            (i, crate::delta::rsync::signature_with(&bytes, 256))
+        })
+        .collect();
+    let mut pack = Vec::new();
+    plan.encode(&base, &sender, &sigs, &Limits::default(), &mut pack)
+        .unwrap();
+    let header = read_header(&mut &pack[..], &base, &Limits::default()).unwrap();
+    super::read::validate(&header, &base, &Limits::default()).unwrap();
+    let seg = header
+        .segments
+        .iter()
+        .position(|s| {
+            s.prefix
+                .iter()
+                .any(|p| matches!(p, PrefixPart::Range { .. }))
+        })
+        .expect("ranges");
+    let range = |base| PrefixPart::Range {
+        base,
+        from: 0,
+        len: 1,
+    };
+    let refused = |h: &PackHeader| {
+        matches!(
+            super::read::validate(h, &base, &Limits::default()),
+            Err(PackError::Structure(_))
+        )
+    };
+    let index = |p: &str| base.index_of(&VolumePath::new(p).unwrap()).unwrap() as u32;
+    // A base no delta patches.
+    let mut h = header.clone();
+    h.segments[seg].prefix.push(range(index("c.txt")));
+    assert!(refused(&h));
+    // Alternating bases.
+    let mut h = header.clone();
+    h.segments[seg].prefix = vec![
+        range(index("a.db")),
+        range(index("b.db")),
+        range(index("a.db")),
+    ];
+    assert!(refused(&h));
+    // More whole entries than items.
+    let mut h = header.clone();
+    let n = h.segments[seg].items.len() + 1;
+    h.segments[seg].prefix = vec![PrefixPart::Entry(index("c.txt")); n];
+    assert!(refused(&h));
+}
+
+/// Ranges stay only where they make the frame smaller: around changes in noise, which nothing
+/// can match, they are left out.
+#[test]
+fn ranges_that_do_not_pay_are_left_out() {
+    let noise = |seed: u64, n: usize| -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let old = noise(1, 200_000);
+    let mut new = old.clone();
+    for at in (5_000..200_000).step_by(20_000) {
+        new[at..at + 300].copy_from_slice(&noise(at as u64, 300));
+    }
+    let (base, receiver, pack) = build_rsync(&old, &new);
+    let header = read_header(&mut &pack[..], &base, &Limits::default()).unwrap();
+    assert!(
+        header.segments.iter().all(|s| s.prefix.is_empty()),
+        "{:?}",
+        header.segments
+    );
+    let (_, sink) = decode(&pack, &base, &receiver).unwrap();
+    assert_eq!(sink.0[&0], new);
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]

@@ -77,8 +77,8 @@ pub enum GroundError {
     },
     /// the copy a pull was applying to changed, while the pull ran, where the pull changes it
     #[error(
-        "{into}: the copy changed at {path} during the pull; nothing was applied: run the pull \
-         again"
+        "{into}: the copy changed at {path} during the pull; nothing of this pull pack was \
+         applied: run the pull again"
     )]
     CopyChanged { into: String, path: String },
     /// a pull's journaled apply to its copy that cannot be finished now; it stays journaled
@@ -93,6 +93,9 @@ pub enum GroundError {
          ({source}); the copy is left as it is: run the pull again to bring it up to date"
     )]
     PullAbandoned { into: String, source: VolumeError },
+    /// another process is pulling into the same copy
+    #[error("{into}: another sync-ground is pulling into this copy; try again when it is done")]
+    CopyBusy { into: String },
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> GroundError + '_ {
@@ -1261,6 +1264,27 @@ impl Ground {
         self.pull_path_with(into, pack, "staging")
     }
 
+    /// Takes the copy at `into` for this process: held for a whole pull, so that two
+    /// sync-ground processes never place, rename or sweep in one copy at once. None when
+    /// another holds it. The lock goes with the process, however it ends.
+    fn lock_copy(&self, into: &str) -> Result<Option<std::fs::File>, GroundError> {
+        let copy = blake3::hash(into.as_bytes()).to_hex();
+        let dir = self.dir.join("locks");
+        std::fs::create_dir_all(&dir).map_err(io_at(&dir))?;
+        let path = dir.join(format!("copy-{}.lock", &copy[..16]));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(io_at(&path)(e)),
+        }
+    }
+
     fn pull_path_with(&self, into: &str, pack: &PackId, ext: &str) -> PathBuf {
         let copy = blake3::hash(into.as_bytes()).to_hex();
         self.dir
@@ -1288,6 +1312,10 @@ impl Ground {
             return;
         };
         for j in journals {
+            // A copy another process is pulling into is that process's to finish.
+            let Ok(Some(_lock)) = self.lock_copy(&j.into) else {
+                continue;
+            };
             let Ok(dir) = Dir::open_ambient_dir(&j.into, ambient_authority()) else {
                 continue;
             };
@@ -1347,12 +1375,14 @@ impl Ground {
         std::fs::create_dir_all(&staging).map_err(io_at(&staging))?;
         let result = self.apply_staged(copy, &staging, base, state);
         let _ = std::fs::remove_dir_all(&staging);
-        if let Err(
-            GroundError::CopyChanged { .. }
-            | GroundError::Pack(_)
-            | GroundError::Manifest(_)
-            | GroundError::BadReply(_),
-        ) = &result
+        let keep = matches!(&result, Err(GroundError::Pack(PackError::Io(_))));
+        if !keep
+            && let Err(
+                GroundError::CopyChanged { .. }
+                | GroundError::Pack(_)
+                | GroundError::Manifest(_)
+                | GroundError::BadReply(_),
+            ) = &result
         {
             // Never applicable to this copy again. (An I/O failure, a full disk, keeps it: the
             // next pull tries the same pack again.)
@@ -1549,10 +1579,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<PullReport, GroundError> {
+        std::fs::create_dir_all(into).map_err(io_at(into))?;
+        let key = std::fs::canonicalize(into).map_err(io_at(into))?;
+        let key = key.display().to_string();
+        let _lock = ground
+            .lock_copy(&key)?
+            .ok_or(GroundError::CopyBusy { into: key })?;
         let (mut report, mut more) = self
             .pull_pack(ground, pod, into, filter, delete, allow, progress)
             .await?;
         while more && report.complete {
+            if !self.room_for_another_pull(allow) {
+                // The next pack is built when the next pull asks: nothing is lost.
+                report.complete = false;
+                break;
+            }
             let (next, m) = self
                 .pull_pack(ground, pod, into, filter, delete, allow, progress)
                 .await?;
@@ -1560,6 +1601,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             more = m;
         }
         Ok(report)
+    }
+
+    /// Whether the budget and the deadline leave room to ask for another pull pack (a request
+    /// and an offer, and some of the pack) rather than make the node build one for nothing.
+    fn room_for_another_pull(&self, allow: &Allowance) -> bool {
+        const ROUND: u64 = 4096;
+        let bytes = allow
+            .budget
+            .is_none_or(|b| self.wire_total() + CLOSING_RESERVE + ROUND <= b);
+        let time = allow
+            .deadline
+            .is_none_or(|d| Instant::now() + 2 * self.rtt + Duration::from_secs(1) < d);
+        bytes && time
     }
 
     /// One pull pack: asked for, received (or resumed) and applied. True with it when the node
@@ -1639,6 +1693,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
         let (pack, len, target_root, more) = match reply? {
             Message::PullSame { .. } => {
+                // A cut pull the node no longer needs (the copy holds the selection by now).
+                if let Some(r) = &resume {
+                    ground.drop_pull(r)?;
+                }
                 report.up_to_date = true;
                 report.complete = true;
                 return Ok((report, false));
@@ -2078,6 +2136,36 @@ mod tests {
         assert_eq!(scan(&rig.copy()).root(), target.root());
         assert!(ground.db.pull_journals().unwrap().is_empty());
         assert_eq!(temps(&rig.copy()), Vec::<String>::new());
+    }
+
+    /// Regression (review): opening the ground (any command) rolled forward a journaled apply
+    /// that another process's pull was in the middle of, and swept its temporaries. A copy
+    /// another process holds is left to it; a pull into it is refused as busy.
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_another_process_is_pulling_into_is_left_alone() {
+        let mut rig = Rig::new();
+        rig.diverged();
+        let before = scan(&rig.copy());
+        let _target = rig.crash_inside_apply(1);
+        let half = scan(&rig.copy());
+        assert_ne!(half.root(), before.root());
+        let other = rig
+            .ground
+            .lock_copy(&rig.copy_key())
+            .unwrap()
+            .expect("free");
+        let ground = Ground::open(&rig.t.path().join("ground")).unwrap();
+        assert_eq!(
+            ground.db.pull_journals().unwrap().len(),
+            1,
+            "left journaled"
+        );
+        assert_eq!(scan(&rig.copy()).root(), half.root(), "left as it was");
+        let r = rig.pull(|_| {}).await;
+        assert!(matches!(r, Err(GroundError::CopyBusy { .. })), "{r:?}");
+        drop(other);
+        rig.pull(|_| {}).await.unwrap();
+        assert!(rig.ground.db.pull_journals().unwrap().is_empty());
     }
 
     /// Temporaries that no journal names (a prepare a crash cut short) are swept; those of a

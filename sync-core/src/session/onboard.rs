@@ -1099,18 +1099,24 @@ impl OnboardService {
         let mut plan;
         let mut tries = 0;
         let mut kept_sigs;
-        let mut more = false;
+        let mut more;
+        // Everything asked for, and the files found changing while they were read.
+        let selection = target;
+        let mut changing: HashSet<VolumePath> = HashSet::new();
         loop {
             tries += 1;
             let source =
                 super::pull::Signing::new(super::pull::VolumeSource::new(&dir, &now, &sent));
+            target = super::pull::pin(&selection, &base, &changing).map_err(internal)?;
             plan = pack::Plan::new(&base, &target, &|id| source.may_hold(id));
+            // The cap is taken after the changing files are out, so that one file a pod keeps
+            // writing never holds back the rest of the selection.
             let over = super::pull::over_cap(&plan, self.pull_pack_cap);
-            if !over.is_empty() {
+            more = !over.is_empty();
+            if more {
                 // The rest stays at the copy's version for this pack and comes with the next.
                 target = super::pull::pin(&target, &base, &over).map_err(internal)?;
-                more = true;
-                continue;
+                plan = pack::Plan::new(&base, &target, &|id| source.may_hold(id));
             }
             // Files changed in place (a database): deltas against the signature the node kept
             // of the version it sent.
@@ -1134,9 +1140,7 @@ impl OnboardService {
                 Ok(_) => break,
                 // Each changed file is pinned to the copy's version and the pack encoded again.
                 Err(PackError::SourceChanged { path }) if tries < MAX_PULL_RETRIES => {
-                    let path = VolumePath::new(path).map_err(internal)?;
-                    target = super::pull::pin(&target, &base, &HashSet::from([path]))
-                        .map_err(internal)?;
+                    changing.insert(VolumePath::new(path).map_err(internal)?);
                 }
                 Err(e) => return Err(pack_reply(e)),
             }
