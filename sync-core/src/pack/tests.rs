@@ -556,17 +556,7 @@ fn prefix_ranges_are_read_once_per_patched_base() {
 /// can match, they are left out.
 #[test]
 fn ranges_that_do_not_pay_are_left_out() {
-    let noise = |seed: u64, n: usize| -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
+    let noise = |seed: u64, n: usize| crate::delta::zstd_ref::tests::pseudo_random(n, seed | 1);
     let old = noise(1, 200_000);
     let mut new = old.clone();
     for at in (5_000..200_000).step_by(20_000) {
