@@ -484,3 +484,56 @@ fn a_selection_larger_than_one_pull_pack_comes_as_several() {
     let third = pull(&ob, copy.path(), &[]).ok().json();
     assert_eq!(third["up_to_date"], true, "{third}");
 }
+
+/// Regression (review): a file found changing was pinned after the pull cap was taken, so when
+/// it was the one object the cap left in the pack, the pack came out empty and the node said
+/// "up to date" while the rest of the selection waited behind it for as long as the pod wrote.
+#[test]
+fn a_file_a_pod_keeps_writing_does_not_hold_back_a_capped_pull() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ob = Onboard::start_in(tempfile::tempdir().unwrap(), &["--max-pull-pack", "1MB"]);
+    let vol = ob.volume_path("p1");
+    let version = |n: u64| format!("version {n:08}\n").repeat(200_000);
+    // First in path order: the object the cap always keeps.
+    write(&vol, "a-live/state.txt", version(0));
+    for i in 0..3 {
+        write(
+            &vol,
+            &format!("b-out/part-{i}.bin"),
+            random_bytes(40 + i, 600_000),
+        );
+    }
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // Each version whole, by rename (from outside the volume, same disk): every scan sees a
+    // real version, which is gone by the time the encoder reads it.
+    let writer = {
+        let (stop, path) = (stop.clone(), vol.join("a-live/state.txt"));
+        let tmp = ob.volumes().join("state.tmp");
+        std::thread::spawn(move || {
+            let mut n = 1;
+            while !stop.load(Ordering::SeqCst) {
+                std::fs::write(&tmp, version(n)).unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+                n += 1;
+            }
+        })
+    };
+    let copy = tempfile::tempdir().unwrap();
+    let r = pull(&ob, copy.path(), &[]);
+    let arrived = (0..3)
+        .filter(|i| copy.path().join(format!("b-out/part-{i}.bin")).exists())
+        .count();
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert_eq!(arrived, 3, "{}", r.stdout);
+    for i in 0..3 {
+        let rel = format!("b-out/part-{i}.bin");
+        assert_eq!(
+            std::fs::read(copy.path().join(&rel)).unwrap(),
+            std::fs::read(vol.join(&rel)).unwrap()
+        );
+    }
+    pull(&ob, copy.path(), &[]).ok();
+    assert_same_tree(&vol, copy.path());
+}
