@@ -293,9 +293,9 @@ struct Work {
     data: Vec<u8>,
     prefix: Option<(u32, Vec<u8>)>,
     rsync: Option<(u32, Vec<u8>)>,
-    /// With `rsync`: stretches of the base the delta copies, `(offset in the base, length)`,
+    /// With `rsync`: stretches of the base the delta copies, `(offset in the base, bytes)`,
     /// which the sender holds in the target, as prefix for the delta's literal bytes.
-    context: Vec<(u64, u64, Vec<u8>)>,
+    context: Vec<(u64, Vec<u8>)>,
     /// The object starts with all of base `.0`, `.1` bytes long: only the rest is sent.
     append: Option<(u32, u64)>,
     order: (String, String),
@@ -313,13 +313,17 @@ impl Work {
     fn cost(&self) -> u64 {
         self.payload().len() as u64
             + self.prefix.as_ref().map_or(0, |(_, b)| b.len() as u64)
-            + self.context.iter().map(|c| c.1).sum::<u64>()
+            + self
+                .context
+                .iter()
+                .map(|(_, b)| b.len() as u64)
+                .sum::<u64>()
     }
 }
 
 /// The copied stretches of a target within `width` bytes of a changed (literal) one, as
-/// `(offset in the base, length, the bytes)`, in target order.
-fn context(copies: &[rsync::Copied], target: &[u8], width: u64) -> Vec<(u64, u64, Vec<u8>)> {
+/// `(offset in the base, the bytes)`, in target order.
+fn context(copies: &[rsync::Copied], target: &[u8], width: u64) -> Vec<(u64, Vec<u8>)> {
     let mut out = Vec::new();
     for (i, c) in copies.iter().enumerate() {
         let end = c.target + c.len;
@@ -332,7 +336,7 @@ fn context(copies: &[rsync::Copied], target: &[u8], width: u64) -> Vec<(u64, u64
                 return;
             }
             let at = from as usize..to as usize;
-            out.push((c.base + (from - c.target), to - from, target[at].to_vec()));
+            out.push((c.base + (from - c.target), target[at].to_vec()));
         };
         if c.len <= 2 * width && (changed_before || changed_after) {
             take(c.target, end);
@@ -417,7 +421,8 @@ fn encode_segment(
     // more decimal text), so they stay only where they make the frame smaller.
     let unranged = parts.len();
     let has_context = work.iter().any(|w| !w.context.is_empty());
-    // Rsync segments carry no whole entries: the copy is of an empty prefix.
+    // Only rsync segments have context, and they carry no whole entries: this copies nothing
+    // there, and other segments skip it.
     let mut ranged = if has_context {
         prefix.clone()
     } else {
@@ -425,7 +430,7 @@ fn encode_segment(
     };
     for w in &work {
         let Some((b, _)) = &w.rsync else { continue };
-        for (from, len, bytes) in &w.context {
+        for (from, bytes) in &w.context {
             if (ranged.len() + bytes.len()) as u64 > limits.max_prefix_bytes
                 || parts.len() - unranged >= MAX_RANGES_PER_SEGMENT
             {
@@ -434,7 +439,7 @@ fn encode_segment(
             parts.push(PrefixPart::Range {
                 base: *b,
                 from: *from,
-                len: *len,
+                len: bytes.len() as u64,
             });
             ranged.extend_from_slice(bytes);
         }

@@ -432,15 +432,15 @@ fn changed_pages_compress_against_their_unchanged_neighbours() {
     let (d, sink) = decode(&pack, &base, &receiver).unwrap();
     assert_eq!(sink.0[&0], new);
     assert_eq!(d.objects[0].0, ContentId::of(&new));
-    // Without the neighbours the same delta costs more: the ranges are kept only when they
-    // make the frame smaller.
+    // The neighbours pay: the changed pages cost at least a quarter less than the same delta
+    // compressed alone (measured: 1,303 B against 1,821 B).
     let literal: usize = header.segments.iter().map(|s| s.frame_len as usize).sum();
     let mut alone = Vec::new();
     let sig = crate::delta::rsync::signature_with(&old, 256);
     let delta = crate::delta::rsync::diff(&sig, &new).unwrap();
     crate::delta::zstd_ref::compress(&[], &mut &delta[..], delta.len() as u64, &mut alone).unwrap();
     assert!(
-        literal < alone.len(),
+        literal * 4 < alone.len() * 3,
         "{literal} with neighbours, {} without",
         alone.len()
     );

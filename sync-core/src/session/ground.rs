@@ -1580,27 +1580,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<PullReport, GroundError> {
         std::fs::create_dir_all(into).map_err(io_at(into))?;
-        let key = std::fs::canonicalize(into).map_err(io_at(into))?;
-        let key = key.display().to_string();
+        let copy = std::fs::canonicalize(into).map_err(io_at(into))?;
+        let key = copy.display().to_string();
         let _lock = ground
             .lock_copy(&key)?
             .ok_or(GroundError::CopyBusy { into: key })?;
-        let (mut report, mut more) = self
-            .pull_pack(ground, pod, into, filter, delete, allow, progress)
-            .await?;
-        while more && report.complete {
+        let mut report: Option<PullReport> = None;
+        loop {
+            let (next, more) = self
+                .pull_pack(ground, pod, &copy, filter, delete, allow, progress)
+                .await?;
+            let mut all = match report {
+                Some(mut all) => {
+                    all.absorb(next);
+                    all
+                }
+                None => next,
+            };
+            if !more || !all.complete {
+                return Ok(all);
+            }
             if !self.room_for_another_pull(allow) {
                 // The next pack is built when the next pull asks: nothing is lost.
-                report.complete = false;
-                break;
+                all.complete = false;
+                return Ok(all);
             }
-            let (next, m) = self
-                .pull_pack(ground, pod, into, filter, delete, allow, progress)
-                .await?;
-            report.absorb(next);
-            more = m;
+            report = Some(all);
         }
-        Ok(report)
     }
 
     /// Whether the budget and the deadline leave room to ask for another pull pack (a request
@@ -1619,23 +1625,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// One pull pack: asked for, received (or resumed) and applied. True with it when the node
     /// has more of the selection for a next pack.
     #[allow(clippy::too_many_arguments)]
+    /// `copy`: the copy's folder, made and canonical.
     async fn pull_pack(
         &mut self,
         ground: &mut Ground,
         pod: &PodName,
-        into: &Path,
+        copy: &Path,
         filter: &[String],
         delete: bool,
         allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(PullReport, bool), GroundError> {
-        std::fs::create_dir_all(into).map_err(io_at(into))?;
-        let abs = std::fs::canonicalize(into).map_err(io_at(into))?;
-        let into_key = abs.display().to_string();
+        let into_key = copy.display().to_string();
         // An earlier pull into this copy may have stopped inside its apply (a crash): it is
         // finished before the copy is looked at, so this one plans from a whole copy.
-        ground.settle_copy(&abs)?;
-        let (base, _) = ground.scan_copy(&abs)?;
+        ground.settle_copy(copy)?;
+        let (base, _) = ground.scan_copy(copy)?;
         // A pull asked differently (other --path, --delete) does not resume this one.
         let request = format!("{filter:?} delete={delete}");
         let mut report = PullReport {
@@ -1763,7 +1768,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         report.received = len;
         drop(file);
         // Whole: verify every byte against the copy and apply it, files replaced by rename.
-        let applied = ground.apply_pull(&abs, &base, &state)?;
+        let applied = ground.apply_pull(copy, &base, &state)?;
         report.changes = ChangeSummary::of(&applied.on, &applied.changes);
         report.complete = true;
         report.root = applied.target.root().to_hex();
@@ -1771,7 +1776,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let _ = std::fs::remove_file(&path);
         self.tx.send(&Message::PullDone { pack }).await?;
         // The copy's stat cache learns the new files now, so the next scan reads nothing.
-        let _ = ground.scan_copy(&abs);
+        let _ = ground.scan_copy(copy);
         report.packs = 1;
         Ok((report, more))
     }
@@ -1968,16 +1973,7 @@ mod tests {
             &mut self,
             mut progress: impl FnMut(Progress),
         ) -> Result<PullReport, GroundError> {
-            let (ground_end, onboard_end) = self.net.connect();
-            let (svc, key) = (self.svc.clone(), self.key.clone());
-            tokio::spawn(async move {
-                let opts = ServeOptions {
-                    idle_timeout: Duration::from_secs(20),
-                };
-                let _ = serve_connection(onboard_end, svc, &key, &opts).await;
-            });
-            let link = Link::connect(ground_end, &self.key, Duration::from_secs(10)).await?;
-            let mut client = Client::start(link).await?;
+            let mut client = self.connect().await?;
             let (pod, copy) = (self.pod.clone(), self.copy());
             let report = client
                 .pull(
@@ -1994,17 +1990,23 @@ mod tests {
             report
         }
 
-        /// The node's id, as a connection learns it.
-        async fn node(&mut self) -> NodeId {
+        /// A new connection to the node, served on the simulated link.
+        async fn connect(&self) -> Result<Client<crate::link::sim::SimStream>, GroundError> {
             let (ground_end, onboard_end) = self.net.connect();
             let (svc, key) = (self.svc.clone(), self.key.clone());
             tokio::spawn(async move {
-                let _ = serve_connection(onboard_end, svc, &key, &ServeOptions::default()).await;
+                let opts = ServeOptions {
+                    idle_timeout: Duration::from_secs(20),
+                };
+                let _ = serve_connection(onboard_end, svc, &key, &opts).await;
             });
-            let link = Link::connect(ground_end, &self.key, Duration::from_secs(10))
-                .await
-                .unwrap();
-            let client = Client::start(link).await.unwrap();
+            let link = Link::connect(ground_end, &self.key, Duration::from_secs(10)).await?;
+            Client::start(link).await
+        }
+
+        /// The node's id, as a connection learns it.
+        async fn node(&mut self) -> NodeId {
+            let client = self.connect().await.unwrap();
             let node = client.node;
             client.bye(&self.ground).await.unwrap();
             node
