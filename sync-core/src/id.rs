@@ -53,9 +53,33 @@ hash_id!(
     ManifestId
 );
 hash_id!(
-    /// Names one pack: BLAKE3 of its bytes, so a resumed transfer can never splice two packs.
+    /// Names one transfer of a pack: derived from the pack's bytes, so a resumed transfer can
+    /// never splice two packs, and (for a push) from what it is for, so two pods or folders that
+    /// receive identical bytes are two transfers, each queued, staged and applied on its own.
     PackId
 );
+
+impl PackId {
+    /// The id of a pull pack: BLAKE3 of its bytes.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// The id of a push: the pack's bytes and the node, pod and folder (`dest`, or the whole
+    /// volume) it goes to. Identical folders pushed to two pods are two pushes, never one.
+    pub fn for_push(bytes: &[u8], node: &NodeId, pod: &str, dest: Option<&str>) -> Self {
+        let mut h = blake3::Hasher::new_derive_key("orbit-sync 2026-11 push id");
+        h.update(blake3::hash(bytes).as_bytes());
+        h.update(&node.0);
+        // Lengths first, so no two (pod, dest) pairs hash alike.
+        for part in [pod, dest.unwrap_or("")] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(&[dest.is_some() as u8]);
+        Self(*h.finalize().as_bytes())
+    }
+}
 
 impl ContentId {
     /// Hashes a whole buffer.
@@ -107,6 +131,23 @@ mod tests {
         assert_eq!(ContentId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(ContentId::from_hex("zz"), None);
         assert_eq!(id.short().len(), 12);
+    }
+
+    #[test]
+    fn a_push_id_names_its_pod_and_folder_as_well_as_its_bytes() {
+        let node = NodeId([7; 16]);
+        let a = PackId::for_push(b"pack", &node, "p1", None);
+        assert_eq!(a, PackId::for_push(b"pack", &node, "p1", None));
+        for other in [
+            PackId::for_push(b"pack", &node, "p2", None),
+            PackId::for_push(b"pack", &node, "p1", Some("")),
+            PackId::for_push(b"pack", &node, "p1", Some("in")),
+            PackId::for_push(b"pack", &NodeId([8; 16]), "p1", None),
+            PackId::for_push(b"pac", &node, "p1", None),
+            PackId::of(b"pack"),
+        ] {
+            assert_ne!(a, other);
+        }
     }
 
     #[test]

@@ -15,8 +15,10 @@ use sync_core::id::{NodeId, PackId};
 use sync_core::link::{Link, LinkError};
 use sync_core::manifest::EntryKind;
 use sync_core::path::{PodName, VolumePath};
-use sync_core::session::ground::{Allowance, Client, Ground, GroundError, Progress, PushReport};
-use sync_core::state::OutgoingPack;
+use sync_core::session::ground::{
+    Allowance, Client, Ground, GroundError, PACK_TURN, Progress, PullOptions, PushReport,
+};
+use sync_core::state::{FollowUp, OutgoingPack};
 use sync_core::wire::{ErrorKind, LinkKey};
 use tokio::net::TcpStream;
 
@@ -180,6 +182,10 @@ struct PullArgs {
     /// Remove from the copy what the pod removed (otherwise it stays, and is reported).
     #[arg(long)]
     delete: bool,
+    /// Overwrite what you changed in the copy since the last pull. Without it, a pull that
+    /// would overwrite a local change applies nothing, names the files and exits 7.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     limits: Limits,
     #[command(flatten)]
@@ -283,6 +289,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 // Like a volume that moved on under a push: nothing happened, run it again.
                 GroundError::CopyChanged { .. } => 6,
                 GroundError::CopyBusy { .. } => EX_TEMPFAIL,
+                GroundError::LocalChanges { .. } => 7,
                 _ => 1,
             };
         }
@@ -356,10 +363,14 @@ async fn connect(link: &LinkArgs) -> Result<(Client<TcpStream>, Instant)> {
 }
 
 impl Limits {
-    fn allowance(&self, ground: &Ground, node: &NodeId) -> Allowance {
+    /// The allowance of a connection begun at `started`: the deadline counts from there, so
+    /// connecting takes its share of the pass too.
+    fn allowance(&self, ground: &Ground, node: &NodeId, started: Instant) -> Allowance {
         Allowance {
             budget: self.budget,
-            deadline: self.deadline.map(|d| tokio::time::Instant::now() + d),
+            deadline: self
+                .deadline
+                .map(|d| tokio::time::Instant::from_std(started) + d),
             rate: self
                 .rate
                 .or_else(|| ground.db.measured_rate(node).ok().flatten()),
@@ -492,7 +503,7 @@ async fn push(a: PushArgs) -> Result<()> {
         started,
     };
     let json = a.conn.link.local.json;
-    let allow = a.limits.allowance(&s.ground, &s.client.node);
+    let allow = a.limits.allowance(&s.ground, &s.client.node, s.started);
     let mut bars = Bars::new(json);
     let result = s
         .client
@@ -618,7 +629,8 @@ fn queued_hint(ground: &Ground, node: &NodeId, e: GroundError) -> anyhow::Error 
 
 #[derive(Serialize)]
 struct QueueJson {
-    pack: String,
+    /// None for newer changes promised to follow a queued push: not planned into a pack yet.
+    pack: Option<String>,
     node: String,
     pod: String,
     dest: Option<String>,
@@ -635,7 +647,7 @@ struct QueueJson {
 impl From<&OutgoingPack> for QueueJson {
     fn from(q: &OutgoingPack) -> Self {
         Self {
-            pack: q.pack.to_hex(),
+            pack: Some(q.pack.to_hex()),
             node: q.node.to_hex(),
             pod: q.pod.to_string(),
             dest: q.dest.clone(),
@@ -651,19 +663,47 @@ impl From<&OutgoingPack> for QueueJson {
     }
 }
 
+impl From<&FollowUp> for QueueJson {
+    fn from(f: &FollowUp) -> Self {
+        Self {
+            pack: None,
+            node: f.node.to_hex(),
+            pod: f.pod.to_string(),
+            dest: f.dest.clone(),
+            source: f.source.clone(),
+            state: "follows".into(),
+            priority: f.priority,
+            total: 0,
+            acked: 0,
+            content_bytes: 0,
+            created_at: f.created_at,
+            finished_at: None,
+        }
+    }
+}
+
 fn status(a: StatusArgs) -> Result<()> {
     let ground = open_ground(&a.local)?;
     let all = ground.db.all_outgoing()?;
+    let follow_ups = ground.db.follow_ups(None)?;
     if a.local.json {
-        let out: Vec<QueueJson> = all.iter().map(QueueJson::from).collect();
+        let out: Vec<QueueJson> = all
+            .iter()
+            .map(QueueJson::from)
+            .chain(follow_ups.iter().map(QueueJson::from))
+            .collect();
         println!("{}", serde_json::to_string(&out)?);
         return Ok(());
     }
-    if all.is_empty() {
+    if all.is_empty() && follow_ups.is_empty() {
         println!("nothing queued, nothing done recently");
         return Ok(());
     }
-    let mut pods: Vec<(&NodeId, &PodName)> = all.iter().map(|q| (&q.node, &q.pod)).collect();
+    let mut pods: Vec<(&NodeId, &PodName)> = all
+        .iter()
+        .map(|q| (&q.node, &q.pod))
+        .chain(follow_ups.iter().map(|f| (&f.node, &f.pod)))
+        .collect();
     pods.sort();
     pods.dedup();
     for (node, pod) in pods {
@@ -700,6 +740,18 @@ fn status(a: StatusArgs) -> Result<()> {
                 ),
             }
         }
+        for f in follow_ups
+            .iter()
+            .filter(|f| &f.node == node && &f.pod == pod)
+        {
+            println!(
+                "  follows   the newer changes of {} → /{}, planned at the next push or pass, \
+                 priority {}",
+                f.source,
+                f.dest.as_deref().unwrap_or(""),
+                f.priority
+            );
+        }
     }
     Ok(())
 }
@@ -725,21 +777,22 @@ struct PlanLine {
 }
 
 async fn pass(a: PassArgs) -> Result<()> {
-    let ground = open_ground(&a.link.local)?;
+    let mut ground = open_ground(&a.link.local)?;
     let (mut client, started) = connect(&a.link).await?;
     let node = client.node;
-    let allow = a.limits.allowance(&ground, &node);
+    let allow = a.limits.allowance(&ground, &node, started);
     let queue = ground.db.queued_for_node(&node)?;
-    // What fits: the budget, or the rate times the deadline, whichever is smaller.
-    let capacity = match (allow.budget, allow.rate, a.limits.deadline) {
-        (b, Some(r), Some(d)) => Some(b.unwrap_or(u64::MAX).min((r * d.as_secs_f64()) as u64)),
-        (b, _, _) => b,
-    };
+    // What fits: the budget left after connecting, or what the rate carries in the time left
+    // (less a round trip and the closing slack), whichever is smaller; each pack costs an offer
+    // too. The pass sends to its deadline whatever the estimate: this is what it promises.
+    let (wire_sent, wire_received) = client.wire_bytes();
+    let capacity = allow.capacity(wire_sent + wire_received, client.rtt());
     let mut room = capacity.unwrap_or(u64::MAX);
     let planned: Vec<PlanLine> = queue
         .iter()
         .map(|q| {
             let left = q.len - q.acked;
+            room = room.saturating_sub(PACK_TURN);
             let fits = left.min(room);
             room -= fits;
             PlanLine {
@@ -750,19 +803,20 @@ async fn pass(a: PassArgs) -> Result<()> {
             }
         })
         .collect();
+    let follow_ups = ground.db.follow_ups(Some(&node))?;
     let json = a.link.local.json;
     if !json {
-        if queue.is_empty() {
+        if queue.is_empty() && follow_ups.is_empty() {
             println!("nothing queued for node {}", node.short());
         } else {
             let total: u64 = planned.iter().map(|p| p.left).sum();
             let how = match (allow.rate, capacity) {
-                (Some(r), Some(c)) => format!(
+                (Some(r), Some(c)) if allow.deadline.is_some() => format!(
                     "; at {} this pass carries about {}",
                     fmt::rate(r),
                     fmt::bytes(c)
                 ),
-                (None, Some(c)) => format!("; the budget allows {}", fmt::bytes(c)),
+                (_, Some(c)) => format!("; the budget allows {}", fmt::bytes(c)),
                 _ => String::new(),
             };
             println!(
@@ -786,11 +840,21 @@ async fn pass(a: PassArgs) -> Result<()> {
                     fmt::bytes(p.left)
                 );
             }
+            for f in &follow_ups {
+                println!(
+                    "  then the newer changes of {} → {}:/{} (planned once what is queued for it \
+                     has applied)",
+                    f.source,
+                    f.pod,
+                    f.dest.as_deref().unwrap_or("")
+                );
+            }
         }
     }
     let mut bars = Bars::new(json);
     let mut results = Vec::new();
     let mut failure = None;
+    let mut stopped = false;
     for q in &queue {
         // Each pack gets what the pass has left.
         match client
@@ -798,9 +862,9 @@ async fn pass(a: PassArgs) -> Result<()> {
             .await
         {
             Ok(r) => {
-                let stop = !r.complete;
+                stopped = !r.complete;
                 results.push(r);
-                if stop {
+                if stopped {
                     break;
                 }
             }
@@ -824,11 +888,31 @@ async fn pass(a: PassArgs) -> Result<()> {
             }
         }
     }
+    if failure.is_none() && !stopped {
+        // Changes a note promised would follow a queued push: planned now, on top of it.
+        for f in &follow_ups {
+            match follow_up(&mut client, &mut ground, f, &allow, &mut bars, json).await {
+                Ok(Some(r)) => {
+                    let stop = !r.complete;
+                    results.push(r);
+                    if stop {
+                        break;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+    }
     bars.finish();
     if let Some(e) = failure {
         return Err(queued_hint(&ground, &node, e));
     }
     let (sent, received) = client.bye(&ground).await?;
+    let promised = ground.db.follow_ups(Some(&node))?.len();
     let left_now: u64 = ground
         .db
         .queued_for_node(&node)?
@@ -836,7 +920,7 @@ async fn pass(a: PassArgs) -> Result<()> {
         .map(|q| q.len - q.acked)
         .sum();
     let seconds = started.elapsed().as_secs_f64();
-    let complete = left_now == 0;
+    let complete = left_now == 0 && promised == 0;
     if json {
         println!(
             "{}",
@@ -864,8 +948,13 @@ async fn pass(a: PassArgs) -> Result<()> {
         );
     }
     if !complete {
+        let more = if promised > 0 {
+            format!(" and the newer changes of {promised} folder(s) still to plan")
+        } else {
+            String::new()
+        };
         return Err(Incomplete(format!(
-            "incomplete: {} left, resumes at the next pass",
+            "incomplete: {} left{more}, resumes at the next pass",
             fmt::bytes(left_now)
         ))
         .into());
@@ -873,11 +962,65 @@ async fn pass(a: PassArgs) -> Result<()> {
     Ok(())
 }
 
+/// Plans and sends the newer changes a note promised would follow a queued push. None when
+/// there is nothing left to send: the folder is gone (said on stderr), or the volume already
+/// holds it.
+async fn follow_up(
+    client: &mut Client<TcpStream>,
+    ground: &mut Ground,
+    f: &FollowUp,
+    allow: &Allowance,
+    bars: &mut Bars,
+    json: bool,
+) -> Result<Option<PushReport>, GroundError> {
+    let folder = PathBuf::from(&f.source);
+    if !folder.is_dir() {
+        if !json {
+            eprintln!(
+                "note: {} is gone; the changes promised to follow its push to pod {} are dropped",
+                f.source, f.pod
+            );
+        }
+        ground
+            .db
+            .end_follow_up(&client.node, &f.pod, f.dest.as_deref())?;
+        return Ok(None);
+    }
+    let dest = match f.dest.as_deref().map(VolumePath::new).transpose() {
+        Ok(d) => d,
+        Err(_) => {
+            ground
+                .db
+                .end_follow_up(&client.node, &f.pod, f.dest.as_deref())?;
+            return Ok(None);
+        }
+    };
+    let (local, _) = ground.scan_local(&folder)?;
+    let r = client
+        .push(
+            ground,
+            &folder,
+            &local,
+            &f.pod,
+            dest.as_ref(),
+            f.priority,
+            allow,
+            &mut |p| bars.update(p),
+        )
+        .await?;
+    if !json {
+        for n in &r.notes {
+            eprintln!("note: {n}");
+        }
+    }
+    Ok(Some(r))
+}
+
 async fn pull(a: PullArgs) -> Result<()> {
     sync_core::manifest::PathFilter::new(&a.paths)?;
     let mut s = open(&a.conn).await?;
     let json = a.conn.link.local.json;
-    let allow = a.limits.allowance(&s.ground, &s.client.node);
+    let allow = a.limits.allowance(&s.ground, &s.client.node, s.started);
     let mut bars = Bars::new(json);
     let result = s
         .client
@@ -885,8 +1028,11 @@ async fn pull(a: PullArgs) -> Result<()> {
             &mut s.ground,
             &s.pod,
             &a.into,
-            &a.paths,
-            a.delete,
+            &PullOptions {
+                filter: a.paths.clone(),
+                delete: a.delete,
+                force: a.force,
+            },
             &allow,
             &mut |p| bars.update(p),
         )

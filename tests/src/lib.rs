@@ -439,6 +439,20 @@ impl SmallDisk {
         })
     }
 
+    /// Grows (or shrinks) the disk to `bytes`, keeping what it holds: an operator who made room.
+    pub fn resize(&self, bytes: u64) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(&self.mount_point)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok,
+            "remounting {} at {bytes} bytes",
+            self.mount_point.display()
+        );
+    }
+
     /// Bytes still free on the disk.
     pub fn free(&self) -> u64 {
         let out = Command::new("df")

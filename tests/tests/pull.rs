@@ -76,6 +76,86 @@ fn pod_results_come_back_and_then_only_what_changed() {
     assert!(num(&third, "wire.total") <= 1024, "{third}");
 }
 
+/// Regression: a file edited in a pulled copy was overwritten by the next pull without a
+/// word. Like git, a pull now takes the pod's changes since the last pull, keeps what the
+/// copy's user changed where the pod did not, and refuses (exit 7, naming every file, applying
+/// nothing) where both did; `--force` takes the pod's versions.
+#[test]
+fn a_pull_never_overwrites_a_local_change_unless_forced() {
+    let ob = Onboard::start();
+    let vol = ob.volume_path("p1");
+    for f in ["a.txt", "b.txt", "c.txt"] {
+        write(&vol, f, format!("the pod's first {f}\n"));
+    }
+    let copy = tempfile::tempdir().unwrap();
+    pull(&ob, copy.path(), &[]).ok();
+    let read = |f: &str| std::fs::read_to_string(copy.path().join(f)).unwrap();
+
+    // Both sides change a.txt; only the user c.txt, only the pod b.txt.
+    write(copy.path(), "a.txt", "my notes on a\n");
+    write(copy.path(), "c.txt", "my notes on c\n");
+    write(&vol, "a.txt", "the pod's second a.txt\n");
+    write(&vol, "b.txt", "the pod's second b.txt\n");
+    write(&vol, "d.txt", "new\n");
+    let before = tree_hash(copy.path());
+    let r = pull(&ob, copy.path(), &[]);
+    assert_eq!(r.code, 7, "{r:#?}");
+    assert!(r.stderr.contains("a.txt"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("c.txt"),
+        "c.txt is not in the way: {}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--force"), "{}", r.stderr);
+    assert_eq!(tree_hash(copy.path()), before, "nothing was applied");
+
+    // The user puts a.txt back: the pull goes through, and keeps the user's c.txt.
+    write(copy.path(), "a.txt", "the pod's first a.txt\n");
+    let v = pull(&ob, copy.path(), &[]).ok().json();
+    assert_eq!(v["complete"], true, "{v}");
+    assert_eq!(read("a.txt"), "the pod's second a.txt\n");
+    assert_eq!(read("b.txt"), "the pod's second b.txt\n");
+    assert_eq!(read("c.txt"), "my notes on c\n");
+    assert_eq!(read("d.txt"), "new\n");
+
+    // Again both change a.txt; with --force the pod's version wins.
+    write(copy.path(), "a.txt", "more notes\n");
+    write(&vol, "a.txt", "the pod's third a.txt\n");
+    assert_eq!(pull(&ob, copy.path(), &[]).code, 7);
+    pull(&ob, copy.path(), &["--force"]).ok();
+    assert_eq!(read("a.txt"), "the pod's third a.txt\n");
+    assert_same_tree(&vol, copy.path());
+}
+
+/// A first pull into a folder that already holds files of its own is refused where it would
+/// replace one of them, like git refuses to overwrite untracked files.
+#[test]
+fn a_first_pull_does_not_overwrite_files_the_folder_already_had() {
+    let ob = Onboard::start();
+    let vol = ob.volume_path("p1");
+    write(&vol, "results.csv", "id,v\n1,2\n");
+    write(&vol, "other.csv", "id,v\n3,4\n");
+    let copy = tempfile::tempdir().unwrap();
+    write(copy.path(), "results.csv", "my own results\n");
+    write(copy.path(), "mine.txt", "mine\n");
+    let r = pull(&ob, copy.path(), &[]);
+    assert_eq!(r.code, 7, "{r:#?}");
+    assert!(r.stderr.contains("results.csv"), "{}", r.stderr);
+    assert!(
+        !copy.path().join("other.csv").exists(),
+        "nothing was applied"
+    );
+    pull(&ob, copy.path(), &["--force"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(copy.path().join("results.csv")).unwrap(),
+        "id,v\n1,2\n"
+    );
+    assert!(
+        copy.path().join("mine.txt").exists(),
+        "files the pod lacks stay"
+    );
+}
+
 fn zstd_len(bytes: &[u8]) -> u64 {
     let out = std::process::Command::new("zstd")
         .args(["-19", "-c", "-q"])
@@ -410,8 +490,12 @@ fn an_edit_to_a_file_the_pull_changes_is_kept_and_the_pull_exits_6() {
         random_bytes(31, 600_000)
     );
     assert_eq!(engine_temporaries(copy.path()), Vec::<String>::new());
-    // Run again, the pull plans from the copy as it is now and brings the pod's versions.
-    pull(&ob, copy.path(), &[]).ok();
+    // Run again, the pull finds the edit a local change and does not overwrite it (exit 7);
+    // with --force it brings the pod's versions.
+    let again = pull(&ob, copy.path(), &[]);
+    assert_eq!(again.code, 7, "{again:#?}");
+    assert_eq!(std::fs::read(copy.path().join("notes.txt")).unwrap(), mine);
+    pull(&ob, copy.path(), &["--force"]).ok();
     assert_same_tree(&ob.volume_path("p1"), copy.path());
 }
 

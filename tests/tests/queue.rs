@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use sync_tests::{Onboard, Value, assert_same_tree, ground_bin, num, random_bytes, write};
+use sync_tests::{
+    Onboard, Throttle, Value, assert_same_tree, ground_bin, num, random_bytes, write,
+};
 
 /// `sync-ground status --json` on a ground state folder (no link involved).
 fn ground_status(state: &Path) -> Value {
@@ -132,4 +134,215 @@ fn regression_a_long_encode_keeps_the_link_alive() {
     let r = ob.ground(&["push", src.path().to_str().unwrap(), "--pod", "p", "--json"]);
     assert_eq!(r.code, 0, "{r:#?}\n{}", ob.log());
     assert_same_tree(&ob.volume_path("p"), src.path());
+}
+
+/// Regression: identical folders give identical packs, and the queue kept one row per pack, so
+/// the first pod's queued push vanished when the second was queued (`pass` knew only the
+/// second; the first volume was never made). A queued push belongs to its node, pod and
+/// folder, whatever its bytes.
+#[test]
+fn identical_folders_pushed_to_two_pods_are_two_queued_pushes() {
+    let ob = Onboard::start();
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "model.bin", random_bytes(41, 300_000));
+    write(src.path(), "run.toml", "steps = 3\n");
+    let folder = src.path().to_str().unwrap();
+    for pod in ["twin-a", "twin-b"] {
+        let r = ob.ground(&["push", folder, "--pod", pod, "--budget", "2KB"]);
+        assert_eq!(r.code, 75, "{pod}: {r:#?}");
+    }
+    let st = ob.ground_state();
+    let status = ground_status(&st);
+    let q = queued(&status);
+    let pods: Vec<&str> = q.iter().map(|q| q["pod"].as_str().unwrap()).collect();
+    assert_eq!(pods.len(), 2, "{status}");
+    assert!(
+        pods.contains(&"twin-a") && pods.contains(&"twin-b"),
+        "{status}"
+    );
+    assert_ne!(q[0]["pack"], q[1]["pack"], "two pushes, two ids: {status}");
+
+    let r = ob.ground(&["pass", "--json"]);
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert_same_tree(&ob.volume_path("twin-a"), src.path());
+    assert_same_tree(&ob.volume_path("twin-b"), src.path());
+    // Both stay listed as done.
+    let status = ground_status(&st);
+    assert!(queued(&status).is_empty(), "{status}");
+    let done: Vec<&str> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|q| q["state"] == "applied")
+        .map(|q| q["pod"].as_str().unwrap())
+        .collect();
+    assert!(
+        done.contains(&"twin-a") && done.contains(&"twin-b"),
+        "{status}"
+    );
+}
+
+/// Regression: a push into another folder of the same pod replaced the first folder's queued
+/// push ("none of which had been sent"), and the first folder's files never arrived.
+#[test]
+fn pushes_into_two_folders_of_a_pod_both_stay_queued_and_arrive() {
+    let ob = Onboard::start();
+    let (inputs, config) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    write(inputs.path(), "data.bin", random_bytes(42, 200_000));
+    write(config.path(), "run.toml", "steps = 3\n");
+    write(config.path(), "weights.bin", random_bytes(48, 100_000));
+    for (dir, dest) in [(&inputs, "inputs"), (&config, "config")] {
+        let r = ob.ground(&[
+            "push",
+            dir.path().to_str().unwrap(),
+            "--pod",
+            "p",
+            "--dest",
+            dest,
+            "--budget",
+            "2KB",
+        ]);
+        assert_eq!(r.code, 75, "{dest}: {r:#?}");
+        assert!(!r.stderr.contains("replaced"), "{dest}: {}", r.stderr);
+    }
+    assert_eq!(queued(&ground_status(&ob.ground_state())).len(), 2);
+    let r = ob.ground(&["pass"]);
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert_same_tree(&ob.volume_path("p").join("inputs"), inputs.path());
+    assert_same_tree(&ob.volume_path("p").join("config"), config.path());
+}
+
+/// Regression: a folder changed while an older push of it was partly sent got the note "the
+/// newer changes follow it", yet when the connection ended before they were planned, `pass`
+/// said everything was done and `status` showed nothing: the newer changes waited for another
+/// `push`. Now the promise is kept in the state, shown by `status`, and delivered by `pass`.
+#[test]
+fn newer_changes_a_note_promises_are_delivered_by_the_next_pass() {
+    let ob = Onboard::start();
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "model.bin", random_bytes(43, 600_000));
+    let folder = src.path().to_str().unwrap();
+    let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "200KB"]);
+    assert_eq!(r.code, 75, "{r:#?}");
+
+    // The folder changes; this push finishes the older one first, and runs out of budget.
+    write(
+        src.path(),
+        "notes/new.txt",
+        "added while the first push was queued\n",
+    );
+    write(src.path(), "model.bin", random_bytes(44, 600_000));
+    let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "150KB"]);
+    assert_eq!(r.code, 75, "{r:#?}");
+    assert!(
+        r.stderr.contains("the newer changes follow it"),
+        "{}",
+        r.stderr
+    );
+    let status = ground_status(&ob.ground_state());
+    assert!(
+        queued(&status).iter().any(|q| q["state"] == "follows"),
+        "status must show the promised changes as still queued: {status}"
+    );
+
+    let r = ob.ground(&["pass", "--json"]);
+    assert_eq!(r.code, 0, "{r:#?}");
+    assert_same_tree(&ob.volume_path("p"), src.path());
+    assert!(queued(&ground_status(&ob.ground_state())).is_empty());
+}
+
+/// Regression: `pass --deadline 30s --budget 2MB` on loopback stopped after 281 KB (exit 75)
+/// because it planned with a rate far below the link's: it stopped sending for good as soon as
+/// the bytes in flight could not drain at that rate by the deadline. A rate now only paces what
+/// is in flight; the acknowledgements show the real link, and the pass uses its budget.
+#[test]
+fn a_pass_uses_its_whole_budget_whatever_rate_it_planned_with() {
+    let ob = Onboard::start();
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "model.bin", random_bytes(45, 4_000_000));
+    let folder = src.path().to_str().unwrap();
+    let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "2KB"]);
+    assert_eq!(r.code, 75, "{r:#?}");
+    let r = ob.ground(&[
+        "pass",
+        "--deadline",
+        "30s",
+        "--budget",
+        "2MB",
+        "--rate",
+        "75kbit",
+        "--json",
+    ]);
+    assert_eq!(r.code, 75, "{r:#?}");
+    let v = r.json();
+    let wire = num(&v, "wire.total");
+    assert!(
+        wire > 1_800_000 && wire <= 2_000_000,
+        "a 2 MB budget moved {wire} bytes: {v}"
+    );
+}
+
+/// Regression: the rate a pass plans with was measured over whole connections, scanning and
+/// encoding included, so a push that spent seconds encoding recorded a link as slow as its CPU.
+/// Now a connection records the pack bytes acknowledged and the time they took on the link.
+#[test]
+fn the_measured_rate_is_the_links_not_the_encoders() {
+    let ob = Onboard::start();
+    let src = tempfile::tempdir().unwrap();
+    // Seconds of zstd at level 19, then a few hundred KB on loopback.
+    write(src.path(), "model.bin", random_bytes(46, 8_000_000));
+    let folder = src.path().to_str().unwrap();
+    let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "600KB"]);
+    assert_eq!(r.code, 75, "{r:#?}");
+    let db = rusqlite::Connection::open(ob.ground_state().join("ground.db")).unwrap();
+    let rows: Vec<(i64, f64)> = db
+        .prepare("SELECT sent, secs FROM link_log")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(
+        !rows.is_empty(),
+        "the connection moved pack bytes: it is recorded"
+    );
+    for (sent, secs) in rows {
+        let rate = sent as f64 / secs.max(1e-6);
+        assert!(
+            rate > 1_000_000.0,
+            "loopback recorded at {rate:.0} B/s ({sent} B in {secs:.2} s)"
+        );
+    }
+}
+
+/// Regression: with `--rate 8Mbit` through a link of that rate, the plan said the pack
+/// "completes" and the pass delivered 97% of it: the plan counted the whole deadline, as if
+/// connecting, the last acknowledgement and framing took no time. What a plan promises, the
+/// pass delivers.
+#[test]
+fn a_pass_delivers_what_its_plan_promises_through_a_slow_link() {
+    let ob = Onboard::start();
+    let link = Throttle::start_at(&ob.addr, 1_000_000.0);
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "model.bin", random_bytes(47, 6_000_000));
+    let folder = src.path().to_str().unwrap();
+    let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "2KB"]);
+    assert_eq!(r.code, 75, "{r:#?}");
+    let r = ob.ground_to(
+        &link.addr,
+        &["pass", "--deadline", "5s", "--rate", "8Mbit", "--json"],
+    );
+    assert_eq!(r.code, 75, "{r:#?}");
+    let v = r.json();
+    let promised = num(&v["planned"][0], "fits");
+    let delivered = num(&v["results"][0], "acked");
+    // 5 s at 1 MB/s, less the connection's start, a round trip, the closing slack and framing.
+    assert!(
+        promised < 4_100_000,
+        "the plan promised {promised} bytes of a 5 s pass at 1 MB/s"
+    );
+    assert!(
+        delivered >= promised * 9 / 10,
+        "promised {promised}, delivered {delivered}: {v}"
+    );
 }

@@ -648,7 +648,11 @@ fn a_full_volume_disk_refuses_the_apply_and_leaves_the_volume_as_it_was() {
     write(src.path(), "new/3.bin", random_bytes(23, 3 * MB / 2));
     let r = push_run(&ob, gstate.path(), src.path());
     assert_no_space_refusal(&r);
-    assert_nothing_changed(&mut ob, &before, "an apply onto a full disk");
+    assert_eq!(tree_hash(&ob.volumes()), before, "log:\n{}", ob.log());
+    // The pack is whole and verified on the staging disk, which has room: it stays there for
+    // the retry (see the test below).
+    assert_eq!(ob.staging_entries().len(), 1, "{:?}", ob.staging_entries());
+    assert!(ob.is_running());
 
     // The daemon restarts (its journal does not hold a changeset it can no longer apply), and
     // a push that fits works.
@@ -657,6 +661,75 @@ fn a_full_volume_disk_refuses_the_apply_and_leaves_the_volume_as_it_was() {
     fs::remove_dir_all(src.path().join("new")).unwrap();
     write(src.path(), "new/1.bin", random_bytes(24, MB));
     fresh_push(&ob, src.path(), "p");
+}
+
+/// Regression: after a full volume disk, the retried push re-sent the whole pack while its
+/// note said it was all onboard. The staged pack (on a disk with room) now stays, and the retry
+/// applies it without sending it again; the note says what the node holds.
+#[test]
+fn a_pack_held_up_by_a_full_volume_disk_is_applied_without_sending_it_again() {
+    let dir = local();
+    let Some(_disk) = small_disk(&dir, "vols", 4 << 20) else {
+        return;
+    };
+    let ob = Onboard::start_in(dir, &[]);
+    let gstate = local();
+    let src = local();
+    small_tree(src.path());
+    let push = |extra: &[&str]| {
+        let mut args = vec!["push", src.path().to_str().unwrap(), "--pod", "p", "--json"];
+        args.extend_from_slice(&["--dest", "inputs"]);
+        args.extend_from_slice(extra);
+        ob.ground_with(&ob.key(), gstate.path(), &args)
+    };
+    push(&[]).ok();
+    // The pod fills its volume, outside the pushed folder.
+    write(
+        &ob.volume_path("p"),
+        "scratch/junk.bin",
+        random_bytes(51, 3 * MB),
+    );
+    write(src.path(), "new/model.bin", random_bytes(52, 3 * MB / 2));
+    assert_no_space_refusal(&push(&[]));
+    // The pod frees its scratch space; the retry sends next to nothing.
+    fs::remove_dir_all(ob.volume_path("p").join("scratch")).unwrap();
+    let r = push(&[]).ok().json();
+    assert_eq!(r["complete"], true, "{r}");
+    let pack = num(&r, "pack_bytes");
+    assert_eq!(num(&r, "resumed_from"), pack, "{r}");
+    assert!(num(&r, "wire.sent") < 20_000, "sent again: {r}");
+    let notes = r["notes"].to_string();
+    assert!(notes.contains("already onboard"), "{notes}");
+    assert_same_tree(&ob.volume_path("p").join("inputs"), src.path());
+    assert_eq!(ob.staging_entries(), Vec::<String>::new());
+}
+
+/// Regression: after a full state disk (which drops the partial upload, to give its space
+/// back), the retried push's note said "19.9 MB already onboard" and then sent everything
+/// again. A note states what the node holds.
+#[test]
+fn a_note_after_a_full_state_disk_says_what_the_node_still_holds() {
+    let dir = local();
+    let Some(disk) = small_disk(&dir, "state", 4 << 20) else {
+        return;
+    };
+    let ob = Onboard::start_in(dir, &[]);
+    let gstate = local();
+    let src = local();
+    small_tree(src.path());
+    push_run(&ob, gstate.path(), src.path()).ok();
+    write(src.path(), "big.bin", random_bytes(53, 6 * MB));
+    assert_no_space_refusal(&push_run(&ob, gstate.path(), src.path()));
+    disk.resize(32 << 20);
+    let r = push_run(&ob, gstate.path(), src.path()).ok().json();
+    assert_eq!(r["complete"], true, "{r}");
+    assert_eq!(num(&r, "resumed_from"), 0, "{r}");
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("0 B of") && notes.contains("no longer holds"),
+        "{notes}"
+    );
+    assert_same_tree(&ob.volume_path("p"), src.path());
 }
 
 #[test]

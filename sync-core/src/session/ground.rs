@@ -29,7 +29,7 @@ use crate::manifest::{
 use crate::object::ObjectStore;
 use crate::pack::{ContentProvider, DecodedPack, Limits, PackError, Plan, PlanStats};
 use crate::path::{PodName, VolumePath};
-use crate::state::{Db, OutgoingPack, PullIncoming, PullJournal};
+use crate::state::{Db, FollowUp, OutgoingPack, PullIncoming, PullJournal, Pulled};
 use crate::units::fmt_bytes;
 use crate::volume::VolumeError;
 use crate::wire::{ErrorKind, ManifestBody, Message};
@@ -93,9 +93,32 @@ pub enum GroundError {
          ({source}); the copy is left as it is: run the pull again to bring it up to date"
     )]
     PullAbandoned { into: String, source: VolumeError },
+    /// a pull that would overwrite what the copy's user changed since the last pull
+    #[error(
+        "{into}: the pull would overwrite {} local change(s) made since the last pull: {}; \
+         nothing was applied. Move them aside (or undo them) and pull again, or pull with \
+         --force to take the pod's versions",
+        paths.len(),
+        list_paths(paths)
+    )]
+    LocalChanges { into: String, paths: Vec<String> },
     /// another process is pulling into the same copy
     #[error("{into}: another sync-ground is pulling into this copy; try again when it is done")]
     CopyBusy { into: String },
+}
+
+/// Up to 20 paths, escaped, for a message; the rest counted.
+fn list_paths(paths: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut out: Vec<String> = paths
+        .iter()
+        .take(SHOWN)
+        .map(|p| p.escape_debug().to_string())
+        .collect();
+    if paths.len() > SHOWN {
+        out.push(format!("and {} more", paths.len() - SHOWN));
+    }
+    out.join(", ")
 }
 
 fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> GroundError + '_ {
@@ -153,6 +176,36 @@ impl Ground {
         let (m, fresh, stats) = scan_dir(&dir, &cache, opts)?;
         self.db.save_stat_cache(&scope, &cache, &fresh)?;
         Ok((m, stats))
+    }
+}
+
+/// What the node held of a queued pack when this connection offered it again: what the node
+/// said, not what the ground last heard, which differs when the node lost what it had staged
+/// (a full state disk drops a partial upload).
+fn held_note(q: &OutgoingPack, r: &PushReport) -> String {
+    let held = format!(
+        "{} of {} already onboard",
+        fmt_bytes(r.resumed_from),
+        fmt_bytes(q.len)
+    );
+    if r.resumed_from < q.acked {
+        format!(
+            "{held}; the node no longer holds the {} it had acknowledged, so they are sent again",
+            fmt_bytes(q.acked)
+        )
+    } else {
+        held
+    }
+}
+
+/// Whether a push queued into `queued` (None: the whole volume) and a change to `scope` touch
+/// the same files: one folder within the other, or either the whole volume.
+fn scopes_overlap(queued: Option<&str>, scope: Option<&VolumePath>) -> bool {
+    match (queued, scope) {
+        (None, _) | (_, None) => true,
+        (Some(q), Some(s)) => {
+            VolumePath::new(q).map_or(true, |q| q.is_within(s) || s.is_within(&q))
+        }
     }
 }
 
@@ -327,6 +380,58 @@ pub struct Allowance {
 
 /// Bytes kept back from a budget for the messages that end a connection cleanly.
 const CLOSING_RESERVE: u64 = 256;
+/// Time kept back before a deadline, on top of a round trip, for the last acknowledgement (the
+/// node syncs its staged bytes before it answers).
+const END_SLACK: Duration = Duration::from_secs(1);
+
+/// Wire bytes a budget keeps back: the closing messages, and 2% for the acknowledgements of
+/// what is sent now, which arrive later and count too (about 25 bytes per 3 s of link, under 1%
+/// of the bytes they acknowledge).
+fn budget_reserve(budget: u64) -> u64 {
+    CLOSING_RESERVE + budget / 50
+}
+
+/// Pack bytes that `wire` bytes carry in frames of `frame` bytes (each costs its framing too).
+fn payload_in(wire: u64, frame: usize) -> u64 {
+    let cost = Upload::wire_cost(frame as u64);
+    (wire / cost) * frame as u64 + (wire % cost).saturating_sub(super::upload::FRAME_OVERHEAD)
+}
+
+/// How far a pack upload may go now.
+#[derive(Debug, Clone, Copy)]
+struct SendLimit {
+    offset: u64,
+    /// The budget or the time is spent: no acknowledgement can make room again.
+    spent: bool,
+}
+
+impl Allowance {
+    /// Pack bytes a connection that has already moved `wire` bytes can still carry, if the
+    /// budget or the deadline (with a known rate) bounds it: what a plan may promise. Each pack
+    /// also costs an offer and an acceptance ([`PACK_TURN`] bytes and a round trip).
+    pub fn capacity(&self, wire: u64, rtt: Duration) -> Option<u64> {
+        let frame = Upload::new(0, 0, rtt, self.rate).frame_size();
+        let budget = self
+            .budget
+            .map(|b| payload_in(b.saturating_sub(wire + budget_reserve(b)), frame));
+        let time = match (self.deadline, self.rate) {
+            (Some(d), Some(rate)) => {
+                let left = d
+                    .saturating_duration_since(Instant::now())
+                    .saturating_sub(rtt + END_SLACK);
+                Some(payload_in((rate * left.as_secs_f64()) as u64, frame))
+            }
+            _ => None,
+        };
+        match (budget, time) {
+            (Some(b), Some(t)) => Some(b.min(t)),
+            (b, t) => b.or(t),
+        }
+    }
+}
+
+/// Wire bytes one pack's offer and acceptance cost, about: a plan counts them per pack.
+pub const PACK_TURN: u64 = 160;
 
 /// How a pack's upload ended on this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,11 +449,13 @@ pub struct Client<S> {
     tx: LinkWriter<WriteHalf<S>>,
     counters: Arc<Counters>,
     rtt: Duration,
-    started: Instant,
     /// A goodbye went out already (an upload that ran out of budget or time sends it early).
     said_bye: bool,
     /// Packs given up on, to tell the node at the next chance.
     cancels: Vec<PackId>,
+    /// Pack bytes the node acknowledged on this connection, and the seconds they took on the
+    /// link: what `link_log` records for rate estimates.
+    on_link: (u64, Duration),
     pub node: NodeId,
     pub limits: Limits,
     pub software: String,
@@ -379,7 +486,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let counters = link.counters();
         let rtt = link.rtt();
         let (mut rx, tx) = link.split();
-        let started = Instant::now();
         loop {
             match rx.recv().await? {
                 Message::Welcome {
@@ -392,9 +498,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                         tx,
                         counters,
                         rtt,
-                        started,
                         said_bye: false,
                         cancels: Vec::new(),
+                        on_link: (0, Duration::ZERO),
                         node,
                         limits,
                         software,
@@ -509,53 +615,82 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             attempt += 1;
             let base = self.manifest(ground, pod).await?;
             let target = base.with_subtree(dest, local)?;
-            let queued = self.settle_queue(ground, pod, &base, &mut notes)?;
+            let overlaps = |queued: Option<&str>| scopes_overlap(queued, dest);
+            let queued = self.settle_queue(ground, pod, &base, &overlaps, &mut notes)?;
+            let same_dest = |q: &OutgoingPack| q.dest.as_deref() == dest.map(|d| d.as_str());
             let result = match queued {
-                Some(q)
-                    if q.dest.as_deref() == dest.map(|d| d.as_str())
-                        && q.target.subtree(dest) == target.subtree(dest) =>
-                {
-                    notes.push(format!(
-                        "resuming the queued push ({} of {} already onboard)",
-                        fmt_bytes(q.acked),
-                        fmt_bytes(q.len)
-                    ));
-                    self.send_queued(ground, &q, allow, progress).await
+                Some(q) if same_dest(&q) && q.target.subtree(dest) == target.subtree(dest) => {
+                    let r = self.send_queued(ground, &q, allow, progress).await;
+                    if let Ok(r) = &r {
+                        notes.push(format!("resuming the queued push: {}", held_note(&q, r)));
+                    }
+                    self.plan_done(ground, pod, dest, &r)?;
+                    r
                 }
-                Some(q) if q.acked == 0 => {
+                Some(q) if same_dest(&q) && q.acked == 0 => {
                     notes.push("replaced the queued push, none of which had been sent".into());
                     self.discard_queued(ground, &q)?;
-                    self.plan_and_send(
-                        ground, local_dir, pod, dest, priority, &base, &target, allow, progress,
-                    )
-                    .await
+                    let r = self
+                        .plan_and_send(
+                            ground, local_dir, pod, dest, priority, &base, &target, allow, progress,
+                        )
+                        .await;
+                    self.plan_done(ground, pod, dest, &r)?;
+                    r
                 }
                 Some(q) => {
-                    notes.push(format!(
-                        "finishing the queued push first ({} of {} already onboard); the newer \
-                         changes follow it",
-                        fmt_bytes(q.acked),
-                        fmt_bytes(q.len)
-                    ));
-                    match self.send_queued(ground, &q, allow, progress).await {
+                    // Another push of this folder (partly sent), or of a folder that overlaps
+                    // it: it goes first, and this one follows. Until the newer changes are
+                    // planned into a pack of their own, the promise is kept in the state, so a
+                    // pass delivers them even if this connection ends first.
+                    ground.db.put_follow_up(&FollowUp {
+                        node: self.node,
+                        pod: pod.clone(),
+                        dest: dest.map(|d| d.to_string()),
+                        source: std::fs::canonicalize(local_dir)
+                            .map_err(io_at(local_dir))?
+                            .display()
+                            .to_string(),
+                        priority,
+                        created_at: crate::state::now_secs(),
+                    })?;
+                    let first = self.send_queued(ground, &q, allow, progress).await;
+                    if let Ok(r) = &first {
+                        notes.push(format!(
+                            "finishing the queued push first ({}); the newer changes follow it{}",
+                            held_note(&q, r),
+                            if r.complete {
+                                ""
+                            } else {
+                                " at the next push or pass"
+                            }
+                        ));
+                    }
+                    match first {
                         Ok(r) if r.complete => {
                             // Now on top of what the queued push left.
                             let base = q.target.clone();
                             let target = base.with_subtree(dest, local)?;
-                            self.plan_and_send(
-                                ground, local_dir, pod, dest, priority, &base, &target, allow,
-                                progress,
-                            )
-                            .await
+                            let r = self
+                                .plan_and_send(
+                                    ground, local_dir, pod, dest, priority, &base, &target, allow,
+                                    progress,
+                                )
+                                .await;
+                            self.plan_done(ground, pod, dest, &r)?;
+                            r
                         }
                         other => other,
                     }
                 }
                 None => {
-                    self.plan_and_send(
-                        ground, local_dir, pod, dest, priority, &base, &target, allow, progress,
-                    )
-                    .await
+                    let r = self
+                        .plan_and_send(
+                            ground, local_dir, pod, dest, priority, &base, &target, allow, progress,
+                        )
+                        .await;
+                    self.plan_done(ground, pod, dest, &r)?;
+                    r
                 }
             };
             match result {
@@ -572,17 +707,40 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    /// Looks at what is queued for `pod` against the volume as it is now: drops packs that
-    /// already applied or can no longer apply, and returns the one that still can.
+    /// The folder's newest changes are planned into a queued pack (or there were none): a
+    /// promise that they follow an older push is kept.
+    fn plan_done(
+        &self,
+        ground: &Ground,
+        pod: &PodName,
+        dest: Option<&VolumePath>,
+        planned: &Result<PushReport, GroundError>,
+    ) -> Result<(), GroundError> {
+        if planned.is_ok() {
+            ground
+                .db
+                .end_follow_up(&self.node, pod, dest.map(|d| d.as_str()))?;
+        }
+        Ok(())
+    }
+
+    /// Looks at what is queued for `pod` whose folder overlaps `scope` (None: the whole
+    /// volume) against the volume as it is now: drops packs that already applied or can no
+    /// longer apply, and returns the one that still can. Pushes queued into other folders of the
+    /// pod are theirs: they stay queued.
     fn settle_queue(
         &mut self,
         ground: &mut Ground,
         pod: &PodName,
         base: &Manifest,
+        scope: &dyn Fn(Option<&str>) -> bool,
         notes: &mut Vec<String>,
     ) -> Result<Option<OutgoingPack>, GroundError> {
         let mut live = None;
         for q in ground.db.outgoing_for(&self.node, pod)? {
+            if !scope(q.dest.as_deref()) {
+                continue;
+            }
             if q.target_root == base.root() {
                 // Applied; the answer was lost with the link.
                 ground.db.finish_outgoing(&q.pack)?;
@@ -635,7 +793,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     ) -> Result<PushReport, GroundError> {
         let path = ground.pack_path(&q.pack);
         let bytes = std::fs::read(&path).map_err(io_at(&path))?;
-        if bytes.len() as u64 != q.len || PackId(*blake3::hash(&bytes).as_bytes()) != q.pack {
+        // Packs queued before push ids named their pod are named by their bytes alone.
+        let named = PackId::for_push(&bytes, &q.node, q.pod.as_str(), q.dest.as_deref());
+        if bytes.len() as u64 != q.len || (q.pack != named && q.pack != PackId::of(&bytes)) {
             // A damaged queue file is dropped; the next push plans again.
             self.discard_queued(ground, q)?;
             return Err(GroundError::Io {
@@ -728,7 +888,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
         let target = Manifest::new(keep)?;
         let mut notes = Vec::new();
-        if let Some(q) = self.settle_queue(ground, pod, &base, &mut notes)? {
+        // Pushes queued into folders the removal does not reach stay queued.
+        let overlaps = |queued: Option<&str>| paths.iter().any(|p| scopes_overlap(queued, Some(p)));
+        if let Some(q) = self.settle_queue(ground, pod, &base, &overlaps, &mut notes)? {
             // A removal changes the base under a queued push; it would only be dropped later.
             notes.push("replaced the queued push: the volume changes first".into());
             self.discard_queued(ground, &q)?;
@@ -832,7 +994,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             Ok::<_, PackError>((bytes, stats))
         });
         let (bytes, stats) = self.keep_alive_while(job).await??;
-        let pack = PackId(*blake3::hash(&bytes).as_bytes());
+        let dest_name = dest.map(|d| d.to_string());
+        let pack = PackId::for_push(&bytes, &self.node, pod.as_str(), dest_name.as_deref());
         let path = ground.pack_path(&pack);
         // A queued pack on disk is never torn.
         crate::object::write_durably(&path.with_extension("tmp"), &path, &bytes)
@@ -854,7 +1017,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     .display()
                     .to_string()
             },
-            dest: dest.map(|d| d.to_string()),
+            dest: dest_name,
             state: "queued".into(),
             priority,
             content_bytes: plan.object_bytes(),
@@ -963,6 +1126,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         ground.db.set_outgoing_progress(&pack, from, "sending")?;
         let mut up = Upload::new(total, from, self.rtt, allow.rate);
         let clock = Instant::now();
+        // The link's own time, for rate estimates: from the first frame to each
+        // acknowledgement in turn (scanning, encoding and the node's apply are not the link).
+        let mut on_link: Option<Instant> = None;
         let mut stopped = false;
         let report = |up: &Upload| Progress {
             pack,
@@ -975,7 +1141,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             let limit = if stopped {
                 up.sent()
             } else {
-                self.send_limit(&up, allow)
+                let l = self.send_limit(&up, allow);
+                // The budget or the time is spent: no acknowledgement will make room again.
+                // (Otherwise the limit only waits for bytes in flight to land.)
+                if l.spent && l.offset <= up.sent() && !up.all_sent() {
+                    stopped = true;
+                }
+                l.offset
             };
             if limit <= up.sent() && !up.all_sent() && up.in_flight() == 0 {
                 stopped = true;
@@ -991,17 +1163,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
             let frame = if stopped { None } else { up.next_frame(limit) };
             let msg = match frame {
-                Some((a, b)) => Some(Message::PackData {
-                    offset: a,
-                    bytes: bytes[a as usize..b as usize].to_vec(),
-                }),
-                None => {
-                    if limit <= up.sent() && !up.all_sent() {
-                        // Out of budget or time: ask for a last acknowledgement and stop.
-                        stopped = true;
-                    }
-                    None
+                Some((a, b)) => {
+                    on_link.get_or_insert_with(Instant::now);
+                    Some(Message::PackData {
+                        offset: a,
+                        bytes: bytes[a as usize..b as usize].to_vec(),
+                    })
                 }
+                // Out of budget or time (`stopped`): ask for a last acknowledgement and stop.
+                // Otherwise the window is full, or the rest may not land by the deadline at
+                // the rate known so far: wait for acknowledgements.
+                None => None,
             };
             // Write (if there is a frame) while reading whatever comes back.
             let incoming = match msg {
@@ -1068,8 +1240,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 match m {
                     Message::KeepAlive => {}
                     Message::PackAck { offset } => {
+                        let before = up.acked();
                         up.on_ack(offset, clock.elapsed())
                             .map_err(|_| GroundError::BadReply("acknowledgement"))?;
+                        if let Some(mark) = on_link.as_mut() {
+                            self.on_link.0 += offset - before;
+                            self.on_link.1 += mark.elapsed();
+                            *mark = Instant::now();
+                        }
                         ground.db.set_outgoing_progress(&pack, offset, "sending")?;
                         progress(report(&up));
                     }
@@ -1096,39 +1274,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    /// The offset this connection may send up to, given the budget and the deadline.
-    fn send_limit(&self, up: &Upload, allow: &Allowance) -> u64 {
+    /// How far this connection may send now, given the budget and the deadline.
+    fn send_limit(&self, up: &Upload, allow: &Allowance) -> SendLimit {
         self.limit_from(up, allow, up.sent())
     }
 
     /// Like [`Self::send_limit`] for bytes coming the other way: what was asked for but has
     /// not arrived is not on the counters yet, so the budget counts from what arrived.
     fn pull_limit(&self, up: &Upload, allow: &Allowance) -> u64 {
-        self.limit_from(up, allow, up.acked())
+        self.limit_from(up, allow, up.acked()).offset
     }
 
-    fn limit_from(&self, up: &Upload, allow: &Allowance, counted: u64) -> u64 {
-        let mut limit = up.total();
+    fn limit_from(&self, up: &Upload, allow: &Allowance, counted: u64) -> SendLimit {
+        let mut limit = SendLimit {
+            offset: up.total(),
+            spent: false,
+        };
         if let Some(budget) = allow.budget {
-            // Acknowledgements of what is sent now arrive later and count too: about 25 bytes
-            // per 3 s of link, under 1% of the bytes they acknowledge; keep 2% back for them.
-            let left = budget.saturating_sub(self.wire_total() + CLOSING_RESERVE + budget / 50);
-            // Each frame costs its payload plus framing.
-            let frames = left / Upload::wire_cost(up.frame_size() as u64);
-            let rest = left % Upload::wire_cost(up.frame_size() as u64);
-            let payload = frames * up.frame_size() as u64
-                + rest.saturating_sub(super::upload::FRAME_OVERHEAD);
-            limit = limit.min(counted + payload);
+            let payload = payload_in(
+                budget.saturating_sub(self.wire_total() + budget_reserve(budget)),
+                up.frame_size(),
+            );
+            limit.offset = limit.offset.min(counted + payload);
+            // Nothing more fits in the budget, and no acknowledgement will change that.
+            limit.spent = payload == 0;
         }
         if let Some(deadline) = allow.deadline {
-            // Stop early enough for the bytes in flight to land and be acknowledged.
-            let rate = up.rate().or(allow.rate);
-            let drain = rate.map_or(Duration::ZERO, |r| {
-                Duration::from_secs_f64(up.in_flight() as f64 / r)
-            });
-            let margin = self.rtt + drain + Duration::from_secs(1);
-            if Instant::now() + margin >= deadline {
-                limit = limit.min(up.sent());
+            // What is sent must land and be acknowledged before the deadline: stop sending a
+            // round trip and a second's slack before it, and meanwhile keep no more in flight
+            // than the link drains by then. Bytes the rate says cannot land wait for
+            // acknowledgements (which may show a faster link) rather than end the pass.
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(self.rtt + END_SLACK);
+            if left.is_zero() {
+                limit.offset = limit.offset.min(up.sent());
+                limit.spent = true;
+            } else if let Some(rate) = up.rate().or(allow.rate) {
+                let drains = payload_in((rate * left.as_secs_f64()) as u64, up.frame_size());
+                limit.offset = limit.offset.min(up.acked() + drains);
             }
         }
         limit
@@ -1151,12 +1335,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         };
         let _ = tokio::time::timeout(self.rtt * 2 + Duration::from_secs(2), drain).await;
         let counts = self.wire_bytes();
-        let _ = ground.db.log_link(
-            &self.node,
-            counts.0,
-            counts.1,
-            self.started.elapsed().as_secs_f64(),
-        );
+        if self.on_link.0 > 0 {
+            let _ = ground.db.log_link(
+                &self.node,
+                self.on_link.0,
+                counts.1,
+                self.on_link.1.as_secs_f64(),
+            );
+        }
         let _ = self.tx.close().await;
         Ok(counts)
     }
@@ -1192,6 +1378,17 @@ impl ContentProvider for EmptyProvider {
     fn base(&self, _: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
         Ok(None)
     }
+}
+
+/// What a pull selects, and how it treats the copy.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// `--path` patterns: only what they select (none: the whole volume).
+    pub filter: Vec<String>,
+    /// Remove from the copy what the pod removed (otherwise it stays).
+    pub delete: bool,
+    /// Overwrite what the copy's user changed since the last pull (otherwise the pull refuses).
+    pub force: bool,
 }
 
 /// The result of a pull.
@@ -1346,7 +1543,7 @@ impl Ground {
                     // Kept, it would stop every later pull into this copy. The copy holds what
                     // the steps before it did; the next pull plans from the copy as it is and
                     // brings it up to date.
-                    self.db.pull_journal_end(&key)?;
+                    self.db.pull_journal_abandon(&key)?;
                     outcome = Err(GroundError::PullAbandoned { into: key, source });
                 }
                 Err(source) => {
@@ -1359,21 +1556,28 @@ impl Ground {
         outcome
     }
 
-    /// Decodes a whole pull pack against `base` (the copy as it was when the pull was asked
-    /// for) and applies it to the copy as it is now, journaled. The pull may have run for
-    /// minutes: if the copy's user changed something the pack changes meanwhile, nothing is
-    /// applied ([`GroundError::CopyChanged`]). A pack that does not check out, or that can no
-    /// longer apply, is dropped with its row, so the next pull plans from the copy as it is.
+    /// Decodes a whole pull pack against `base` (what the node planned from: the copy as the
+    /// last pull left it, or `start`, the copy as it was when this pull was asked for) and
+    /// applies it to the copy
+    /// as it is now, journaled. What the copy's user changed since `since` (the state the last
+    /// pull left, or an empty copy when nothing is known; None with --force) and the pack would
+    /// overwrite stops it ([`GroundError::LocalChanges`], naming every such path); the pack is
+    /// kept for the next try. The pull may have run for minutes: if the copy's user changed
+    /// something the pack changes meanwhile, nothing is applied
+    /// ([`GroundError::CopyChanged`]). A pack that does not check out, or that can no longer
+    /// apply, is dropped with its row, so the next pull plans from the copy as it is.
     fn apply_pull(
         &mut self,
         copy: &Path,
         base: &Manifest,
+        start: &Manifest,
+        since: Option<&Manifest>,
         state: &PullIncoming,
     ) -> Result<AppliedPull, GroundError> {
         let staging = self.pull_staging(&state.into, &state.pack);
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(io_at(&staging))?;
-        let result = self.apply_staged(copy, &staging, base, state);
+        let result = self.apply_staged(copy, &staging, base, start, since, state);
         let _ = std::fs::remove_dir_all(&staging);
         let keep = matches!(&result, Err(GroundError::Pack(PackError::Io(_))));
         if !keep
@@ -1396,6 +1600,8 @@ impl Ground {
         copy: &Path,
         staging: &Path,
         base: &Manifest,
+        start: &Manifest,
+        since: Option<&Manifest>,
         state: &PullIncoming,
     ) -> Result<AppliedPull, GroundError> {
         let into = state.into.as_str();
@@ -1414,18 +1620,40 @@ impl Ground {
         );
         let decoded = match decoded {
             Ok(d) if d.target.root() == state.target_root => d,
-            // A base read from the copy that no longer is what the copy held when the pull was
-            // asked for: its user changed it meanwhile.
+            // A base read from the copy that no longer is what the node planned from: its
+            // user changed it, since the last pull or meanwhile.
             Err(PackError::BaseChanged { path, .. }) => {
-                return Err(GroundError::CopyChanged {
-                    into: into.to_string(),
-                    path,
+                // Changed before this pull (the node planned from the last pull's state), or
+                // while it ran.
+                let before = VolumePath::new(path.as_str())
+                    .is_ok_and(|p| base.get(&p).map(|e| &e.kind) != start.get(&p).map(|e| &e.kind));
+                return Err(if before {
+                    GroundError::LocalChanges {
+                        into: into.to_string(),
+                        paths: vec![path],
+                    }
+                } else {
+                    GroundError::CopyChanged {
+                        into: into.to_string(),
+                        path,
+                    }
                 });
             }
             Err(e) => return Err(e.into()),
             Ok(_) => return Err(GroundError::BadReply("pull pack target")),
         };
         let changes = &decoded.header.changes;
+        if let Some(since) = since {
+            // Like git: a pull never silently overwrites a change made in the copy. (What its
+            // user changes while the pull runs is `copy_now`'s to find.)
+            let lost = overwritten(since, start, changes, &decoded.target);
+            if !lost.is_empty() {
+                return Err(GroundError::LocalChanges {
+                    into: into.to_string(),
+                    paths: lost.iter().map(|p| p.to_string()).collect(),
+                });
+            }
+        }
         // Looked at again just before anything is placed in it.
         let (now, _) = self.copy_now(copy, into, base, &decoded)?;
         let tag = format!("pull{}", state.pack.short());
@@ -1453,11 +1681,18 @@ impl Ground {
             .copy_now(copy, into, &now, &decoded)
             .inspect_err(|_| unplace(&dir))?;
         self.db
-            .pull_journal_begin(&PullJournal {
-                into: into.to_string(),
-                tag: tag.clone(),
-                plan: plan.clone(),
-            })
+            .pull_journal_begin(
+                &PullJournal {
+                    into: into.to_string(),
+                    tag: tag.clone(),
+                    plan: plan.clone(),
+                },
+                Some(Pulled {
+                    node: &state.node,
+                    pod: &state.pod,
+                    manifest: &decoded.target,
+                }),
+            )
             .inspect_err(|_| unplace(&dir))?;
         // Renames and removals only. Should one fail, the plan stays journaled and the next
         // pull into this copy (or the next start of the ground) finishes it.
@@ -1488,7 +1723,10 @@ impl Ground {
             into: into.to_string(),
             path: path.to_string(),
         };
-        if let Some(path) = touched_by_changes(planned, &now, &decoded.header.changes) {
+        if let Some(path) = overwritten(planned, &now, &decoded.header.changes, &decoded.target)
+            .into_iter()
+            .next()
+        {
             return Err(changed(&path));
         }
         // Content a change copies from elsewhere in the copy may be what the user changed.
@@ -1513,29 +1751,42 @@ struct AppliedPull {
     target: Manifest,
 }
 
-/// The first path that the pack's `changes` touch and that differs between `planned` (the copy
-/// the pull was planned on) and `now` (the copy as it is): the same path, a folder above a
-/// changed path, or anything below a removed one. None when the user's changes and the pull's
-/// keep apart, so the pull can apply on the copy as the user left it.
-fn touched_by_changes(
+/// The paths where applying `changes` (whose result is `target`) would lose what differs
+/// between `planned` (the copy the changes were planned on) and `now` (the copy as it is), in
+/// order: the same path, unless the change leaves it as the user did; a folder above a changed
+/// path that the user changed or removed (one the user made is only a folder); anything the
+/// user has below a removed folder. Empty when the user's changes and the pull's keep apart, so
+/// the pull can apply on the copy as the user left it.
+fn overwritten(
     planned: &Manifest,
     now: &Manifest,
     changes: &[Change],
-) -> Option<VolumePath> {
+    target: &Manifest,
+) -> Vec<VolumePath> {
     if planned.root() == now.root() {
-        return None;
+        return Vec::new();
     }
     let differ: HashSet<VolumePath> = diff(planned, now)
         .into_iter()
         .map(|c| c.path().clone())
         .collect();
+    // The pull leaves the path as the user has it: both made the same file, or both a folder.
+    let agrees = |p: &VolumePath| match (target.get(p), now.get(p)) {
+        (Some(t), Some(n)) => t.kind == n.kind,
+        (None, None) => true,
+        _ => false,
+    };
+    let mut lost = std::collections::BTreeSet::new();
     for c in changes {
         let p = c.path();
-        if differ.contains(p) {
-            return Some(p.clone());
+        if differ.contains(p) && !agrees(p) {
+            lost.insert(p.clone());
         }
-        if let Some(a) = p.ancestors().find(|a| differ.contains(a)) {
-            return Some(a);
+        for a in p.ancestors() {
+            let made_by_user = planned.get(&a).is_none() && now.get(&a).is_some_and(|e| e.is_dir());
+            if differ.contains(&a) && !made_by_user {
+                lost.insert(a);
+            }
         }
     }
     // Something the user put inside a folder the pull removes.
@@ -1546,10 +1797,12 @@ fn touched_by_changes(
             Change::Put(_) => None,
         })
         .collect();
-    differ
-        .into_iter()
-        .filter(|d| d.ancestors().any(|a| removed.contains(&a)))
-        .min()
+    lost.extend(
+        differ
+            .into_iter()
+            .filter(|d| d.ancestors().any(|a| removed.contains(&a)) && !agrees(d)),
+    );
+    lost.into_iter().collect()
 }
 
 /// The path a manifest error names, for errors a changed copy can cause.
@@ -1568,14 +1821,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     /// crosses the link, as a delta against the copy. Resumes a pull a cut link stopped. A
     /// selection larger than the node puts in one pull pack comes as several, each applied
     /// before the next is asked for, while the budget and the deadline allow.
-    #[allow(clippy::too_many_arguments)]
     pub async fn pull(
         &mut self,
         ground: &mut Ground,
         pod: &PodName,
         into: &Path,
-        filter: &[String],
-        delete: bool,
+        opts: &PullOptions,
         allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<PullReport, GroundError> {
@@ -1588,7 +1839,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let mut report: Option<PullReport> = None;
         loop {
             let (next, more) = self
-                .pull_pack(ground, pod, &copy, filter, delete, allow, progress)
+                .pull_pack(ground, pod, &copy, opts, allow, progress)
                 .await?;
             let mut all = match report {
                 Some(mut all) => {
@@ -1623,24 +1874,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     /// One pull pack: asked for, received (or resumed) and applied. True with it when the node
-    /// has more of the selection for a next pack.
-    #[allow(clippy::too_many_arguments)]
-    /// `copy`: the copy's folder, made and canonical.
+    /// has more of the selection for a next pack. `copy`: the copy's folder, made and
+    /// canonical.
     async fn pull_pack(
         &mut self,
         ground: &mut Ground,
         pod: &PodName,
         copy: &Path,
-        filter: &[String],
-        delete: bool,
+        opts: &PullOptions,
         allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(PullReport, bool), GroundError> {
+        let (filter, delete) = (opts.filter.as_slice(), opts.delete);
         let into_key = copy.display().to_string();
         // An earlier pull into this copy may have stopped inside its apply (a crash): it is
         // finished before the copy is looked at, so this one plans from a whole copy.
         ground.settle_copy(copy)?;
-        let (base, _) = ground.scan_copy(copy)?;
+        let (start, _) = ground.scan_copy(copy)?;
+        // Like git, the node is asked for the pod's changes since the last pull (it knows that
+        // state: it built it), so what the copy's user changed since stays theirs, and a change
+        // of the pod's that would overwrite one is refused. With --force, or with nothing
+        // known, the node plans from the copy as it is.
+        let pulled = match opts.force {
+            true => None,
+            false => ground.db.pulled_copy(&into_key, &self.node, pod)?,
+        };
+        let base = pulled.clone().unwrap_or_else(|| start.clone());
         // A pull asked differently (other --path, --delete) does not resume this one.
         let request = format!("{filter:?} delete={delete}");
         let mut report = PullReport {
@@ -1686,6 +1945,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         };
         self.tx.send(&ask(false)).await?;
         let mut reply = self.recv().await;
+        let mut known = true;
         if let Err(GroundError::Remote {
             kind: ErrorKind::NotFound,
             ..
@@ -1693,14 +1953,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         {
             // The node does not know the copy's manifest (a fresh ground, a copy changed by
             // hand): send it once.
+            known = false;
             self.tx.send(&ask(true)).await?;
             reply = self.recv().await;
         }
+        // What the copy's user changed, and the pull must not overwrite, is what differs from:
+        // the last pull's state; a state the node built (a copy as a pull or push left it);
+        // or, for a copy nobody knows, nothing (everything in it is the user's).
+        let empty = Manifest::default();
+        let since = match (opts.force, &pulled) {
+            (true, _) => None,
+            (false, Some(p)) => Some(p),
+            (false, None) if known => Some(&start),
+            (false, None) => Some(&empty),
+        };
         let (pack, len, target_root, more) = match reply? {
             Message::PullSame { .. } => {
                 // A cut pull the node no longer needs (the copy holds the selection by now).
                 if let Some(r) = &resume {
                     ground.drop_pull(r)?;
+                }
+                if pulled.is_none() {
+                    // The copy holds what the node would deliver: the state later pulls start
+                    // from.
+                    ground
+                        .db
+                        .set_pulled_copy(&into_key, &self.node, pod, &base)?;
                 }
                 report.up_to_date = true;
                 report.complete = true;
@@ -1768,7 +2046,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         report.received = len;
         drop(file);
         // Whole: verify every byte against the copy and apply it, files replaced by rename.
-        let applied = ground.apply_pull(copy, &base, &state)?;
+        // Applied, and (with the journal's end) recorded as what the copy holds.
+        let applied = ground.apply_pull(copy, &base, &start, since, &state)?;
         report.changes = ChangeSummary::of(&applied.on, &applied.changes);
         report.complete = true;
         report.root = applied.target.root().to_hex();
@@ -1971,6 +2250,14 @@ mod tests {
         /// the copy was scanned, before it is applied).
         async fn pull(
             &mut self,
+            progress: impl FnMut(Progress),
+        ) -> Result<PullReport, GroundError> {
+            self.pull_with(&PullOptions::default(), progress).await
+        }
+
+        async fn pull_with(
+            &mut self,
+            opts: &PullOptions,
             mut progress: impl FnMut(Progress),
         ) -> Result<PullReport, GroundError> {
             let mut client = self.connect().await?;
@@ -1980,8 +2267,7 @@ mod tests {
                     &mut self.ground,
                     &pod,
                     &copy,
-                    &[],
-                    false,
+                    opts,
                     &Allowance::default(),
                     &mut progress,
                 )
@@ -2053,11 +2339,14 @@ mod tests {
             assert!(plan.steps.len() > done, "{plan:?}");
             self.ground
                 .db
-                .pull_journal_begin(&PullJournal {
-                    into: self.copy_key(),
-                    tag: tag.into(),
-                    plan: plan.clone(),
-                })
+                .pull_journal_begin(
+                    &PullJournal {
+                        into: self.copy_key(),
+                        tag: tag.into(),
+                        plan: plan.clone(),
+                    },
+                    None,
+                )
                 .unwrap();
             let first = ApplyPlan {
                 steps: plan.steps[..done].to_vec(),
@@ -2210,7 +2499,7 @@ mod tests {
             tag: "pulljour".into(),
             plan,
         };
-        rig.ground.db.pull_journal_begin(&journal).unwrap();
+        rig.ground.db.pull_journal_begin(&journal, None).unwrap();
         let err = rig.ground.settle_copy(&copy).unwrap_err();
         assert!(
             matches!(&err, GroundError::PullUnfinished { into, .. } if *into == rig.copy_key()),
@@ -2241,19 +2530,22 @@ mod tests {
         let copy = rig.copy();
         rig.ground
             .db
-            .pull_journal_begin(&PullJournal {
-                into: rig.copy_key(),
-                tag: "pulllost".into(),
-                plan: ApplyPlan {
-                    steps: vec![Step::File {
-                        path: VolumePath::new("x").unwrap(),
-                        temp: ".~sync.pulllost.0".into(),
-                        id: ContentId::of(b"never placed"),
-                        mode: 0o644,
-                        mtime: 0,
-                    }],
+            .pull_journal_begin(
+                &PullJournal {
+                    into: rig.copy_key(),
+                    tag: "pulllost".into(),
+                    plan: ApplyPlan {
+                        steps: vec![Step::File {
+                            path: VolumePath::new("x").unwrap(),
+                            temp: ".~sync.pulllost.0".into(),
+                            id: ContentId::of(b"never placed"),
+                            mode: 0o644,
+                            mtime: 0,
+                        }],
+                    },
                 },
-            })
+                None,
+            )
             .unwrap();
         let err = rig.ground.settle_copy(&copy).unwrap_err();
         assert!(
@@ -2325,8 +2617,22 @@ mod tests {
             .db
             .pull_incoming(&node, &rig.pod, &rig.copy_key());
         assert_eq!(row.unwrap(), None);
-        // Run again, the pull brings the pod's version.
-        let r = rig.pull(|_| {}).await.unwrap();
+        // Run again, the pull finds the edit a local change, which it does not overwrite
+        // unless told to.
+        let err = rig.pull(|_| {}).await.unwrap_err();
+        assert!(
+            matches!(&err, GroundError::LocalChanges { paths, .. } if paths == &["a.txt"]),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(copy.join("a.txt")).unwrap(),
+            "the user's edit\n"
+        );
+        let force = PullOptions {
+            force: true,
+            ..PullOptions::default()
+        };
+        let r = rig.pull_with(&force, |_| {}).await.unwrap();
         assert!(r.complete, "{r:?}");
         assert_eq!(scan(&copy).root(), scan(&vol).root());
     }
@@ -2407,6 +2713,37 @@ mod tests {
     }
 
     #[test]
+    fn a_budget_carries_whole_frames_and_their_framing() {
+        let cost = Upload::wire_cost(4096);
+        assert_eq!(payload_in(0, 4096), 0);
+        assert_eq!(payload_in(super::super::upload::FRAME_OVERHEAD, 4096), 0);
+        assert_eq!(payload_in(cost, 4096), 4096);
+        assert_eq!(payload_in(3 * cost + 100, 4096), 3 * 4096 + 100 - 33);
+        assert_eq!(budget_reserve(1_000_000), CLOSING_RESERVE + 20_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_plan_counts_what_the_time_left_carries_not_the_whole_deadline() {
+        let rtt = Duration::from_millis(500);
+        let allow = Allowance {
+            budget: None,
+            deadline: Some(Instant::now() + Duration::from_secs(10)),
+            rate: Some(100_000.0),
+        };
+        // 10 s less a round trip and the closing slack, at 100 kB/s, less framing.
+        let c = allow.capacity(0, rtt).unwrap();
+        assert!(c < 850_000 && c > 800_000, "{c}");
+        // The budget, less what the connection moved and the reserve, bounds it further.
+        let tight = Allowance {
+            budget: Some(300_000),
+            ..allow
+        };
+        let b = tight.capacity(10_000, rtt).unwrap();
+        assert!(b < 300_000 - 10_000 - 6_000 && b > 270_000, "{b}");
+        assert_eq!(Allowance::default().capacity(0, rtt), None);
+    }
+
+    #[test]
     fn changes_touch_what_differs_at_their_path_above_it_or_below_a_removal() {
         let file = |p: &str, body: &str| crate::manifest::Entry {
             path: VolumePath::new(p).unwrap(),
@@ -2440,6 +2777,17 @@ mod tests {
             })
         };
         let remove = |p: &str| Change::Remove(VolumePath::new(p).unwrap());
+        // What the pod made of each path: every file changed, folder b kept.
+        let pod = m(vec![
+            dir("a", 0o755),
+            file("a/x", "pod"),
+            dir("b", 0o755),
+            file("b/y", "pod"),
+            file("c", "pod"),
+        ]);
+        let touched_by_changes = |planned: &Manifest, now: &Manifest, changes: &[Change]| {
+            overwritten(planned, now, changes, &pod).into_iter().next()
+        };
         let vp = |p: &str| Some(VolumePath::new(p).unwrap());
         // Unchanged copy: nothing to check.
         assert_eq!(touched_by_changes(&planned, &planned, &[put("a/x")]), None);
@@ -2479,6 +2827,27 @@ mod tests {
         assert_eq!(
             touched_by_changes(&planned, &now, &[remove("b/y"), remove("b")]),
             vp("b/mine")
+        );
+        // Every path is named, in order, not only the first; a change that leaves a path as
+        // the user has it loses nothing.
+        let now = m(vec![
+            dir("a", 0o755),
+            file("a/x", "pod"),
+            dir("b", 0o755),
+            file("b/y", "mine"),
+            file("c", "mine"),
+            dir("d", 0o755),
+            file("d/new", "mine"),
+        ]);
+        let all = overwritten(&planned, &now, &[put("a/x"), put("b/y"), put("c")], &pod);
+        assert_eq!(all, vec![vp("b/y").unwrap(), vp("c").unwrap()]);
+        // A folder the user made is only a folder: what the pod puts in it is not a conflict.
+        let mut with_d = pod.entries().to_vec();
+        with_d.extend([dir("d", 0o755), file("d/z", "pod")]);
+        let pod_d = m(with_d);
+        assert_eq!(
+            overwritten(&planned, &now, &[put("d/z")], &pod_d),
+            Vec::<VolumePath>::new()
         );
     }
 }

@@ -63,6 +63,10 @@ pub struct OnboardService {
     next_receiver: std::sync::atomic::AtomicU64,
     /// Most content one pull pack carries; see [`OnboardService::set_pull_pack_cap`].
     pull_pack_cap: u64,
+    /// The volumes live on another disk than the staging area: a volume that is full (or
+    /// failing) leaves a received pack whole and staged, so the retry sends nothing again.
+    /// On one disk, a pack that could not be placed is dropped to give its space back.
+    volumes_apart: bool,
 }
 
 impl OnboardService {
@@ -81,6 +85,11 @@ impl OnboardService {
         fs::create_dir_all(s.join("staging")).map_err(io_at(&s))?;
         let db = Db::open(&s.join("onboard.db"))?;
         let node = db.node_id()?;
+        let device = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(p).map(|m| m.dev()).map_err(io_at(p))
+        };
+        let volumes_apart = device(&v)? != device(&s.join("staging"))?;
         let svc = Self {
             volumes,
             state_dir: s,
@@ -91,6 +100,7 @@ impl OnboardService {
             receivers: Mutex::new(HashMap::new()),
             next_receiver: std::sync::atomic::AtomicU64::new(1),
             pull_pack_cap: DEFAULT_PULL_PACK_CAP,
+            volumes_apart,
         };
         svc.roll_forward()?;
         Ok(svc)
@@ -267,7 +277,7 @@ impl OnboardService {
     ) -> Result<Message, OnboardError> {
         let lock = self.pod_lock(&pod);
         let _held = lock.lock().expect("pod lock");
-        if let Err(Reply(m)) = self.settle_pod(&pod) {
+        if let Err(Reply(m, _)) = self.settle_pod(&pod) {
             return Ok(*m);
         }
         let current = self.scan_pod(&pod)?;
@@ -410,7 +420,13 @@ impl OnboardService {
         )
         .map_err(|e| match e {
             VolumeError::SourceGone { .. } => conflict(e.to_string()),
-            other => storage(other.to_string()),
+            other => {
+                let mut r = storage(other.to_string());
+                if self.volumes_apart {
+                    r.1 = Staged::Keep;
+                }
+                r
+            }
         })?;
         let _ = fs::remove_dir_all(&staging);
         self.db()
@@ -468,14 +484,27 @@ impl ObjectSink for StagingSink<'_> {
     }
 }
 
-/// A failed request, as the message the ground will see.
-pub struct Reply(Box<Message>);
+/// A failed request, as the message the ground will see, and what becomes of a received pack
+/// it concerns.
+pub struct Reply(Box<Message>, Staged);
+
+/// Whether a pack whose apply failed stays staged for the next try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Staged {
+    /// Never applicable as it is (it failed verification, or the volume moved on): dropped.
+    Drop,
+    /// Whole and verified, held up by something that passes (a full volume disk), or journaled.
+    Keep,
+}
 
 fn reply(kind: ErrorKind, message: impl Into<String>) -> Reply {
-    Reply(Box::new(Message::Error {
-        kind,
-        message: message.into(),
-    }))
+    Reply(
+        Box::new(Message::Error {
+            kind,
+            message: message.into(),
+        }),
+        Staged::Drop,
+    )
 }
 fn conflict(m: impl Into<String>) -> Reply {
     reply(ErrorKind::Conflict, m)
@@ -492,6 +521,7 @@ fn unfinished(m: impl Into<String>) -> Reply {
     if let Message::Error { message, .. } = r.0.as_mut() {
         message.insert_str(0, JOURNALED);
     }
+    r.1 = Staged::Keep;
     r
 }
 
@@ -571,7 +601,7 @@ impl OnboardSession {
     pub fn handle(&mut self, msg: Message) -> Outcome {
         match self.dispatch(msg) {
             Ok(o) => o,
-            Err(Reply(m)) => Outcome {
+            Err(Reply(m, _)) => Outcome {
                 replies: vec![*m],
                 close: false,
                 more: false,
@@ -884,7 +914,7 @@ impl OnboardSession {
     pub fn go_on(&mut self) -> Outcome {
         match self.apply_received() {
             Ok(o) => o,
-            Err(Reply(m)) => Outcome {
+            Err(Reply(m, _)) => Outcome {
                 replies: vec![*m],
                 close: false,
                 more: false,
@@ -905,11 +935,14 @@ impl OnboardSession {
             }),
             Err(e) => {
                 // A pack that failed verification is never retried as is; one whose changeset
-                // is journaled is finished at the next start.
-                let journaled = matches!(e.0.as_ref(),
-                    Message::Error { message, .. } if message.starts_with(JOURNALED));
-                if !journaled {
-                    self.svc.discard(&pack);
+                // is journaled is finished at the next start; one a full volume disk held up
+                // stays staged, so the ground's retry applies it without sending it again.
+                match e.1 {
+                    Staged::Drop => self.svc.discard(&pack),
+                    // Its decoded objects are made again from the pack next time.
+                    Staged::Keep => {
+                        let _ = fs::remove_dir_all(self.svc.staging_dir(&pack));
+                    }
                 }
                 Err(e)
             }
@@ -1148,7 +1181,7 @@ impl OnboardService {
         if target.root() == base.root() {
             return Ok(Message::PullSame { root: base.root() });
         }
-        let pack_id = PackId(*blake3::hash(&bytes).as_bytes());
+        let pack_id = PackId::of(&bytes);
         let path = self.pull_file(&pack_id);
         fs::create_dir_all(path.parent().expect("pulls folder"))
             .and_then(|()| crate::object::write_durably(&path.with_extension("tmp"), &path, &bytes))

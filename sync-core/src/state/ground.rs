@@ -257,7 +257,9 @@ impl Db {
         self.outgoing_where("1 = 1", &[])
     }
 
-    /// Records what one connection moved, for rate estimates.
+    /// Records what one connection moved, for rate estimates: `sent`, pack bytes acknowledged
+    /// by the node, took `secs` on the link (from the first frame to the last acknowledgement;
+    /// scanning, encoding and applying are not the link).
     pub fn log_link(
         &self,
         node: &NodeId,
@@ -287,7 +289,7 @@ impl Db {
     pub fn measured_rate(&self, node: &NodeId) -> Result<Option<f64>, StateError> {
         let (bytes, secs): (Option<i64>, Option<f64>) = self.conn().query_row(
             "SELECT SUM(sent), SUM(secs) FROM (SELECT sent, secs FROM link_log
-             WHERE node = ?1 AND sent > 65536 AND secs > 1 ORDER BY at DESC LIMIT 10)",
+             WHERE node = ?1 AND sent > 262144 AND secs > 0.25 ORDER BY at DESC LIMIT 10)",
             [node.to_hex()],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
@@ -295,6 +297,86 @@ impl Db {
             (Some(b), Some(s)) if s > 0.0 => Some(b as f64 / s),
             _ => None,
         })
+    }
+}
+
+/// Newer changes of a folder that follow a queued push of it (see `follow_up` in the schema).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowUp {
+    pub node: NodeId,
+    pub pod: PodName,
+    /// `--dest`, if any.
+    pub dest: Option<String>,
+    /// The local folder to plan them from (absolute).
+    pub source: String,
+    pub priority: i64,
+    pub created_at: i64,
+}
+
+impl Db {
+    /// Records (or renews) the promise that `f.source`'s newer changes follow.
+    pub fn put_follow_up(&self, f: &FollowUp) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT INTO follow_up (node, pod, dest, source, priority, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(node, pod, dest) DO UPDATE SET source = excluded.source,
+                 priority = excluded.priority",
+            params![
+                f.node.to_hex(),
+                f.pod.as_str(),
+                f.dest.as_deref().unwrap_or(""),
+                f.source,
+                f.priority,
+                f.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The newer changes for this destination are planned (or there are none): the promise is
+    /// kept.
+    pub fn end_follow_up(
+        &self,
+        node: &NodeId,
+        pod: &PodName,
+        dest: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.conn().execute(
+            "DELETE FROM follow_up WHERE node = ?1 AND pod = ?2 AND dest = ?3",
+            params![node.to_hex(), pod.as_str(), dest.unwrap_or("")],
+        )?;
+        Ok(())
+    }
+
+    /// Promised follow-ups, for one node or (None) all, in the order a pass plans them.
+    pub fn follow_ups(&self, node: Option<&NodeId>) -> Result<Vec<FollowUp>, StateError> {
+        let mut stmt = self.conn().prepare(
+            "SELECT node, pod, dest, source, priority, created_at FROM follow_up
+             WHERE ?1 IS NULL OR node = ?1 ORDER BY priority DESC, created_at, rowid",
+        )?;
+        let rows = stmt.query_map([node.map(|n| n.to_hex())], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (node, pod, dest, source, priority, created_at) = row?;
+            out.push(FollowUp {
+                node: NodeId::from_hex(&node).ok_or(StateError::Corrupt("node id"))?,
+                pod: PodName::new(pod).map_err(|_| StateError::Corrupt("pod name"))?,
+                dest: Some(dest).filter(|d| !d.is_empty()),
+                source,
+                priority,
+                created_at,
+            });
+        }
+        Ok(out)
     }
 }
 
@@ -387,6 +469,50 @@ impl Db {
     }
 }
 
+impl Db {
+    /// Records what the node believes the copy at `into` holds: the target of the pull just
+    /// applied to it.
+    pub fn set_pulled_copy(
+        &self,
+        into: &str,
+        node: &NodeId,
+        pod: &PodName,
+        manifest: &Manifest,
+    ) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO pulled_copy (into_dir, node, pod, manifest, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                into,
+                node.to_hex(),
+                pod.as_str(),
+                pack_manifest(manifest),
+                now_secs()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// What the last pull of `pod` of `node` into the copy at `into` left it holding, if the
+    /// copy's last pull came from that pod.
+    pub fn pulled_copy(
+        &self,
+        into: &str,
+        node: &NodeId,
+        pod: &PodName,
+    ) -> Result<Option<Manifest>, StateError> {
+        let blob: Option<Vec<u8>> = self
+            .conn()
+            .query_row(
+                "SELECT manifest FROM pulled_copy WHERE into_dir = ?1 AND node = ?2 AND pod = ?3",
+                params![into, node.to_hex(), pod.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        blob.map(|b| unpack_manifest(&b)).transpose()
+    }
+}
+
 /// A pull being applied to a copy: its renames and removals, journaled from just before the
 /// first until the last, so that a crash in between is rolled forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -398,23 +524,65 @@ pub struct PullJournal {
     pub plan: ApplyPlan,
 }
 
+/// What a copy holds once a pull is applied, as the node sees it (see `pulled_copy`).
+#[derive(Debug, Clone, Copy)]
+pub struct Pulled<'a> {
+    pub node: &'a NodeId,
+    pub pod: &'a PodName,
+    pub manifest: &'a Manifest,
+}
+
 impl Db {
-    /// Journals a pull's apply to its copy (one per copy: a later one replaces it).
-    pub fn pull_journal_begin(&self, j: &PullJournal) -> Result<(), StateError> {
+    /// Journals a pull's apply to its copy (one per copy: a later one replaces it). `pulled`
+    /// becomes the copy's `pulled_copy` record when the journal ends.
+    pub fn pull_journal_begin(
+        &self,
+        j: &PullJournal,
+        pulled: Option<Pulled<'_>>,
+    ) -> Result<(), StateError> {
         // The same encoding as the onboard journal's plans.
         let plan = postcard::to_stdvec(&j.plan).expect("in-memory postcard");
         self.conn().execute(
-            "INSERT OR REPLACE INTO pull_journal (into_dir, tag, plan, started_at)
-             VALUES (?1, ?2, ?3, ?4)",
-            params![j.into, j.tag, plan, now_secs()],
+            "INSERT OR REPLACE INTO pull_journal
+             (into_dir, tag, plan, started_at, pulled_node, pulled_pod, pulled)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                j.into,
+                j.tag,
+                plan,
+                now_secs(),
+                pulled.map(|p| p.node.to_hex()),
+                pulled.map(|p| p.pod.as_str().to_string()),
+                pulled.map(|p| pack_manifest(p.manifest)),
+            ],
         )?;
         Ok(())
     }
 
-    /// The copy's apply is done (or given up): its journal entry goes.
+    /// The copy's apply is done: its journal entry goes, and what the pull delivered becomes
+    /// what the copy is known to hold, in one transaction.
     pub fn pull_journal_end(&self, into: &str) -> Result<(), StateError> {
-        self.conn()
-            .execute("DELETE FROM pull_journal WHERE into_dir = ?1", [into])?;
+        let c = self.conn();
+        let tx = c.unchecked_transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO pulled_copy (into_dir, node, pod, manifest, updated_at)
+             SELECT into_dir, pulled_node, pulled_pod, pulled, ?2 FROM pull_journal
+             WHERE into_dir = ?1 AND pulled IS NOT NULL",
+            params![into, now_secs()],
+        )?;
+        tx.execute("DELETE FROM pull_journal WHERE into_dir = ?1", [into])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The copy's apply is given up, half done: its journal entry goes, and so does what the
+    /// copy was known to hold (the next pull plans from the copy as it is).
+    pub fn pull_journal_abandon(&self, into: &str) -> Result<(), StateError> {
+        let c = self.conn();
+        let tx = c.unchecked_transaction()?;
+        tx.execute("DELETE FROM pulled_copy WHERE into_dir = ?1", [into])?;
+        tx.execute("DELETE FROM pull_journal WHERE into_dir = ?1", [into])?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -492,8 +660,8 @@ mod tests {
             tag: "pullcd".into(),
             plan: plan("b"),
         };
-        db.pull_journal_begin(&a).unwrap();
-        db.pull_journal_begin(&b).unwrap();
+        db.pull_journal_begin(&a, None).unwrap();
+        db.pull_journal_begin(&b, None).unwrap();
         assert_eq!(db.pull_journal("/c1").unwrap(), Some(a.clone()));
         assert_eq!(db.pull_journals().unwrap(), vec![a.clone(), b.clone()]);
         // One per copy: a newer apply of the same copy replaces the entry.
@@ -502,11 +670,70 @@ mod tests {
             plan: plan("a2"),
             ..a.clone()
         };
-        db.pull_journal_begin(&a2).unwrap();
+        db.pull_journal_begin(&a2, None).unwrap();
         assert_eq!(db.pull_journal("/c1").unwrap(), Some(a2));
         db.pull_journal_end("/c1").unwrap();
         assert_eq!(db.pull_journal("/c1").unwrap(), None);
         assert_eq!(db.pull_journals().unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn a_follow_up_is_one_per_destination_until_it_ends() {
+        let db = Db::open_in_memory().unwrap();
+        let node = NodeId([1; 16]);
+        let pod = PodName::new("p").unwrap();
+        let f = |dest: Option<&str>, source: &str| FollowUp {
+            node,
+            pod: pod.clone(),
+            dest: dest.map(String::from),
+            source: source.into(),
+            priority: 0,
+            created_at: 1,
+        };
+        db.put_follow_up(&f(None, "/a")).unwrap();
+        db.put_follow_up(&f(Some("in"), "/b")).unwrap();
+        // The same destination again: the newer source replaces the older.
+        db.put_follow_up(&f(None, "/c")).unwrap();
+        let all = db.follow_ups(Some(&node)).unwrap();
+        assert_eq!(all, vec![f(None, "/c"), f(Some("in"), "/b")]);
+        assert_eq!(db.follow_ups(Some(&NodeId([2; 16]))).unwrap(), vec![]);
+        db.end_follow_up(&node, &pod, None).unwrap();
+        assert_eq!(db.follow_ups(None).unwrap(), vec![f(Some("in"), "/b")]);
+    }
+
+    #[test]
+    fn what_a_pull_delivers_is_recorded_when_its_journal_ends_not_before() {
+        let db = Db::open_in_memory().unwrap();
+        let (node, pod) = (NodeId([1; 16]), PodName::new("p").unwrap());
+        let target = Manifest::new(vec![crate::manifest::Entry {
+            path: VolumePath::new("a").unwrap(),
+            kind: crate::manifest::EntryKind::Dir,
+            mode: 0o755,
+            mtime: 0,
+        }])
+        .unwrap();
+        let j = PullJournal {
+            into: "/c".into(),
+            tag: "pullab".into(),
+            plan: plan("a"),
+        };
+        let pulled = Pulled {
+            node: &node,
+            pod: &pod,
+            manifest: &target,
+        };
+        db.pull_journal_begin(&j, Some(pulled)).unwrap();
+        assert_eq!(db.pulled_copy("/c", &node, &pod).unwrap(), None);
+        db.pull_journal_end("/c").unwrap();
+        assert_eq!(db.pulled_copy("/c", &node, &pod).unwrap().as_ref(), Some(&target));
+        // Another pod's pull into the copy is not this pod's.
+        let other = PodName::new("q").unwrap();
+        assert_eq!(db.pulled_copy("/c", &node, &other).unwrap(), None);
+        // Given up half done: nothing is known of the copy any more.
+        db.pull_journal_begin(&j, Some(pulled)).unwrap();
+        db.pull_journal_abandon("/c").unwrap();
+        assert_eq!(db.pulled_copy("/c", &node, &pod).unwrap(), None);
+        assert_eq!(db.pull_journal("/c").unwrap(), None);
     }
 
     #[test]

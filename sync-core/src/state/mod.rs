@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use ground::{KnownManifest, OutgoingPack, PullIncoming, PullJournal};
+pub use ground::{FollowUp, KnownManifest, OutgoingPack, PullIncoming, PullJournal, Pulled};
 pub use onboard::{IncomingPack, JournalEntry, PullPack, PullPackKey};
 
 use crate::id::ContentId;

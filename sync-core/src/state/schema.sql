@@ -175,3 +175,41 @@ CREATE TABLE copy_manifest (
     seen_at  INTEGER NOT NULL,
     PRIMARY KEY (pod, root)
 );
+
+-- migration 6
+-- Ground: a push promised to follow a queued one. When a folder changes while an older push of
+-- it is partly sent, the older one is finished first and the newer changes follow it; until
+-- they are planned into a pack of their own (by the next push of that folder, or by a pass once
+-- the older one has applied), this row is the promise, so that nothing a note announced is
+-- forgotten. One per node, pod and destination (`dest` is '' for the whole volume).
+CREATE TABLE follow_up (
+    node       TEXT NOT NULL,
+    pod        TEXT NOT NULL,
+    dest       TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    priority   INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (node, pod, dest)
+);
+
+-- Ground: connection times in link_log included scanning and encoding, which made the link look
+-- as slow as the CPU. From here on a row records pack bytes acknowledged and the seconds they
+-- took on the link; the old rows would mislead a plan.
+DELETE FROM link_log;
+
+-- Ground: what the node believes each copy holds after the last pull applied to it (the pull's
+-- target as the node built it). The copy's user may have changed it since: the next pull asks
+-- for the pod's changes since this state, and refuses to overwrite what the user changed.
+CREATE TABLE pulled_copy (
+    into_dir   TEXT PRIMARY KEY,
+    node       TEXT NOT NULL,
+    pod        TEXT NOT NULL,
+    manifest   BLOB NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+-- What the copy will hold once a journaled pull is applied, moved to pulled_copy in the same
+-- transaction that ends the journal, so a crash between the renames and that record is rolled
+-- forward with it.
+ALTER TABLE pull_journal ADD COLUMN pulled_node TEXT;
+ALTER TABLE pull_journal ADD COLUMN pulled_pod TEXT;
+ALTER TABLE pull_journal ADD COLUMN pulled BLOB;
