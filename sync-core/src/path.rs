@@ -39,8 +39,8 @@ pub enum PathError {
     /// a path over the limit
     #[error("a path of {len} bytes is over the limit of {MAX_PATH_BYTES}")]
     PathTooLong { len: usize },
-    /// not UTF-8
-    #[error("{0:?}: file names must be UTF-8")]
+    /// not UTF-8 (the name as [`escape_bytes`] shows it)
+    #[error("{0}: file names must be UTF-8")]
     NotUtf8(String),
     /// a name reserved for the engine's temporary files
     #[error("{0:?}: names starting with {TEMP_PREFIX:?} are reserved for the sync engine")]
@@ -188,8 +188,53 @@ fn check_name(path: &str, name: &str) -> Result<(), PathError> {
 
 /// Turns an OS file name into a checked component, for scans of real folders.
 pub fn name_from_os(name: &std::ffi::OsStr) -> Result<&str, PathError> {
+    use std::os::unix::ffi::OsStrExt;
     name.to_str()
-        .ok_or_else(|| PathError::NotUtf8(name.to_string_lossy().into_owned()))
+        .ok_or_else(|| PathError::NotUtf8(escape_bytes(name.as_bytes())))
+}
+
+/// A name a pod (or anyone) chose, made safe to print on a terminal or in a log line:
+/// printable characters as they are; control and invisible formatting characters (a newline
+/// that would forge a line, a right-to-left override) as Rust escapes them (`\n`, `\u{202e}`);
+/// bytes that are not UTF-8 as `\xNN`; and a backslash doubled, so that no two names look alike.
+pub fn escape_bytes(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for chunk in raw.utf8_chunks() {
+        escape_into(chunk.valid(), &mut out);
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// [`escape_bytes`] of a name known to be UTF-8.
+pub fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    escape_into(name, &mut out);
+    out
+}
+
+fn escape_into(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            // Quotes print as they are: the escaped form is not a Rust literal, only unambiguous.
+            '"' | '\'' => out.push(c),
+            c if hidden(c) => out.extend(c.escape_debug()),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Whether Rust's `Debug` would escape `c` inside a string (controls, unassigned and format
+/// characters), not counting a combining mark, which prints fine after a letter.
+fn hidden(c: char) -> bool {
+    let mut buf = [0u8; 5];
+    buf[0] = b'a';
+    let len = 1 + c.encode_utf8(&mut buf[1..]).len();
+    let s = std::str::from_utf8(&buf[..len]).expect("a letter and one char");
+    s.escape_debug().count() != s.chars().count()
 }
 
 /// Checks that a symlink at `link` with text `target` resolves inside the volume, lexically: the
@@ -359,6 +404,27 @@ mod tests {
         v.sort();
         let s: Vec<&str> = v.iter().map(|p| p.as_str()).collect();
         assert_eq!(s, ["a", "a/b", "a/c", "a-b", "a.b", "b"]);
+    }
+
+    #[test]
+    fn escaped_names_cannot_forge_lines_or_hide_bytes() {
+        assert_eq!(escape("plain name-1.csv"), "plain name-1.csv");
+        assert_eq!(escape("ünï/cödé it's \"q\""), "ünï/cödé it's \"q\"");
+        assert_eq!(escape("a\nfile 0 dir"), "a\\nfile 0 dir");
+        assert_eq!(escape("tab\there\r"), "tab\\there\\r");
+        assert_eq!(escape("back\\slash"), "back\\\\slash");
+        assert_eq!(escape("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
+        assert_eq!(escape("zero\u{200b}width"), "zero\\u{200b}width");
+        assert_eq!(escape("\u{1b}[31mred"), "\\u{1b}[31mred");
+        // A combining accent stays (a name in NFD prints as it reads).
+        assert_eq!(escape("e\u{301}"), "e\u{301}");
+        assert_eq!(
+            escape_bytes(b"caf\xe9-\xff\xfe.txt"),
+            "caf\\xe9-\\xff\\xfe.txt"
+        );
+        assert_eq!(escape_bytes("ok é".as_bytes()), "ok é");
+        // What is escaped differs from every name that is not.
+        assert_ne!(escape_bytes(b"\\xe9"), escape_bytes(b"\xe9"));
     }
 
     #[test]

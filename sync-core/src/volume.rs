@@ -358,6 +358,38 @@ pub fn read_file(volume: &Dir, path: &VolumePath) -> std::io::Result<Vec<u8>> {
     Ok(v)
 }
 
+/// The content id of a file of a volume, read through a fixed buffer (the pod may have put a
+/// file of any size there).
+pub fn content_id(volume: &Dir, path: &VolumePath) -> std::io::Result<ContentId> {
+    let mut file = open_nofollow(volume, path)?;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok(ContentId(*hasher.finalize().as_bytes()));
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+/// Reads a file of a volume that a manifest says is `len` bytes long, never more than that: a
+/// pod may grow (or punch a hole of any size into) a file between the scan and this read, and
+/// memory is committed to the size the node planned for, not to what the pod declares now. A
+/// file of another length is an error (the caller takes it as changed).
+pub fn read_file_sized(volume: &Dir, path: &VolumePath, len: u64) -> std::io::Result<Vec<u8>> {
+    let file = open_nofollow(volume, path)?;
+    let mut v = Vec::with_capacity(usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20));
+    file.take(len.saturating_add(1)).read_to_end(&mut v)?;
+    if v.len() as u64 != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{path}: {} bytes where {len} were expected", v.len()),
+        ));
+    }
+    Ok(v)
+}
+
 /// Parent folder handle of `path` inside the volume, and the final name.
 fn parent_of<'a>(volume: &Dir, path: &'a VolumePath) -> Result<(Dir, &'a str), VolumeError> {
     let dir = match path.parent() {
@@ -429,8 +461,8 @@ pub fn apply(volume: &Dir, plan: &ApplyPlan, temp_tag: &str) -> Result<(), Volum
                 let (parent, name) = parent_of(volume, path)?;
                 if volume.symlink_metadata(temp).is_err() {
                     // Renamed by an earlier run of this journal: the volume must hold it now.
-                    match read_file(volume, path) {
-                        Ok(bytes) if ContentId::of(&bytes) == *id => continue,
+                    match content_id(volume, path) {
+                        Ok(held) if held == *id => continue,
                         _ => {
                             return Err(VolumeError::Unrecoverable {
                                 path: path.to_string(),

@@ -1,5 +1,6 @@
 //! Golden fixtures for every byte format: a manifest (and its root id), a pack, and a message
-//! stream, committed under `tests/golden/`. Each format is checked both ways: encoding today's
+//! stream, committed under `tests/golden/` (with the stream of protocol 3, `messages-v3.bin`,
+//! which today's encoder still produces for the messages protocol 3 had). Each format is checked both ways: encoding today's
 //! fixed inputs gives exactly the committed bytes, and decoding the committed bytes gives the
 //! expected values. A change to a byte layout without a version bump therefore fails here.
 //!
@@ -12,7 +13,7 @@ use std::path::PathBuf;
 
 use sync_core::delta::{rsync, zstd_ref};
 use sync_core::id::{ContentId, ManifestId, NodeId, PackId};
-use sync_core::manifest::{Entry, EntryKind, Manifest};
+use sync_core::manifest::{Entry, EntryKind, Manifest, SkipReason, Skipped};
 use sync_core::pack::format::{FIXED_LEN, PrefixPart};
 use sync_core::pack::{
     BaseReader, ContentProvider, Limits, ObjectSink, PackError, PackHeader, Plan, decode_pack,
@@ -515,8 +516,32 @@ fn fixed_messages() -> Vec<Message> {
         Message::PullDone {
             pack: PackId([0x88; 32]),
         },
+        // Protocol 4.
+        Message::Skipped {
+            entries: vec![
+                Skipped::new(&b"out/caf\xe9.csv"[..], SkipReason::NotUtf8),
+                Skipped::new(
+                    "frames/huge.img",
+                    SkipReason::TooLarge {
+                        size: 5 << 30,
+                        cap: 128 << 20,
+                    },
+                ),
+                Skipped::new("live/state.txt", SkipReason::Changing { listed: false }),
+                Skipped::new(
+                    "secret.bin",
+                    SkipReason::Unreadable {
+                        error: "Permission denied (os error 13)".into(),
+                    },
+                ),
+            ],
+            more: 3,
+        },
     ]
 }
+
+/// How many of [`fixed_messages`] protocol 3 had: protocol 4 only added `Skipped`.
+const PROTOCOL_3_MESSAGES: usize = 20;
 
 #[test]
 fn message_stream_is_unchanged() {
@@ -531,4 +556,16 @@ fn message_stream_is_unchanged() {
         decoded.push(m);
     }
     assert_eq!(decoded, msgs);
+}
+
+/// Protocol 4 added a message and changed none: the messages protocol 3 had encode exactly as
+/// its fixture (committed with protocol 3) has them.
+#[test]
+fn protocol_3_messages_encode_as_before() {
+    let msgs = fixed_messages();
+    let stream: Vec<u8> = msgs[..PROTOCOL_3_MESSAGES]
+        .iter()
+        .flat_map(encode_message)
+        .collect();
+    assert_eq!(stream, committed("messages-v3.bin"));
 }

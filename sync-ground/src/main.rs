@@ -13,8 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sync_core::id::{NodeId, PackId};
 use sync_core::link::{Link, LinkError};
-use sync_core::manifest::EntryKind;
-use sync_core::path::{PodName, VolumePath};
+use sync_core::manifest::{EntryKind, SkipReason, Skipped, SkippedReport};
+use sync_core::path::{PodName, VolumePath, escape};
 use sync_core::session::ground::{
     Allowance, Client, Ground, GroundError, PACK_TURN, Progress, PullOptions, PushReport,
 };
@@ -32,6 +32,11 @@ const EXIT_HELP: &str = "Exit status:
   5  authentication failed: the two sides do not hold the same key
   6  the pod's volume changed during the push, or the copy (--into) changed during the pull
      where the pull changes it (nothing of that pull pack was applied): run it again
+  7  done, but the pod's volume holds entries that cannot be synced, named on stderr (and
+     under skipped with --json): a file larger than the node may hold in memory for a pull,
+     a name that is not UTF-8, a path over the length limit, a file the node cannot read.
+     Everything else was pulled (or listed); asking again will not bring them until the pod
+     changes them (or the node's --max-pull-pack allows the size)
  75  incomplete: the budget, the deadline or the link ran out; what was sent is kept onboard
      and the push resumes at the next `push` or `pass` (a pull, at the next `pull`); or
      another sync-ground is pulling into the same copy: try again when it is done";
@@ -70,8 +75,14 @@ copy the ground already holds; renamed files cost nothing. The copy is updated w
 pull has arrived and checked out, files replaced by rename; a pull cut by the link, the budget or \
 the deadline keeps what arrived and resumes at the next pull (exit 75). A file you change in the \
 copy while a pull that also changes it runs is kept: nothing is applied and the pull exits 6 (run \
-it again); changes elsewhere in the copy are kept and the pull applies around them. A file a pod \
-is still writing is never delivered torn: it comes with the next pull.\n\nPatterns (--path, repeatable): \
+it again); changes elsewhere in the copy are kept and the pull applies around them. Like git, a \
+pull never overwrites what you changed in the copy since the last pull: where the pod changed it \
+too, nothing is applied, every such file is named and the pull exits 7 (--force takes the pod's \
+versions). A file a pod \
+is still writing is never delivered torn: it comes with the next pull. What the pod made that \
+cannot be synced (a file larger than the node's --max-pull-pack, a name that is not UTF-8, a path \
+over the limit, a file the node cannot read) is left out and named in a warning (exit 8); the rest \
+comes.\n\nPatterns (--path, repeatable): \
 a name matches at any depth ('*.csv'), a path matches from the volume's root ('logs/**'); '*' \
 stays within a folder, '**' crosses folders.\n\nExample:\n  sync-ground pull --pod p1 --into ./results --path 'logs/**' --path '*.csv' --to 10.0.0.2:7700 --key link.key"
     )]
@@ -271,10 +282,91 @@ impl std::error::Error for Incomplete {}
 
 const EX_TEMPFAIL: u8 = 75;
 
+/// The work is done, but entries of the pod's volume were left out for good (until the pod
+/// or the node's operator acts): exit 8, so that a script notices without parsing warnings.
+#[derive(Debug)]
+struct LeftOut(String);
+
+impl std::fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LeftOut {}
+
+const EXIT_LEFT_OUT: u8 = 8;
+
+/// Shows on stderr what the node left out: a warning for what stays left out, a note for a
+/// file that is only changing (it comes once it settles).
+fn warn_skipped(report: &SkippedReport) {
+    for s in &report.entries {
+        let level = if s.reason.lasting() {
+            "warning"
+        } else {
+            "note"
+        };
+        eprintln!("{level}: left out: {s}");
+    }
+    if report.more > 0 {
+        eprintln!(
+            "warning: left out: {} more entries the node did not name",
+            report.more
+        );
+    }
+}
+
+/// The exit status of work that is otherwise done.
+fn left_out_status(report: &SkippedReport, what: &str, json: bool) -> Result<()> {
+    if !report.lasting() {
+        return Ok(());
+    }
+    let n = report.entries.iter().filter(|s| s.reason.lasting()).count() as u64 + report.more;
+    Err(LeftOut(format!(
+        "{what}, except {n} entr{} of the pod's volume that cannot be synced ({})",
+        if n == 1 { "y" } else { "ies" },
+        if json {
+            "in the JSON, with their reasons"
+        } else {
+            "named above"
+        }
+    ))
+    .into())
+}
+
+/// One entry left out, for `--json`.
+#[derive(Serialize)]
+struct SkippedJson {
+    /// Escaped (see `sync_core::path::escape_bytes`): a name may be no valid UTF-8.
+    path: String,
+    reason: &'static str,
+    message: String,
+    /// The file's size, when its size is why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+}
+
+impl From<&Skipped> for SkippedJson {
+    fn from(s: &Skipped) -> Self {
+        Self {
+            path: s.shown(),
+            reason: s.reason.code(),
+            message: s.reason.to_string(),
+            size: match s.reason {
+                SkipReason::TooLarge { size, .. } => Some(size),
+                _ => None,
+            },
+        }
+    }
+}
+
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if cause.downcast_ref::<Incomplete>().is_some() {
             return EX_TEMPFAIL;
+        }
+        if cause.downcast_ref::<LeftOut>().is_some() {
+            return EXIT_LEFT_OUT;
         }
         if let Some(g) = cause.downcast_ref::<GroundError>() {
             return match g {
@@ -1046,6 +1138,10 @@ async fn pull(a: PullArgs) -> Result<()> {
         struct PullJson<'a> {
             #[serde(flatten)]
             report: &'a sync_core::session::ground::PullReport,
+            /// What the node left out of the pull, and why.
+            skipped: Vec<SkippedJson>,
+            /// Entries left out beyond those named.
+            skipped_more: u64,
             wire: Wire,
             seconds: f64,
         }
@@ -1053,6 +1149,13 @@ async fn pull(a: PullArgs) -> Result<()> {
             "{}",
             serde_json::to_string(&PullJson {
                 report: &report,
+                skipped: report
+                    .skipped
+                    .entries
+                    .iter()
+                    .map(SkippedJson::from)
+                    .collect(),
+                skipped_more: report.skipped.more,
                 wire: Wire {
                     sent,
                     received,
@@ -1061,32 +1164,35 @@ async fn pull(a: PullArgs) -> Result<()> {
                 seconds
             })?
         );
-    } else if report.up_to_date {
-        println!(
-            "{} is up to date with {} (wire {} in {seconds:.2} s)",
-            a.into.display(),
-            report.pod,
-            fmt::bytes(sent + received)
-        );
     } else {
-        let c = &report.changes;
-        let verb = if report.complete { "pulled" } else { "pulling" };
-        println!("{verb} {} → {}", report.pod, a.into.display());
-        if report.complete || report.packs > 0 {
+        warn_skipped(&report.skipped);
+        if report.up_to_date {
             println!(
-                "  {} added, {} modified, {} removed, {} renamed or copied, {} metadata only",
-                c.added, c.changed, c.removed, c.copied, c.metadata
+                "{} is up to date with {} (wire {} in {seconds:.2} s)",
+                a.into.display(),
+                report.pod,
+                fmt::bytes(sent + received)
+            );
+        } else {
+            let c = &report.changes;
+            let verb = if report.complete { "pulled" } else { "pulling" };
+            println!("{verb} {} → {}", report.pod, a.into.display());
+            if report.complete || report.packs > 0 {
+                println!(
+                    "  {} added, {} modified, {} removed, {} renamed or copied, {} metadata only",
+                    c.added, c.changed, c.removed, c.copied, c.metadata
+                );
+            }
+            if report.packs > 1 {
+                println!("  in {} pull packs, each applied as it came", report.packs);
+            }
+            println!(
+                "  wire {} (down {}, up {}), in {seconds:.2} s",
+                fmt::bytes(sent + received),
+                fmt::bytes(received),
+                fmt::bytes(sent)
             );
         }
-        if report.packs > 1 {
-            println!("  in {} pull packs, each applied as it came", report.packs);
-        }
-        println!(
-            "  wire {} (down {}, up {}), in {seconds:.2} s",
-            fmt::bytes(sent + received),
-            fmt::bytes(received),
-            fmt::bytes(sent)
-        );
     }
     if !report.complete {
         let applied = match report.packs {
@@ -1104,12 +1210,12 @@ async fn pull(a: PullArgs) -> Result<()> {
         })
         .into());
     }
-    Ok(())
+    left_out_status(&report.skipped, "pulled", json)
 }
 
 #[derive(Serialize)]
 struct LsEntry<'a> {
-    path: &'a str,
+    path: std::borrow::Cow<'a, str>,
     #[serde(rename = "type")]
     kind: &'a str,
     mode: String,
@@ -1117,11 +1223,17 @@ struct LsEntry<'a> {
     mtime: i64,
     hash: Option<String>,
     target: Option<&'a str>,
+    /// Type "skipped": an entry of the volume the node cannot carry (its `path` escaped), why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
 }
 
 async fn ls(a: LsArgs) -> Result<()> {
     let mut s = open(&a.conn).await?;
     let manifest = s.client.manifest(&s.ground, &s.pod).await?;
+    let mut skipped = s.client.take_skipped();
     s.client.bye(&s.ground).await?;
     let filter = a
         .path
@@ -1136,16 +1248,21 @@ async fn ls(a: LsArgs) -> Result<()> {
         .iter()
         .filter(|e| filter.as_ref().is_none_or(|f| e.path.is_within(f)))
         .collect();
-    if let Some(f) = &filter
-        && entries.is_empty()
-    {
-        return Err(GroundError::NotFound(f.to_string()).into());
+    if let Some(f) = &filter {
+        let within = |raw: &[u8]| {
+            raw.strip_prefix(f.as_str().as_bytes())
+                .is_some_and(|rest| rest.is_empty() || rest[0] == b'/')
+        };
+        skipped.entries.retain(|s| within(&s.path));
+        if entries.is_empty() && skipped.entries.is_empty() {
+            return Err(GroundError::NotFound(f.to_string()).into());
+        }
     }
     if a.conn.link.local.json {
-        let out: Vec<LsEntry> = entries
+        let mut out: Vec<LsEntry> = entries
             .iter()
             .map(|e| LsEntry {
-                path: e.path.as_str(),
+                path: e.path.as_str().into(),
                 kind: e.type_name(),
                 mode: format!("{:o}", e.mode),
                 size: e.size(),
@@ -1155,10 +1272,30 @@ async fn ls(a: LsArgs) -> Result<()> {
                     EntryKind::Symlink { target } => Some(target),
                     _ => None,
                 },
+                reason: None,
+                message: None,
             })
             .collect();
+        out.extend(skipped.entries.iter().map(|s| {
+            let j = SkippedJson::from(s);
+            LsEntry {
+                path: j.path.into(),
+                kind: "skipped",
+                mode: String::new(),
+                size: j.size.unwrap_or(0),
+                mtime: 0,
+                hash: None,
+                target: None,
+                reason: Some(j.reason),
+                message: Some(j.message),
+            }
+        }));
         println!("{}", serde_json::to_string(&out)?);
-        return Ok(());
+        warn_skipped(&SkippedReport {
+            entries: Vec::new(),
+            more: skipped.more,
+        });
+        return left_out_status(&skipped, "listed", true);
     }
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for e in entries {
@@ -1172,15 +1309,16 @@ async fn ls(a: LsArgs) -> Result<()> {
         } else {
             "-".into()
         };
+        // Names as the pod chose them, escaped: a newline in a name must not forge a line.
         let line = writeln!(
             out,
             "{kind:<4} {:>4o} {:>10} {time:>19}  {:<12} {}{}",
             e.mode,
             e.size(),
             if kind == "file" { extra.as_str() } else { "" },
-            e.path,
+            escape(e.path.as_str()),
             if kind == "link" {
-                format!(" {extra}")
+                format!(" {}", escape(&extra))
             } else {
                 String::new()
             },
@@ -1190,7 +1328,9 @@ async fn ls(a: LsArgs) -> Result<()> {
         }
     }
     quiet_on_closed_pipe(out.flush())?;
-    Ok(())
+    drop(out);
+    warn_skipped(&skipped);
+    left_out_status(&skipped, "listed", false)
 }
 
 /// A reader that went away (`sync-ground ls | head`) ends the listing; it is not an error.

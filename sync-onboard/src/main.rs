@@ -61,9 +61,10 @@ struct ServeArgs {
     /// Refuse packs whose content totals more than this many bytes.
     #[arg(long, value_name = "BYTES")]
     max_total_bytes: Option<u64>,
-    /// Most content (sum of file sizes) one pull pack carries, e.g. 128MiB. The node holds a
-    /// pull pack's content in memory while it encodes it; a larger selection is pulled as
-    /// several packs in a row, each applied on the ground before the next is built.
+    /// Most content (sum of file sizes, with the bases they are encoded against) one pull pack
+    /// carries, e.g. 128MiB. The node holds it in memory while it encodes a pack; a larger
+    /// selection is pulled as several packs in a row, each applied on the ground before the
+    /// next is built, and a single larger file is left out of pulls and named to the ground.
     #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_size)]
     max_pull_pack: u64,
 }

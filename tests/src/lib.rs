@@ -36,10 +36,14 @@ fn is_release() -> bool {
 }
 
 /// Builds `sync-ground` and `sync-onboard` once per test process (same profile as the tests) and
-/// returns the folder holding them.
+/// returns the folder holding them. `SYNC_TEST_BIN_DIR` names a folder of programs built
+/// before instead (to run today's tests against an older build, say).
 pub fn bin_dir() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("SYNC_TEST_BIN_DIR") {
+            return PathBuf::from(dir);
+        }
         let cargo = std::env::var_os("CARGO")
             .map(PathBuf::from)
             .or_else(|| option_env!("CARGO").map(PathBuf::from))
@@ -132,6 +136,9 @@ pub struct Onboard {
     pub addr: String,
     /// Extra `serve` flags, kept so that [`Onboard::restart`] runs the same daemon again.
     extra: Vec<String>,
+    /// The user the daemon runs as, when not the test's own (see
+    /// [`Onboard::start_unprivileged`]).
+    user: Option<u32>,
 }
 
 impl Onboard {
@@ -148,13 +155,61 @@ impl Onboard {
         }
         keygen(&root.join("link.key"));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, stdout, addr) = spawn_serve(root, &extra);
+        let (child, stdout, addr) = spawn_serve(root, &extra, None);
         Self {
             child,
             _stdout: stdout,
             dir,
             addr,
             extra,
+            user: None,
+        }
+    }
+
+    /// Like [`Onboard::start`], with the daemon running as an ordinary user, as it should on a
+    /// real node: when the tests run as root, as `nobody` (65534), owning its state (and,
+    /// through [`Onboard::give_to_daemon`], the volumes it writes to); otherwise as the test's
+    /// own user, which is not root either. Root reads any file, so a pod's unreadable file
+    /// can only be tested this way.
+    pub fn start_unprivileged() -> Self {
+        if !running_as_root() {
+            return Self::start();
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        for d in ["vols", "state", "ground"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        keygen(&root.join("link.key"));
+        for p in [
+            root,
+            &root.join("vols"),
+            &root.join("state"),
+            &root.join("link.key"),
+        ] {
+            std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
+        }
+        let (child, stdout, addr) = spawn_serve(root, &[], Some(NOBODY));
+        Self {
+            child,
+            _stdout: stdout,
+            dir,
+            addr,
+            extra: Vec::new(),
+            user: Some(NOBODY),
+        }
+    }
+
+    /// The user the daemon runs as, when it is not the test's own.
+    pub fn daemon_user(&self) -> Option<u32> {
+        self.user
+    }
+
+    /// Makes the daemon's user own `path` (a pod's volume folder the daemon writes into), when
+    /// the daemon runs as another user; the files in it stay the pod's.
+    pub fn give_to_daemon(&self, path: &Path) {
+        if let Some(uid) = self.user {
+            std::os::unix::fs::chown(path, Some(uid), Some(uid)).expect("chown to the daemon");
         }
     }
 
@@ -199,14 +254,33 @@ impl Onboard {
     }
 }
 
-/// Spawns `sync-onboard serve` on the folders under `root` and waits for its address.
-fn spawn_serve(root: &Path, extra: &[String]) -> (Child, BufReader<ChildStdout>, String) {
+/// `nobody`: the user an unprivileged daemon runs as when the tests run as root.
+const NOBODY: u32 = 65534;
+
+/// Whether this process runs as root (and so reads any file, whatever its mode).
+pub fn running_as_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Spawns `sync-onboard serve` on the folders under `root` (as `user`, if given) and waits for
+/// its address.
+fn spawn_serve(
+    root: &Path,
+    extra: &[String],
+    user: Option<u32>,
+) -> (Child, BufReader<ChildStdout>, String) {
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(root.join("onboard.log"))
         .unwrap();
-    let mut child = Command::new(onboard_bin())
+    let mut cmd = Command::new(onboard_bin());
+    if let Some(uid) = user {
+        use std::os::unix::process::CommandExt;
+        // Run as root, std drops the supplementary groups too.
+        cmd.uid(uid).gid(uid);
+    }
+    let mut child = cmd
         .arg("serve")
         .arg("--volumes")
         .arg(root.join("vols"))
@@ -360,7 +434,7 @@ impl Onboard {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, stdout, addr) = spawn_serve(self.dir.path(), &self.extra);
+        let (child, stdout, addr) = spawn_serve(self.dir.path(), &self.extra, self.user);
         self.child = child;
         self._stdout = stdout;
         self.addr = addr;
@@ -378,19 +452,18 @@ impl Onboard {
 
     /// The daemon's peak resident memory so far (`VmHWM` of `/proc/<pid>/status`), in bytes.
     pub fn peak_memory(&self) -> u64 {
-        let status = fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("reading the daemon's /proc status");
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmHWM in /proc status:\n{status}"));
-        kb * 1024
+        vm_hwm(self.pid()).expect("the daemon's VmHWM (is it still running?)")
     }
 
     pub fn state(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// Watches the daemon's peak memory while a test runs, and kills the daemon the moment it
+    /// passes `limit` bytes: a regression then fails the test at once instead of taking the
+    /// machine's memory (a daemon that reads a 5 GiB sparse file grows to gigabytes).
+    pub fn memory_guard(&self, limit: u64) -> MemoryGuard {
+        MemoryGuard::watch(self.pid(), limit)
     }
 
     /// Names in the daemon's staging folder (packs being received, decoded objects).
@@ -404,6 +477,65 @@ impl Onboard {
         v.sort();
         v
     }
+}
+
+/// The peak memory (`VmHWM`) of a process, watched every 20 ms by a thread; see
+/// [`Onboard::memory_guard`].
+pub struct MemoryGuard {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<(u64, bool)>>,
+}
+
+impl MemoryGuard {
+    fn watch(pid: u32, limit: u64) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !flag.load(Ordering::SeqCst) {
+                let Some(now) = vm_hwm(pid) else { break };
+                peak = peak.max(now);
+                if now > limit {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                    return (peak, true);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            (peak.max(vm_hwm(pid).unwrap_or(0)), false)
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops watching: the peak seen (bytes), and whether the guard killed the process.
+    pub fn finish(mut self) -> (u64, bool) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread
+            .take()
+            .expect("watching")
+            .join()
+            .expect("memory guard thread")
+    }
+}
+
+impl Drop for MemoryGuard {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// `VmHWM` of `/proc/<pid>/status` in bytes; `None` once the process is gone.
+fn vm_hwm(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())?;
+    Some(kb * 1024)
 }
 
 /// A small tmpfs mounted for one test, so that a disk can be filled. Unmounted when dropped,

@@ -532,7 +532,9 @@ fn an_edit_elsewhere_in_the_copy_during_a_pull_is_kept_and_the_pull_applies() {
 
 /// The node holds a pull pack's content in memory while it encodes it, so a selection larger
 /// than `--max-pull-pack` comes as several packs, each applied before the next is built; a
-/// budget that runs out between packs leaves the applied ones and the next pull goes on.
+/// budget that runs out between packs leaves the applied ones and the next pull goes on. A
+/// single file larger than the cap is left out and named (exit 8): it used to come whole in a
+/// pack of its own, however large, which let a pod's sparse file take the daemon's memory.
 #[test]
 fn a_selection_larger_than_one_pull_pack_comes_as_several() {
     let ob = Onboard::start_in(tempfile::tempdir().unwrap(), &["--max-pull-pack", "250KB"]);
@@ -544,7 +546,6 @@ fn a_selection_larger_than_one_pull_pack_comes_as_several() {
             random_bytes(100 + i, 100_000),
         );
     }
-    // Larger than a pack on its own: it still comes, whole, in a pack of its own.
     write(&vol, "out/whole.bin", random_bytes(7, 400_000));
     let copy = tempfile::tempdir().unwrap();
 
@@ -555,16 +556,21 @@ fn a_selection_larger_than_one_pull_pack_comes_as_several() {
     let applied = num(&first, "packs");
     assert!(applied >= 1, "{first}");
     let have = std::fs::read_dir(copy.path().join("out")).unwrap().count();
-    assert!(have > 0 && have < 11, "{have} files after a budgeted pull");
+    assert!(have > 0 && have < 10, "{have} files after a budgeted pull");
 
-    let second = pull(&ob, copy.path(), &[]).ok().json();
+    let r = pull(&ob, copy.path(), &[]);
+    assert_eq!(r.code, 8, "{r:#?}");
+    let second = r.json();
     assert_eq!(second["complete"], true, "{second}");
-    // 1.4 MB of incompressible content at 250 KB a pack: at least four more packs.
-    assert!(num(&second, "packs") >= 4, "{second}");
+    assert_eq!(second["skipped"][0]["path"], "out/whole.bin", "{second}");
+    assert_eq!(second["skipped"][0]["reason"], "too_large", "{second}");
+    // 1 MB of incompressible content at 250 KB a pack: five packs in all.
+    assert!(applied + num(&second, "packs") >= 5, "{first}\n{second}");
+    std::fs::remove_file(vol.join("out/whole.bin")).unwrap();
     assert_same_tree(&vol, copy.path());
     // Every byte of content crossed once (plus framing), not once per pack.
     let down = num(&first, "wire.received") + num(&second, "wire.received");
-    assert!(down < 1_400_000 + 60_000, "{down} bytes down for 1.4 MB");
+    assert!(down < 1_000_000 + 60_000, "{down} bytes down for 1 MB");
     let third = pull(&ob, copy.path(), &[]).ok().json();
     assert_eq!(third["up_to_date"], true, "{third}");
 }
@@ -572,13 +578,22 @@ fn a_selection_larger_than_one_pull_pack_comes_as_several() {
 /// Regression (review): a file found changing was pinned after the pull cap was taken, so when
 /// it was the one object the cap left in the pack, the pack came out empty and the node said
 /// "up to date" while the rest of the selection waited behind it for as long as the pod wrote.
+///
+/// Regression (issue 9, item 11): on a fresh clone this test then failed with exit 4, "a-live/
+/// state.txt: changed while it was being read (3 attempts); try again", whenever the node's
+/// scan never caught the file between two of the pod's renames. A file that never settles is
+/// now left at the copy's version and reported, so the outcome no longer depends on timing:
+/// whether the scan, the check before encoding or the encoder finds it changing (or it holds
+/// still long enough to come whole), the pull exits 0, the rest of the selection arrives, and
+/// the file is either absent or one whole version.
 #[test]
 fn a_file_a_pod_keeps_writing_does_not_hold_back_a_capped_pull() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let ob = Onboard::start_in(tempfile::tempdir().unwrap(), &["--max-pull-pack", "1MB"]);
     let vol = ob.volume_path("p1");
-    let version = |n: u64| format!("version {n:08}\n").repeat(200_000);
-    // First in path order: the object the cap always keeps.
+    // 850 KB: within the cap, and first in path order, so that the cap keeps it in the first
+    // pack unless it is found changing.
+    let version = |n: u64| format!("version {n:08}\n").repeat(50_000);
     write(&vol, "a-live/state.txt", version(0));
     for i in 0..3 {
         write(
@@ -618,6 +633,86 @@ fn a_file_a_pod_keeps_writing_does_not_hold_back_a_capped_pull() {
             std::fs::read(vol.join(&rel)).unwrap()
         );
     }
+    let report = r.json();
+    match std::fs::read_to_string(copy.path().join("a-live/state.txt")) {
+        // Left at the copy's version (none): named as changing.
+        Err(_) => assert!(
+            report["skipped"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| { s["path"] == "a-live/state.txt" && s["reason"] == "changing" }),
+            "{report}"
+        ),
+        Ok(text) => {
+            let first = text.lines().next().unwrap_or_default().to_string();
+            assert!(text.lines().all(|l| l == first), "two versions mixed");
+            assert_eq!(text.len(), version(0).len(), "a version cut short");
+        }
+    }
+    pull(&ob, copy.path(), &[]).ok();
+    assert_same_tree(&vol, copy.path());
+}
+
+/// Regression (issue 9, item 11): a file the pod rewrites in place while the node hashes it
+/// failed the whole pull with exit 4 ("changed while it was being read (3 attempts)") for as
+/// long as the pod wrote. The pod stamps a counter into the file's first bytes every 0.2 ms,
+/// and the file (8 MB) is large enough that each of the node's reads spans several of the
+/// kernel's timestamp ticks (a few ms on kernels without fine-grained file times), so every
+/// read sees it change. Now it is left at the copy's version and named as
+/// changing (exit 0: it comes once it settles), and the rest of the pull arrives; if it ever
+/// held still long enough, it arrives whole, never torn.
+#[test]
+fn a_file_that_never_settles_while_the_node_reads_it_does_not_fail_the_pull() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ob = Onboard::start();
+    let vol = ob.volume_path("p1");
+    // Text, so that the last pull (once the pod stops) compresses it quickly.
+    let body: Vec<u8> = (0..500_000u32)
+        .flat_map(|i| format!("frame {i:09}\n").into_bytes())
+        .collect();
+    write(&vol, "a-live/frames.bin", &body);
+    write(&vol, "b-out/result.csv", "id,v\n1,2\n");
+    write(&vol, "b-out/model.bin", random_bytes(51, 500_000));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), vol.join("a-live/frames.bin"));
+        std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            let mut n = 1u64;
+            while !stop.load(Ordering::SeqCst) {
+                f.write_all_at(&n.to_le_bytes(), 0).unwrap();
+                n += 1;
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        })
+    };
+    let copy = tempfile::tempdir().unwrap();
+    let r = pull(&ob, copy.path(), &[]);
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    assert_eq!(r.code, 0, "{r:#?}");
+    for f in ["b-out/result.csv", "b-out/model.bin"] {
+        assert_eq!(
+            std::fs::read(copy.path().join(f)).unwrap(),
+            std::fs::read(vol.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let report = r.json();
+    match std::fs::read(copy.path().join("a-live/frames.bin")) {
+        Err(_) => assert!(
+            report["skipped"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| { s["path"] == "a-live/frames.bin" && s["reason"] == "changing" }),
+            "{report}"
+        ),
+        Ok(got) => assert!(got.len() == body.len() && got[8..] == body[8..], "torn"),
+    }
+    // Once the pod stops, the next pull brings it.
     pull(&ob, copy.path(), &[]).ok();
     assert_same_tree(&vol, copy.path());
 }

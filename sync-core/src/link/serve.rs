@@ -135,7 +135,8 @@ impl Conn {
                     loop {
                         for r in &outcome.replies {
                             if let Message::Error { message, .. } = r {
-                                eprintln!("refused: {message}");
+                                // Escaped: it may name a path a pod chose.
+                                eprintln!("refused: {}", crate::path::escape(message));
                             }
                         }
                         if !outcome.replies.is_empty() {

@@ -75,6 +75,25 @@ impl PathFilter {
         };
         set.is_match(path.as_str()) || path.ancestors().any(|a| set.is_match(a.as_str()))
     }
+
+    /// [`PathFilter::selects`] for a path as a pod's own bytes, which may be no valid
+    /// [`VolumePath`] (a name that is not UTF-8, a path over the limit): so that a report of
+    /// what a pull leaves out names only what the pull asked for.
+    pub fn selects_raw(&self, path: &[u8]) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let Some(set) = &self.set else {
+            return true;
+        };
+        fn as_path(b: &[u8]) -> &std::path::Path {
+            std::path::Path::new(std::ffi::OsStr::from_bytes(b))
+        }
+        set.is_match(as_path(path))
+            || path
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == b'/')
+                .any(|(i, _)| set.is_match(as_path(&path[..i])))
+    }
 }
 
 impl Manifest {
@@ -157,6 +176,17 @@ mod tests {
             ["out", "out/r.csv", "out/r.json"]
         );
         assert_eq!(vol.filtered(&PathFilter::all()).root(), vol.root());
+    }
+
+    #[test]
+    fn raw_paths_match_like_checked_ones() {
+        let csv = f(&["*.csv"]);
+        assert!(csv.selects_raw(b"out/r\xe9.csv"));
+        assert!(!csv.selects_raw(b"out/r\xe9.bin"));
+        let logs = f(&["logs"]);
+        assert!(logs.selects_raw(b"logs/\xff/deep"));
+        assert!(!logs.selects_raw(b"other/\xff"));
+        assert!(PathFilter::all().selects_raw(b"\xff"));
     }
 
     #[test]

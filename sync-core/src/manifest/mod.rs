@@ -9,6 +9,7 @@
 mod change;
 mod filter;
 mod scan;
+mod skipped;
 
 use std::collections::HashMap;
 
@@ -19,6 +20,7 @@ pub use filter::{FilterError, PathFilter};
 pub use scan::{
     CachedStat, ScanError, ScanOptions, ScanStats, SpecialFiles, StatCache, hash_stable, scan_dir,
 };
+pub use skipped::{MAX_SKIPPED_NAMED, SkipReason, Skipped, SkippedReport, named};
 
 use crate::id::{ContentId, ManifestId};
 use crate::path::VolumePath;

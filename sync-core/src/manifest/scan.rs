@@ -7,11 +7,13 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
 use cap_std::fs::{Dir, MetadataExt, OpenOptions};
 
+use super::skipped::{SkipReason, Skipped};
 use super::{Entry, EntryKind, MODE_MASK, Manifest, ManifestError};
 use crate::id::ContentId;
 use crate::path::{PathError, TEMP_PREFIX, VolumePath, check_symlink_target, name_from_os};
@@ -61,6 +63,10 @@ pub struct ScanOptions {
     /// Skip entries named with [`TEMP_PREFIX`] (the onboard side's own in-flight files) instead of
     /// refusing them.
     pub skip_engine_temp: bool,
+    /// Leave out, and report in [`ScanStats::left_out`], what cannot be synced (a name that is
+    /// not UTF-8, a path over the limit, a file that cannot be read or never stops changing)
+    /// instead of failing the scan: a pod must not stop its own sync with one bad entry.
+    pub leave_out_unsyncable: bool,
 }
 
 impl ScanOptions {
@@ -70,15 +76,28 @@ impl ScanOptions {
             special: SpecialFiles::Refuse,
             refuse_escaping_symlinks: true,
             skip_engine_temp: false,
+            leave_out_unsyncable: false,
         }
     }
 
-    /// For a pod's volume: the pod may keep anything; what cannot be synced is left out.
+    /// For a tree that mirrors a pod's volume (a pull's copy on the ground): links may point
+    /// anywhere and special files are not synced, but an entry that cannot be read is an error
+    /// its user should see (a pull must not plan around a file it cannot see).
     pub fn volume() -> Self {
         Self {
             special: SpecialFiles::Skip,
             refuse_escaping_symlinks: false,
             skip_engine_temp: true,
+            leave_out_unsyncable: false,
+        }
+    }
+
+    /// For a pod's volume, onboard: the pod may keep anything; what cannot be synced is left
+    /// out and reported, and the rest is listed.
+    pub fn pod() -> Self {
+        Self {
+            leave_out_unsyncable: true,
+            ..Self::volume()
         }
     }
 }
@@ -106,6 +125,9 @@ pub struct ScanStats {
     pub hashed_bytes: u64,
     /// Paths left out (special files, engine temporaries).
     pub skipped: Vec<String>,
+    /// Entries a pod made that cannot be synced, with the reason, to report to the ground
+    /// (only with [`ScanOptions::leave_out_unsyncable`]).
+    pub left_out: Vec<Skipped>,
 }
 
 /// Scans everything below `root`. Returns the manifest, the new stat cache (only entries that
@@ -161,69 +183,130 @@ impl Scan<'_> {
         for item in dir.entries().map_err(io_err(shown))? {
             let item = item.map_err(io_err(shown))?;
             let os_name = item.file_name();
-            let name = name_from_os(&os_name)?;
+            let name = match name_from_os(&os_name) {
+                Ok(name) => name,
+                Err(_) if self.opts.leave_out_unsyncable => {
+                    let raw = join_raw(shown, os_name.as_bytes());
+                    self.leave_out(raw, SkipReason::NotUtf8);
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if self.opts.skip_engine_temp && name.starts_with(TEMP_PREFIX) {
                 self.stats.skipped.push(join_shown(shown, name));
                 continue;
             }
             let path = match prefix {
-                Some(p) => p.join(name)?,
-                None => VolumePath::new(name)?,
+                Some(p) => p.join(name),
+                None => VolumePath::new(name),
             };
-            let meta = dir.symlink_metadata(name).map_err(io_err(path.as_str()))?;
-            let ft = meta.file_type();
-            let mode = meta.mode() & MODE_MASK;
-            if ft.is_dir() {
-                self.stats.dirs += 1;
-                self.entries.push(Entry {
-                    path: path.clone(),
-                    kind: EntryKind::Dir,
-                    mode,
-                    mtime: 0,
-                });
-                let sub = dir.open_dir_nofollow(name).map_err(io_err(path.as_str()))?;
-                self.walk(&sub, Some(&path))?;
-            } else if ft.is_symlink() {
-                let target = dir
-                    .read_link_contents(name)
-                    .map_err(io_err(path.as_str()))?;
-                let target = name_from_os(target.as_os_str())?.to_string();
-                if self.opts.refuse_escaping_symlinks {
-                    check_symlink_target(&path, &target)?;
+            let path = match path {
+                Ok(path) => path,
+                Err(e) if self.opts.leave_out_unsyncable => {
+                    let reason = match e {
+                        PathError::PathTooLong { len } | PathError::NameTooLong { len } => {
+                            SkipReason::PathTooLong { len: len as u64 }
+                        }
+                        other => SkipReason::BadName {
+                            error: other.to_string(),
+                        },
+                    };
+                    self.leave_out(join_raw(shown, name.as_bytes()), reason);
+                    continue;
                 }
-                self.stats.symlinks += 1;
-                self.entries.push(Entry {
-                    path,
-                    kind: EntryKind::Symlink { target },
-                    mode: 0o777,
-                    mtime: 0,
-                });
-            } else if ft.is_file() {
-                let stat = self.file_stat(dir, name, &path, &meta)?;
-                self.stats.files += 1;
-                self.entries.push(Entry {
-                    path,
-                    kind: EntryKind::File {
-                        id: stat.id,
-                        size: stat.size,
-                    },
-                    mode,
-                    mtime: meta.mtime(),
-                });
-            } else {
-                let kind = special_kind(&ft);
-                match self.opts.special {
-                    SpecialFiles::Skip => self.stats.skipped.push(path.to_string()),
-                    SpecialFiles::Refuse => {
-                        return Err(ScanError::Special {
-                            path: path.to_string(),
-                            kind,
-                        });
+                Err(e) => return Err(e.into()),
+            };
+            let listed = self.entries.len();
+            match self.entry(dir, name, &path) {
+                Ok(()) => {}
+                Err(e) if self.opts.leave_out_unsyncable => {
+                    // Whatever of it was listed goes: a folder is listed whole or not at all.
+                    self.entries.truncate(listed);
+                    if let Some(reason) = unsyncable(e) {
+                        self.leave_out(path.as_str().as_bytes().to_vec(), reason);
                     }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists one entry of `dir` (a folder with everything in it).
+    fn entry(&mut self, dir: &Dir, name: &str, path: &VolumePath) -> Result<(), ScanError> {
+        let meta = dir.symlink_metadata(name).map_err(io_err(path.as_str()))?;
+        let ft = meta.file_type();
+        let mode = meta.mode() & MODE_MASK;
+        if ft.is_dir() {
+            let sub = dir.open_dir_nofollow(name).map_err(io_err(path.as_str()))?;
+            self.stats.dirs += 1;
+            self.entries.push(Entry {
+                path: path.clone(),
+                kind: EntryKind::Dir,
+                mode,
+                mtime: 0,
+            });
+            self.walk(&sub, Some(path))?;
+        } else if ft.is_symlink() {
+            let target = dir
+                .read_link_contents(name)
+                .map_err(io_err(path.as_str()))?;
+            let target = name_from_os(target.as_os_str())?.to_string();
+            if self.opts.refuse_escaping_symlinks {
+                check_symlink_target(path, &target)?;
+            }
+            self.stats.symlinks += 1;
+            self.entries.push(Entry {
+                path: path.clone(),
+                kind: EntryKind::Symlink { target },
+                mode: 0o777,
+                mtime: 0,
+            });
+        } else if ft.is_file() {
+            let (stat, mtime) = match self.file_stat(dir, name, path, &meta) {
+                Ok(stat) => (stat, meta.mtime()),
+                // A file a pod never stops writing: the last version read whole, if there was
+                // one, else nothing; reported either way. It must not fail the whole scan.
+                Err(ScanError::Unstable { .. }) if self.opts.leave_out_unsyncable => {
+                    let last = self.old.get(path.as_str()).copied();
+                    let reason = SkipReason::Changing {
+                        listed: last.is_some(),
+                    };
+                    self.leave_out(path.as_str().as_bytes().to_vec(), reason);
+                    let Some(last) = last else { return Ok(()) };
+                    // Kept for the next scan, which reads the file again (its stat differs).
+                    self.new.insert(path.to_string(), last);
+                    (last, last.mtime_ns.div_euclid(1_000_000_000))
+                }
+                Err(e) => return Err(e),
+            };
+            self.stats.files += 1;
+            self.entries.push(Entry {
+                path: path.clone(),
+                kind: EntryKind::File {
+                    id: stat.id,
+                    size: stat.size,
+                },
+                mode,
+                mtime,
+            });
+        } else {
+            let kind = special_kind(&ft);
+            match self.opts.special {
+                SpecialFiles::Skip => self.stats.skipped.push(path.to_string()),
+                SpecialFiles::Refuse => {
+                    return Err(ScanError::Special {
+                        path: path.to_string(),
+                        kind,
+                    });
                 }
             }
         }
         Ok(())
+    }
+
+    fn leave_out(&mut self, path: Vec<u8>, reason: SkipReason) {
+        self.stats.left_out.push(Skipped::new(path, reason));
     }
 
     fn file_stat(
@@ -248,6 +331,33 @@ impl Scan<'_> {
         }
         Ok(stat)
     }
+}
+
+/// Why an entry that failed to scan is left out; `None` when it simply vanished (a pod removed
+/// it while the scan ran: it is not there to sync).
+fn unsyncable(e: ScanError) -> Option<SkipReason> {
+    match e {
+        ScanError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => None,
+        ScanError::Io { source, .. } => Some(SkipReason::Unreadable {
+            error: source.to_string(),
+        }),
+        ScanError::Path(PathError::NotUtf8(_)) => Some(SkipReason::TargetNotUtf8),
+        ScanError::Unstable { .. } => Some(SkipReason::Changing { listed: false }),
+        other => Some(SkipReason::BadName {
+            error: other.to_string(),
+        }),
+    }
+}
+
+/// `prefix/name` as the pod's bytes.
+fn join_raw(prefix: &str, name: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::with_capacity(prefix.len() + 1 + name.len());
+    if !prefix.is_empty() {
+        raw.extend_from_slice(prefix.as_bytes());
+        raw.push(b'/');
+    }
+    raw.extend_from_slice(name);
+    raw
 }
 
 fn join_shown(prefix: &str, name: &str) -> String {
@@ -410,6 +520,65 @@ mod tests {
         ));
         let (m, _, _) = scan_dir(&dir, &StatCache::new(), &ScanOptions::volume()).unwrap();
         assert_eq!(m.len(), 1);
+    }
+
+    /// A pod's bad entries (a name that is not UTF-8, a path over the limit, a file the daemon
+    /// cannot read) are left out and reported; everything else is listed. Scanning the same
+    /// tree as a local folder still fails, naming the entry.
+    #[test]
+    fn a_pods_unsyncable_entries_are_left_out_and_reported() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("out")).unwrap();
+        std::fs::write(t.path().join("out/good.csv"), b"1,2\n").unwrap();
+        let bad = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        std::fs::write(t.path().join("out").join(bad), b"x").unwrap();
+        // Deep enough that the path passes MAX_PATH_BYTES (3840) at the 16th folder, and short
+        // enough for the OS to make (PATH_MAX, 4096, from here).
+        let mut deep = t.path().join("deep");
+        for _ in 0..16 {
+            deep = deep.join("d".repeat(250));
+        }
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("f"), b"lost").unwrap();
+        let locked = t.path().join("out/locked.bin");
+        std::fs::write(&locked, b"secret").unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+        // Root reads anything: then the unreadable case cannot happen here (the end-to-end
+        // test runs the daemon as another user for it).
+        let can_lock = std::fs::read(&locked).is_err();
+
+        let dir = open(t.path());
+        let (m, _, stats) = scan_dir(&dir, &StatCache::new(), &ScanOptions::pod()).unwrap();
+        assert!(m.get(&VolumePath::new("out/good.csv").unwrap()).is_some());
+        let reasons: Vec<(String, &str)> = stats
+            .left_out
+            .iter()
+            .map(|s| (s.shown(), s.reason.code()))
+            .collect();
+        assert!(
+            reasons.contains(&("out/caf\\xe9.txt".into(), "not_utf8")),
+            "{reasons:?}"
+        );
+        let long: Vec<&(String, &str)> = reasons
+            .iter()
+            .filter(|(_, c)| *c == "path_too_long")
+            .collect();
+        assert_eq!(long.len(), 1, "{reasons:?}");
+        assert!(long[0].0.len() > crate::path::MAX_PATH_BYTES);
+        // The folders above the limit are listed; nothing at or below it is.
+        assert!(m.entries().iter().all(|e| e.path.as_str().len() <= 3840));
+        assert_eq!(m.entries().iter().map(|e| e.path.depth()).max(), Some(16));
+        if can_lock {
+            assert!(reasons.contains(&("out/locked.bin".into(), "unreadable")));
+            assert!(m.get(&VolumePath::new("out/locked.bin").unwrap()).is_none());
+        } else {
+            eprintln!("running as root: the unreadable file is read; that case is not tested here");
+        }
+        assert!(matches!(
+            scan_dir(&dir, &StatCache::new(), &ScanOptions::local()),
+            Err(ScanError::Path(PathError::NotUtf8(name))) if name == "caf\\xe9.txt"
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@ pub mod build;
 pub mod format;
 pub mod read;
 
-pub use build::{ContentProvider, Plan, PlanStats};
+pub use build::{BaseChoice, ContentProvider, Plan, PlanStats, PlannedObject};
 pub use format::{Encoding, Item, Limits, PackHeader, PrefixPart, SegmentSpec};
 pub use read::{BaseReader, DecodedPack, ObjectSink, decode_pack, read_header, target_on};
 

@@ -24,7 +24,7 @@ use crate::link::{
 };
 use crate::manifest::{
     Change, Describe, EntryKind, FileSource, Manifest, ManifestError, PutKind, ScanOptions,
-    ScanStats, apply_changes, diff, scan_dir,
+    ScanStats, SkippedReport, apply_changes, diff, scan_dir,
 };
 use crate::object::ObjectStore;
 use crate::pack::{ContentProvider, DecodedPack, Limits, PackError, Plan, PlanStats};
@@ -456,6 +456,8 @@ pub struct Client<S> {
     /// Pack bytes the node acknowledged on this connection, and the seconds they took on the
     /// link: what `link_log` records for rate estimates.
     on_link: (u64, Duration),
+    /// What the node's last answer left out of the pod's volume (`Message::Skipped`).
+    skipped: SkippedReport,
     pub node: NodeId,
     pub limits: Limits,
     pub software: String,
@@ -501,6 +503,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                         said_bye: false,
                         cancels: Vec::new(),
                         on_link: (0, Duration::ZERO),
+                        skipped: SkippedReport::default(),
                         node,
                         limits,
                         software,
@@ -526,6 +529,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.counters.sent() + self.counters.received()
     }
 
+    /// What the node's last answer (a manifest, a pull offer) left out of the pod's volume.
+    pub fn take_skipped(&mut self) -> SkippedReport {
+        std::mem::take(&mut self.skipped)
+    }
+
     /// The round trip measured at connection.
     pub fn rtt(&self) -> Duration {
         self.rtt
@@ -539,6 +547,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             tokio::select! {
                 m = self.rx.recv() => match m? {
                     Message::KeepAlive => continue,
+                    // A note that comes with the answer that follows it.
+                    Message::Skipped { entries, more } => {
+                        self.skipped = SkippedReport { entries, more };
+                        continue;
+                    }
                     Message::Error { kind, message } => return Err(remote(kind, message)),
                     m => return Ok(m),
                 },
@@ -557,6 +570,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         pod: &PodName,
     ) -> Result<Manifest, GroundError> {
         let known = ground.db.known_manifest(&self.node, pod)?;
+        self.skipped = SkippedReport::default();
         self.tx
             .send(&Message::ManifestRequest {
                 pod: pod.clone(),
@@ -1411,6 +1425,9 @@ pub struct PullReport {
     /// Pull packs applied: more than one when the selection was larger than the node puts in
     /// one pack.
     pub packs: u32,
+    /// What the node left out of the pull (its last answer's report); shown by the caller.
+    #[serde(skip)]
+    pub skipped: SkippedReport,
 }
 
 impl PullReport {
@@ -1424,6 +1441,7 @@ impl PullReport {
         self.received += next.received;
         self.root = next.root;
         self.packs += next.packs;
+        self.skipped = next.skipped;
     }
 }
 
@@ -1915,6 +1933,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             resumed_from: 0,
             root: base.root().to_hex(),
             packs: 0,
+            skipped: SkippedReport::default(),
         };
         // A pull cut earlier continues, unless the copy changed since (then it could not apply).
         let mut resume = ground.db.pull_incoming(&self.node, pod, &into_key)?;
@@ -1943,6 +1962,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             },
             resume: resume.as_ref().map(|r| r.pack),
         };
+        self.skipped = SkippedReport::default();
         self.tx.send(&ask(false)).await?;
         let mut reply = self.recv().await;
         let mut known = true;
@@ -1967,7 +1987,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             (false, None) if known => Some(&start),
             (false, None) => Some(&empty),
         };
-        let (pack, len, target_root, more) = match reply? {
+        let reply = reply?;
+        report.skipped = self.take_skipped();
+        let (pack, len, target_root, more) = match reply {
             Message::PullSame { .. } => {
                 // A cut pull the node no longer needs (the copy holds the selection by now).
                 if let Some(r) = &resume {

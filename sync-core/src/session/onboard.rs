@@ -10,7 +10,7 @@ use cap_std::fs::Dir;
 
 use crate::delta::rsync;
 use crate::id::{ManifestId, NodeId, PackId};
-use crate::manifest::{Entry, Manifest, ScanOptions, diff, scan_dir};
+use crate::manifest::{Entry, Manifest, ScanOptions, SkipReason, Skipped, diff, scan_dir};
 use crate::pack::{self, BaseReader, Limits, ObjectSink, PackError};
 use crate::path::{PodName, VolumePath};
 use crate::state::{Db, IncomingPack, JournalEntry};
@@ -156,20 +156,26 @@ impl OnboardService {
     /// Scans a pod's volume (through the stat cache) and remembers the manifest.
     /// The caller holds the pod's lock.
     fn scan_pod(&self, pod: &PodName) -> Result<Manifest, OnboardError> {
+        Ok(self.scan_pod_reporting(pod)?.0)
+    }
+
+    /// [`OnboardService::scan_pod`], with the entries the pod made that cannot be synced (left
+    /// out of the manifest, or listed at their last version read whole), to report.
+    fn scan_pod_reporting(&self, pod: &PodName) -> Result<(Manifest, Vec<Skipped>), OnboardError> {
         let Some(dir) = self.volumes.pod(pod)? else {
             // Remembered too: a push planned on an empty volume can then resume after the pod
             // wrote elsewhere in it.
             let empty = Manifest::default();
             self.db().remember_pod_manifest(pod, &empty)?;
-            return Ok(empty);
+            return Ok((empty, Vec::new()));
         };
         let scope = format!("pod:{pod}");
         let cache = self.db().stat_cache(&scope)?;
-        let (manifest, fresh, _) = scan_dir(&dir, &cache, &ScanOptions::volume())?;
+        let (manifest, fresh, stats) = scan_dir(&dir, &cache, &ScanOptions::pod())?;
         let mut db = self.db();
         db.save_stat_cache(&scope, &cache, &fresh)?;
         db.remember_pod_manifest(pod, &manifest)?;
-        Ok(manifest)
+        Ok((manifest, stats.left_out))
     }
 
     /// Finishes every changeset a crash interrupted, and removes temporaries a crash left in
@@ -180,10 +186,12 @@ impl OnboardService {
         let mut keep: HashMap<PodName, std::collections::HashSet<String>> = HashMap::new();
         for e in entries {
             if let Err(err) = self.finish_journaled(&e) {
+                // Escaped: the error may name a path a pod chose (a newline would forge a line).
                 eprintln!(
-                    "pod {}: cannot finish applying pack {} yet: {err}",
+                    "pod {}: cannot finish applying pack {} yet: {}",
                     e.pod,
-                    e.pack.short()
+                    e.pack.short(),
+                    crate::path::escape(&err.to_string())
                 );
                 if let Ok(plan) = postcard::from_bytes::<ApplyPlan>(&e.plan) {
                     keep.entry(e.pod.clone())
@@ -216,7 +224,12 @@ impl OnboardService {
                 Ok(())
             }
             Err(err @ VolumeError::Unrecoverable { .. }) => {
-                eprintln!("pod {}: abandoning pack {}: {err}", e.pod, e.pack.short());
+                eprintln!(
+                    "pod {}: abandoning pack {}: {}",
+                    e.pod,
+                    e.pack.short(),
+                    crate::path::escape(&err.to_string())
+                );
                 self.finish_apply(&e.pack)
             }
             Err(err) => Err(err.into()),
@@ -270,17 +283,18 @@ impl OnboardService {
         let _ = fs::remove_file(self.pack_file(pack));
     }
 
+    /// The pod's manifest (after what it left out of it, if anything).
     fn manifest_reply(
         &self,
         pod: PodName,
         known: Option<ManifestId>,
-    ) -> Result<Message, OnboardError> {
+    ) -> Result<Vec<Message>, OnboardError> {
         let lock = self.pod_lock(&pod);
         let _held = lock.lock().expect("pod lock");
         if let Err(Reply(m, _)) = self.settle_pod(&pod) {
-            return Ok(*m);
+            return Ok(vec![*m]);
         }
-        let current = self.scan_pod(&pod)?;
+        let (current, left_out) = self.scan_pod_reporting(&pod)?;
         let root = current.root();
         let body = match known {
             Some(k) if k == root => ManifestBody::Same,
@@ -297,7 +311,9 @@ impl OnboardService {
                 blob: compress(&current.encode()),
             },
         };
-        Ok(Message::ManifestReply { pod, root, body })
+        let mut replies = skipped_message(left_out).into_iter().collect::<Vec<_>>();
+        replies.push(Message::ManifestReply { pod, root, body });
+        Ok(replies)
     }
 
     fn signatures(
@@ -454,6 +470,15 @@ impl OnboardService {
     }
 }
 
+/// The message naming what an answer leaves out, when it leaves out anything.
+fn skipped_message(left_out: Vec<Skipped>) -> Option<Message> {
+    if left_out.is_empty() {
+        return None;
+    }
+    let (entries, more) = crate::manifest::named(left_out);
+    Some(Message::Skipped { entries, more })
+}
+
 fn compress(raw: &[u8]) -> Vec<u8> {
     zstd::bulk::compress(raw, 19).expect("in-memory zstd")
 }
@@ -463,9 +488,12 @@ pub(crate) struct VolumeReader<'a>(pub(crate) &'a Dir);
 
 impl BaseReader for VolumeReader<'_> {
     fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError> {
-        volume::read_file(self.0, &entry.path).map_err(|_| PackError::BaseChanged {
-            path: entry.path.to_string(),
-            expected: entry.file_id().unwrap_or_else(crate::id::ContentId::empty),
+        // No more than the entry's size: the pod may have grown the file since.
+        volume::read_file_sized(self.0, &entry.path, entry.size()).map_err(|_| {
+            PackError::BaseChanged {
+                path: entry.path.to_string(),
+                expected: entry.file_id().unwrap_or_else(crate::id::ContentId::empty),
+            }
         })
     }
 }
@@ -618,9 +646,11 @@ impl OnboardSession {
             })
         };
         match msg {
-            Message::ManifestRequest { pod, known } => {
-                one(self.svc.manifest_reply(pod, known).map_err(internal)?)
-            }
+            Message::ManifestRequest { pod, known } => Ok(Outcome {
+                replies: self.svc.manifest_reply(pod, known).map_err(internal)?,
+                close: false,
+                more: false,
+            }),
             Message::SignatureRequest {
                 pod,
                 base_root,
@@ -643,9 +673,13 @@ impl OnboardSession {
                 base_root,
                 base,
                 resume,
-            } => one(self
-                .svc
-                .pull_request(&pod, &filter, delete, base_root, &base, resume)?),
+            } => Ok(Outcome {
+                replies: self
+                    .svc
+                    .pull_request(&pod, &filter, delete, base_root, &base, resume)?,
+                close: false,
+                more: false,
+            }),
             Message::PullRange { pack, offset, len } => Ok(Outcome {
                 replies: self.svc.pull_range(&pack, offset, len)?,
                 close: false,
@@ -990,11 +1024,12 @@ impl OnboardService {
 /// Largest manifest of a ground's copy a node takes (decoded, it is held in memory): about
 /// 200,000 files.
 const MAX_COPY_MANIFEST: usize = 16 << 20;
-/// Files found changing while a pull pack is encoded, each pinned to the copy's version,
-/// before the pull gives up for this pass.
+/// Files found changing while a pull pack is encoded (after the check just before encoding
+/// found the rest), each pinned to the copy's version, before the pull gives up for this pass.
 const MAX_PULL_RETRIES: u32 = 64;
-/// Content one pull pack carries at most, by default: the node holds a pack's content in
-/// memory while it encodes it, so a first pull of a large volume comes as several packs.
+/// Content one pull pack carries at most, by default, with the bases it is encoded against:
+/// the node holds them in memory while it encodes, so a first pull of a large volume comes as
+/// several packs, and a larger file is left out (see [`OnboardService::set_pull_pack_cap`]).
 pub const DEFAULT_PULL_PACK_CAP: u64 = 128 << 20;
 /// Pull packs nobody finished for this long are dropped.
 const PULL_PACK_DAYS: i64 = 7;
@@ -1005,9 +1040,12 @@ const MAX_PULL_RANGE: u64 = 4 << 20;
 const PULL_FRAME: u64 = 16 * 1024;
 
 impl OnboardService {
-    /// Sets the most content (sum of file sizes) one pull pack carries. A larger selection
-    /// comes as several packs, one after another (`PullOffer::more`); a single file larger
-    /// than this still comes whole, in a pack of its own.
+    /// Sets the most a pull pack may hold in memory on the node while it is encoded: its
+    /// files, the bases they are encoded against and the signatures they are diffed with
+    /// (`pull::object_cost`). A larger selection comes as several packs, one after another
+    /// (`PullOffer::more`). A single file larger than this is left out of pulls and named to
+    /// the ground (`SkipReason::TooLarge`), whatever its size is made of: a pod's sparse file
+    /// of terabytes costs the node nothing but the time to hash it.
     pub fn set_pull_pack_cap(&mut self, bytes: u64) {
         self.pull_pack_cap = bytes.max(1);
     }
@@ -1027,7 +1065,7 @@ impl OnboardService {
         base_root: ManifestId,
         base_blob: &[u8],
         resume: Option<PackId>,
-    ) -> Result<Message, Reply> {
+    ) -> Result<Vec<Message>, Reply> {
         let offer = |p: &crate::state::PullPack, more: bool| Message::PullOffer {
             pack: p.pack,
             len: p.len,
@@ -1043,14 +1081,14 @@ impl OnboardService {
             && self.pull_file(&pack).exists()
         {
             // Whether more follows was not kept: the ground asks once more to find out.
-            return Ok(offer(&p, true));
+            return Ok(vec![offer(&p, true)]);
         }
         let filter =
             crate::manifest::PathFilter::new(filter).map_err(|e| refused(e.to_string()))?;
         let lock = self.pod_lock(pod);
         let _held = lock.lock().expect("pod lock");
         self.settle_pod(pod)?;
-        let now = self.scan_pod(pod).map_err(internal)?;
+        let (now, left_out) = self.scan_pod_reporting(pod).map_err(internal)?;
         let base = if !base_blob.is_empty() {
             let raw = zstd::bulk::decompress(base_blob, MAX_COPY_MANIFEST).map_err(|_| {
                 refused("the copy's manifest does not decompress (or is too large)")
@@ -1104,8 +1142,53 @@ impl OnboardService {
         if !delete {
             target = super::pull::keep_removed(&base, target);
         }
+        // What the scan left out, in the selection, is reported; what of it has a path stays
+        // as the copy has it (with --delete too): unreadable or changing now is not removed.
+        let mut report: Vec<Skipped> = left_out
+            .into_iter()
+            .filter(|s| filter.selects_raw(&s.path))
+            .collect();
+        let held_back: Vec<VolumePath> = report
+            .iter()
+            .filter_map(|s| std::str::from_utf8(&s.path).ok())
+            .filter_map(|p| VolumePath::new(p).ok())
+            .collect();
+        target = super::pull::hold_back(&target, &base, &held_back).map_err(internal)?;
+        let answer = |report: Vec<Skipped>, m: Message| {
+            let mut replies: Vec<Message> = skipped_message(report).into_iter().collect();
+            replies.push(m);
+            replies
+        };
         if target.root() == base.root() {
-            return Ok(Message::PullSame { root: base.root() });
+            return Ok(answer(report, Message::PullSame { root: base.root() }));
+        }
+        let dir = self
+            .volumes
+            .pod(pod)
+            .map_err(internal)?
+            .ok_or_else(|| reply(ErrorKind::NotFound, "the pod has no volume yet"))?;
+        let held: Vec<crate::id::ContentId> =
+            base.entries().iter().filter_map(|e| e.file_id()).collect();
+        let sent = self.db().sent_versions(pod, &held).map_err(internal)?;
+        let cap = self.pull_pack_cap;
+        // A file larger than a pull may hold in memory is left out, whatever its size is made
+        // of (a sparse file counts at its full size: the node would read every byte of it).
+        {
+            let source = super::pull::VolumeSource::new(&dir, &now, &sent, cap);
+            let plan = pack::Plan::new(&base, &target, &|id| source.may_hold(id));
+            let large = super::pull::too_large(&plan, cap);
+            if !large.is_empty() {
+                let paths: HashSet<VolumePath> = large.iter().map(|(p, _)| p.clone()).collect();
+                target = super::pull::pin(&target, &base, &paths).map_err(internal)?;
+                report.extend(
+                    large.into_iter().map(|(p, size)| {
+                        Skipped::new(p.as_str(), SkipReason::TooLarge { size, cap })
+                    }),
+                );
+            }
+        }
+        if target.root() == base.root() {
+            return Ok(answer(report, Message::PullSame { root: base.root() }));
         }
         if let Some(p) = self
             .db()
@@ -1116,16 +1199,8 @@ impl OnboardService {
             .map_err(internal)?
             && self.pull_file(&p.pack).exists()
         {
-            return Ok(offer(&p, false));
+            return Ok(answer(report, offer(&p, false)));
         }
-        let dir = self
-            .volumes
-            .pod(pod)
-            .map_err(internal)?
-            .ok_or_else(|| reply(ErrorKind::NotFound, "the pod has no volume yet"))?;
-        let held: Vec<crate::id::ContentId> =
-            base.entries().iter().filter_map(|e| e.file_id()).collect();
-        let sent = self.db().sent_versions(pod, &held).map_err(internal)?;
         // A file a pod is writing changes under the encoder: leave it at the copy's version in
         // this pack (it comes with the next pull), never torn.
         let mut bytes = Vec::new();
@@ -1136,21 +1211,30 @@ impl OnboardService {
         // Everything asked for, and the files found changing while they were read.
         let selection = target;
         let mut changing: HashSet<VolumePath> = HashSet::new();
+        // Objects read since the scan and found as it saw them.
+        let mut checked: HashSet<crate::id::ContentId> = HashSet::new();
         loop {
-            tries += 1;
             let source =
-                super::pull::Signing::new(super::pull::VolumeSource::new(&dir, &now, &sent));
+                super::pull::Signing::new(super::pull::VolumeSource::new(&dir, &now, &sent, cap));
             target = super::pull::pin(&selection, &base, &changing).map_err(internal)?;
             plan = pack::Plan::new(&base, &target, &|id| source.may_hold(id));
             // The cap is taken after the changing files are out, so that one file a pod keeps
             // writing never holds back the rest of the selection.
-            let over = super::pull::over_cap(&plan, self.pull_pack_cap);
+            let over = super::pull::over_cap(&plan, &base, cap);
             more = !over.is_empty();
             if more {
                 // The rest stays at the copy's version for this pack and comes with the next.
                 target = super::pull::pin(&target, &base, &over).map_err(internal)?;
                 plan = pack::Plan::new(&base, &target, &|id| source.may_hold(id));
             }
+            // Every file of this pack the pod wrote since the scan, found in one pass through
+            // a fixed buffer rather than one encoding attempt at a time.
+            let moved = source.changed_since_scan(&plan, &mut checked);
+            if !moved.is_empty() {
+                changing.extend(moved);
+                continue;
+            }
+            tries += 1;
             // Files changed in place (a database): deltas against the signature the node kept
             // of the version it sent.
             let wanted: Vec<u32> = plan.signature_requests();
@@ -1178,8 +1262,18 @@ impl OnboardService {
                 Err(e) => return Err(pack_reply(e)),
             }
         }
+        let mut changing: Vec<VolumePath> = changing.into_iter().collect();
+        changing.sort();
+        for p in changing {
+            if !report.iter().any(|s| s.path == p.as_str().as_bytes()) {
+                report.push(Skipped::new(
+                    p.as_str(),
+                    SkipReason::Changing { listed: true },
+                ));
+            }
+        }
         if target.root() == base.root() {
-            return Ok(Message::PullSame { root: base.root() });
+            return Ok(answer(report, Message::PullSame { root: base.root() }));
         }
         let pack_id = PackId::of(&bytes);
         let path = self.pull_file(&pack_id);
@@ -1211,7 +1305,7 @@ impl OnboardService {
         db.put_pull_pack(&p).map_err(internal)?;
         // The copy's manifest once this pack is applied: the next pull names it by its root.
         db.remember_copy_manifest(pod, &target).map_err(internal)?;
-        Ok(offer(&p, more))
+        Ok(answer(report, offer(&p, more)))
     }
 
     /// Bytes of a kept pull pack, as `PackData` frames.
@@ -1281,6 +1375,7 @@ fn message_name(m: &Message) -> &'static str {
         Message::PullSame { .. } => "PullSame",
         Message::PullRange { .. } => "PullRange",
         Message::PullDone { .. } => "PullDone",
+        Message::Skipped { .. } => "Skipped",
     }
 }
 

@@ -8,7 +8,7 @@
 //!   current file, when they hash to the id the ground holds. The node records `(id, path, len)`
 //!   of every version it sends, so this costs one read and one hash, and no uplink bytes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
 use cap_std::fs::Dir;
@@ -30,21 +30,25 @@ pub struct SentVersion {
 /// Reads a pull's target content and bases from a pod's volume as it is now.
 pub struct VolumeSource<'a> {
     dir: &'a Dir,
-    /// Where the volume holds each content id now.
-    now: HashMap<ContentId, VolumePath>,
+    /// Where the volume holds each content id now, and its size.
+    now: HashMap<ContentId, (VolumePath, u64)>,
     /// What was sent before, by id.
     sent: HashMap<ContentId, (VolumePath, u64)>,
-    /// Sent versions already checked against the volume: their bytes when the volume still
-    /// holds them (the encoder takes them from here instead of reading and hashing again).
-    checked: std::cell::RefCell<HashMap<ContentId, Option<Vec<u8>>>>,
+    /// Most bytes of one file the node reads into memory for a pull (`--max-pull-pack`):
+    /// larger content is neither sent nor used as a base, whatever size the pod declared.
+    max_file: u64,
+    /// Sent versions already checked against the volume: whether the file still starts with
+    /// them. Only the answer is kept: a volume may hold many grown files, and keeping each
+    /// one's bytes until the encoder asks for them would hold them all at once.
+    checked: std::cell::RefCell<HashMap<ContentId, bool>>,
 }
 
 impl<'a> VolumeSource<'a> {
-    pub fn new(dir: &'a Dir, now: &Manifest, sent: &[SentVersion]) -> Self {
+    pub fn new(dir: &'a Dir, now: &Manifest, sent: &[SentVersion], max_file: u64) -> Self {
         let now = now
             .entries()
             .iter()
-            .filter_map(|e| e.file_id().map(|id| (id, e.path.clone())))
+            .filter_map(|e| e.file_id().map(|id| (id, (e.path.clone(), e.size()))))
             .collect();
         let sent = sent
             .iter()
@@ -54,41 +58,98 @@ impl<'a> VolumeSource<'a> {
             dir,
             now,
             sent,
+            max_file,
             checked: Default::default(),
         }
     }
 
-    /// Whether the node holds the bytes of `id` to encode against. Content the volume has is
-    /// taken on the scan's word; a grown file's prefix is read and hashed (once: the answer is
-    /// kept). A file changed in place holds nothing of its old version: it goes by signature.
+    /// Whether the node holds the bytes of `id` to encode against, within what it may read
+    /// into memory. Content the volume has is taken on the scan's word; a grown file's prefix
+    /// is read and hashed (once: the answer is kept). A file changed in place holds nothing
+    /// of its old version: it goes by signature.
     pub fn may_hold(&self, id: &ContentId) -> bool {
-        if self.now.contains_key(id) {
-            return true;
+        if let Some((_, size)) = self.now.get(id) {
+            return *size <= self.max_file;
         }
-        if !self.sent.contains_key(id) {
-            return false;
+        match self.sent.get(id) {
+            Some((_, len)) if *len <= self.max_file => {}
+            _ => return false,
         }
-        self.checked
+        *self
+            .checked
             .borrow_mut()
             .entry(*id)
-            .or_insert_with(|| self.sent_prefix(id))
-            .is_some()
+            .or_insert_with(|| self.sent_prefix_matches(id))
+    }
+
+    /// Whether the file a sent version `id` came from still starts with it, read through a
+    /// fixed buffer.
+    fn sent_prefix_matches(&self, id: &ContentId) -> bool {
+        let Some((path, len)) = self.sent.get(id) else {
+            return false;
+        };
+        hashes_to(self.dir, path, *len, id, false)
     }
 
     /// The bytes of a sent version `id` when the file it was sent from still starts with them.
     fn sent_prefix(&self, id: &ContentId) -> Option<Vec<u8>> {
         let (path, len) = self.sent.get(id)?;
-        let bytes = self.prefix_of(path, *len)?;
-        (ContentId::of(&bytes) == *id).then_some(bytes)
+        if *len > self.max_file {
+            return None;
+        }
+        let f = volume::open_nofollow(self.dir, path).ok()?;
+        let mut out = Vec::with_capacity(*len as usize);
+        f.take(*len).read_to_end(&mut out).ok()?;
+        (out.len() as u64 == *len && ContentId::of(&out) == *id).then_some(out)
     }
 
-    /// The first `len` bytes of the file at `path`, if there are that many.
-    fn prefix_of(&self, path: &VolumePath, len: u64) -> Option<Vec<u8>> {
-        let f = volume::open_nofollow(self.dir, path).ok()?;
-        let mut out = Vec::with_capacity(len.min(1 << 30) as usize);
-        f.take(len).read_to_end(&mut out).ok()?;
-        (out.len() as u64 == len).then_some(out)
+    /// The planned objects whose file no longer holds the content the scan found (the pod
+    /// wrote it since), read through a fixed buffer: they are all pinned before encoding,
+    /// rather than found one encoding attempt at a time. Objects in `checked` were found as
+    /// scanned already and are not read again; those found so now join it.
+    pub fn changed_since_scan(
+        &self,
+        plan: &crate::pack::Plan,
+        checked: &mut HashSet<ContentId>,
+    ) -> HashSet<VolumePath> {
+        let mut moved = HashSet::new();
+        for o in &plan.objects {
+            if checked.contains(&o.id) {
+                continue;
+            }
+            if hashes_to(self.dir, &o.path, o.size, &o.id, true) {
+                checked.insert(o.id);
+            } else {
+                moved.insert(o.path.clone());
+            }
+        }
+        moved
     }
+}
+
+/// Whether the first `len` bytes of the file at `path` hash to `id` (with `whole`, and the
+/// file has no more), read through a fixed buffer whatever the file's size.
+fn hashes_to(dir: &Dir, path: &VolumePath, len: u64, id: &ContentId, whole: bool) -> bool {
+    let Ok(f) = volume::open_nofollow(dir, path) else {
+        return false;
+    };
+    let mut f = f.take(len.saturating_add(whole as u64));
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut read = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                // The byte past `len` (read only to see that there is one) is not content.
+                let keep = len.saturating_sub(read).min(n as u64) as usize;
+                hasher.update(&buf[..keep]);
+                read += n as u64;
+            }
+            Err(_) => return false,
+        }
+    }
+    read == len && ContentId(*hasher.finalize().as_bytes()) == *id
 }
 
 impl ContentProvider for VolumeSource<'_> {
@@ -96,8 +157,17 @@ impl ContentProvider for VolumeSource<'_> {
         let changed = || PackError::SourceChanged {
             path: path.to_string(),
         };
-        // A pod may be writing it right now: what does not hash to the scanned id is not sent.
-        let bytes = volume::read_file(self.dir, path).map_err(|_| changed())?;
+        let (_, size) = self.now.get(id).ok_or_else(changed)?;
+        if *size > self.max_file {
+            return Err(PackError::OverLimit {
+                what: "file held in memory for a pull",
+                value: *size,
+                limit: self.max_file,
+            });
+        }
+        // A pod may be writing it right now: what does not hash to the scanned id is not sent,
+        // and no more than the scanned size is read.
+        let bytes = volume::read_file_sized(self.dir, path, *size).map_err(|_| changed())?;
         if ContentId::of(&bytes) != *id {
             return Err(changed());
         }
@@ -105,15 +175,17 @@ impl ContentProvider for VolumeSource<'_> {
     }
 
     fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
-        if let Some(path) = self.now.get(id)
-            && let Ok(bytes) = volume::read_file(self.dir, path)
-            && ContentId::of(&bytes) == *id
-        {
-            return Ok(Some(bytes));
+        if let Some((path, size)) = self.now.get(id) {
+            if *size > self.max_file {
+                return Ok(None);
+            }
+            if let Ok(bytes) = volume::read_file_sized(self.dir, path, *size)
+                && ContentId::of(&bytes) == *id
+            {
+                return Ok(Some(bytes));
+            }
         }
-        // Bytes checked while planning are used once; a second use reads again.
-        let checked = self.checked.borrow_mut().get_mut(id).and_then(Option::take);
-        Ok(checked.or_else(|| self.sent_prefix(id)))
+        Ok(self.sent_prefix(id))
     }
 }
 
@@ -153,6 +225,14 @@ impl<'a> Signing<'a> {
 
     pub fn may_hold(&self, id: &ContentId) -> bool {
         self.inner.may_hold(id)
+    }
+
+    pub fn changed_since_scan(
+        &self,
+        plan: &crate::pack::Plan,
+        checked: &mut HashSet<ContentId>,
+    ) -> HashSet<VolumePath> {
+        self.inner.changed_since_scan(plan, checked)
     }
 
     pub fn into_signatures(self) -> HashMap<ContentId, Vec<u8>> {
@@ -217,26 +297,82 @@ pub fn keep_removed(base: &Manifest, target: Manifest) -> Manifest {
     Manifest::new(out.into_values().collect()).expect("entries from two valid manifests")
 }
 
-/// The paths whose content goes beyond `cap` bytes of a pull pack: the objects past the cap,
-/// in the plan's order (by path), and every path that takes one of them. The first object
-/// always stays, so that a pull of one huge file still moves.
-pub fn over_cap(plan: &crate::pack::Plan, cap: u64) -> std::collections::HashSet<VolumePath> {
+/// Bytes the node holds in memory for one planned object while it encodes a pull pack: its
+/// content, the base it is matched against (read whole), or, for an rsync delta, the kept
+/// signature of its base with the index built over it.
+pub fn object_cost(o: &crate::pack::PlannedObject, base: &Manifest) -> u64 {
+    use crate::pack::BaseChoice;
+    let of_base = match o.base {
+        BaseChoice::Prefix(b) => base.entries()[b as usize].size(),
+        BaseChoice::Rsync(b) => 4 * kept_signature_len(base.entries()[b as usize].size()),
+        BaseChoice::None => 0,
+    };
+    o.size.saturating_add(of_base)
+}
+
+/// The paths whose objects go beyond `cap` bytes of memory in a pull pack (see
+/// [`object_cost`]): the objects past the cap, in the plan's order (by path), and every path
+/// that takes one of them. The first object always stays, so that a pull always moves; it is
+/// no larger than the cap itself ([`too_large`] left larger files out), with a base as large
+/// at most.
+pub fn over_cap(
+    plan: &crate::pack::Plan,
+    base: &Manifest,
+    cap: u64,
+) -> std::collections::HashSet<VolumePath> {
     let mut total = 0u64;
-    let dropped: std::collections::HashSet<u32> = plan
+    let dropped: HashSet<u32> = plan
         .objects
         .iter()
         .enumerate()
         .filter_map(|(i, o)| {
-            total = total.saturating_add(o.size);
+            total = total.saturating_add(object_cost(o, base));
             (i > 0 && total > cap).then_some(i as u32)
         })
         .collect();
+    paths_taking(plan, &dropped)
+}
+
+/// The files of a plan larger than a pull may hold in memory (`cap`), with their sizes: they
+/// are left out of pulls (until files stream in bounded memory) and reported, whatever the pod
+/// declared (a sparse file counts at its full size, as the node would read it).
+pub fn too_large(plan: &crate::pack::Plan, cap: u64) -> Vec<(VolumePath, u64)> {
+    let large: HashSet<u32> = plan
+        .objects
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.size > cap)
+        .map(|(i, _)| i as u32)
+        .collect();
+    let sizes: HashMap<u32, u64> = large
+        .iter()
+        .map(|&i| (i, plan.objects[i as usize].size))
+        .collect();
+    let mut out: Vec<(VolumePath, u64)> = plan
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            crate::manifest::Change::Put(p) => match p.kind {
+                crate::manifest::PutKind::File(crate::manifest::FileSource::Object(i)) => {
+                    sizes.get(&i).map(|&size| (p.path.clone(), size))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every path of `plan` that takes one of `objects`.
+fn paths_taking(plan: &crate::pack::Plan, objects: &HashSet<u32>) -> HashSet<VolumePath> {
     plan.changes
         .iter()
         .filter_map(|c| match c {
             crate::manifest::Change::Put(p) => match p.kind {
                 crate::manifest::PutKind::File(crate::manifest::FileSource::Object(i))
-                    if dropped.contains(&i) =>
+                    if objects.contains(&i) =>
                 {
                     Some(p.path.clone())
                 }
@@ -245,6 +381,48 @@ pub fn over_cap(plan: &crate::pack::Plan, cap: u64) -> std::collections::HashSet
             _ => None,
         })
         .collect()
+}
+
+/// Size of the signature the node keeps of a sent version of `len` bytes
+/// ([`kept_block_for`]): a header, then 4 + 8 bytes per block.
+fn kept_signature_len(len: u64) -> u64 {
+    if len < SIGN_MIN_BYTES as u64 {
+        return 0;
+    }
+    let block = kept_block_for(len) as u64;
+    12 + len.div_ceil(block) * 12
+}
+
+/// `target` with each of `paths`, and everything below it, as the copy (`base`) has it, or
+/// left out where the copy has nothing: entries a scan left out (unreadable, changing) stay
+/// as they are on the ground, with `--delete` too, and come when they can be read.
+pub fn hold_back(
+    target: &Manifest,
+    base: &Manifest,
+    paths: &[VolumePath],
+) -> Result<Manifest, crate::manifest::ManifestError> {
+    if paths.is_empty() {
+        return Ok(target.clone());
+    }
+    let held = |p: &VolumePath| paths.iter().any(|h| p.is_within(h));
+    let mut out: std::collections::BTreeMap<VolumePath, crate::manifest::Entry> = target
+        .entries()
+        .iter()
+        .filter(|e| !held(&e.path))
+        .map(|e| (e.path.clone(), e.clone()))
+        .collect();
+    for e in base.entries().iter().filter(|e| held(&e.path)) {
+        // The folders leading to it, as the copy has them, where the selection has none.
+        for a in e.path.ancestors() {
+            if !out.contains_key(&a)
+                && let Some(d) = base.get(&a)
+            {
+                out.insert(a, d.clone());
+            }
+        }
+        out.insert(e.path.clone(), e.clone());
+    }
+    Manifest::new(out.into_values().collect())
 }
 
 /// `target` with `paths` as the copy (`base`) has them, or left out where the copy has none:
@@ -329,7 +507,7 @@ mod tests {
             path: path.clone(),
             len: old.len() as u64,
         }];
-        let source = VolumeSource::new(&dir, &now, &sent);
+        let source = VolumeSource::new(&dir, &now, &sent, u64::MAX);
         assert_eq!(source.base(&old_id).unwrap().as_deref(), Some(&old[..]));
 
         let plan = Plan::new(&ground, &now, &|id| source.may_hold(id));
@@ -392,8 +570,113 @@ mod tests {
             path: VolumePath::new("db").unwrap(),
             len: 9,
         }];
-        let source = VolumeSource::new(&dir, &now, &sent);
+        let source = VolumeSource::new(&dir, &now, &sent, u64::MAX);
         assert!(source.base(&ContentId::of(b"old bytes")).unwrap().is_none());
+    }
+
+    fn paths(set: &HashSet<VolumePath>) -> Vec<&str> {
+        let mut v: Vec<&str> = set.iter().map(|p| p.as_str()).collect();
+        v.sort();
+        v
+    }
+
+    /// A file larger than a pull may hold in memory is named with its size (the first object
+    /// no longer goes "however large"); the rest is planned as before.
+    #[test]
+    fn a_file_over_the_pull_cap_is_named_with_its_size() {
+        use crate::manifest::tests::file;
+        let big = vec![7u8; 500];
+        let target = Manifest::new(vec![
+            file("a.bin", &big),
+            file("b.csv", b"1,2"),
+            file("c.bin", &big), // the same content: one object, two paths
+        ])
+        .unwrap();
+        let plan = Plan::new(&Manifest::default(), &target, &|_| false);
+        let large = too_large(&plan, 100);
+        let named: Vec<(&str, u64)> = large.iter().map(|(p, s)| (p.as_str(), *s)).collect();
+        assert_eq!(named, [("a.bin", 500), ("c.bin", 500)]);
+        assert!(too_large(&plan, 500).is_empty());
+    }
+
+    /// The bases an object is encoded against are in memory too: a held base counts against
+    /// the pull's cap, so that small targets with large bases cannot add up past it.
+    #[test]
+    fn bases_count_against_the_pull_cap() {
+        use crate::manifest::tests::file;
+        let old_a = vec![1u8; 90];
+        let old_b = vec![2u8; 90];
+        let base = Manifest::new(vec![file("a.log", &old_a), file("b.log", &old_b)]).unwrap();
+        let target = Manifest::new(vec![file("a.log", b"new a"), file("b.log", b"new b")]).unwrap();
+        let holds_all = |_: &ContentId| true;
+        let plan = Plan::new(&base, &target, &holds_all);
+        // 95 bytes each with its base: the first fits a cap of 100, the second waits.
+        assert_eq!(paths(&over_cap(&plan, &base, 100)), ["b.log"]);
+        // Without the bases (the node holds neither), both fit.
+        let plan = Plan::new(&base, &target, &|_| false);
+        assert!(over_cap(&plan, &base, 100).is_empty());
+    }
+
+    /// What a scan left out (unreadable, changing) stays as the copy has it, folder and all,
+    /// with `--delete` too.
+    #[test]
+    fn held_back_entries_keep_the_copys_version() {
+        use crate::manifest::tests::{dir, file};
+        let base = Manifest::new(vec![
+            dir("out"),
+            dir("out/locked"),
+            file("out/locked/a", b"a"),
+            file("out/state.txt", b"v1"),
+            file("out/r.csv", b"1"),
+        ])
+        .unwrap();
+        // The pod's volume as scanned: the locked folder and the changing file are missing.
+        let target = Manifest::new(vec![dir("out"), file("out/r.csv", b"2")]).unwrap();
+        let held = [
+            VolumePath::new("out/locked").unwrap(),
+            VolumePath::new("out/state.txt").unwrap(),
+        ];
+        let kept = hold_back(&target, &base, &held).unwrap();
+        let got: Vec<(&str, Option<ContentId>)> = kept
+            .entries()
+            .iter()
+            .map(|e| (e.path.as_str(), e.file_id()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("out", None),
+                ("out/locked", None),
+                ("out/locked/a", Some(ContentId::of(b"a"))),
+                ("out/r.csv", Some(ContentId::of(b"2"))),
+                ("out/state.txt", Some(ContentId::of(b"v1"))),
+            ]
+        );
+    }
+
+    /// A pod that grows a file (or punches a huge hole into it) after the scan: the node reads
+    /// no more than the scanned size, finds it changed, and does not hold a base over the cap.
+    #[test]
+    fn a_file_grown_past_its_scanned_size_is_not_read_whole() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("out.bin"), b"scanned bytes").unwrap();
+        let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let now = scan(&dir);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(t.path().join("out.bin"))
+            .unwrap();
+        f.set_len(1 << 40).unwrap();
+        let e = &now.entries()[0];
+        let id = e.file_id().unwrap();
+        let source = VolumeSource::new(&dir, &now, &[], 1 << 20);
+        assert!(matches!(
+            source.target(&e.path, &id),
+            Err(PackError::SourceChanged { .. })
+        ));
+        assert!(source.base(&id).unwrap().is_none());
+        let capped = VolumeSource::new(&dir, &now, &[], 4);
+        assert!(!capped.may_hold(&id), "a base over the cap is not held");
     }
 
     #[test]
@@ -403,7 +686,7 @@ mod tests {
         let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
         let now = scan(&dir);
         std::fs::write(t.path().join("out.csv"), b"a,b\n1,2\n3,4\n").unwrap();
-        let source = VolumeSource::new(&dir, &now, &[]);
+        let source = VolumeSource::new(&dir, &now, &[], u64::MAX);
         let e = &now.entries()[0];
         assert!(matches!(
             source.target(&e.path, &e.file_id().unwrap()),

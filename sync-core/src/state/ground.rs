@@ -725,7 +725,10 @@ mod tests {
         db.pull_journal_begin(&j, Some(pulled)).unwrap();
         assert_eq!(db.pulled_copy("/c", &node, &pod).unwrap(), None);
         db.pull_journal_end("/c").unwrap();
-        assert_eq!(db.pulled_copy("/c", &node, &pod).unwrap().as_ref(), Some(&target));
+        assert_eq!(
+            db.pulled_copy("/c", &node, &pod).unwrap().as_ref(),
+            Some(&target)
+        );
         // Another pod's pull into the copy is not this pod's.
         let other = PodName::new("q").unwrap();
         assert_eq!(db.pulled_copy("/c", &node, &other).unwrap(), None);

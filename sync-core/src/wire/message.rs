@@ -3,10 +3,12 @@
 use serde::{Deserialize, Serialize};
 
 use crate::id::{ManifestId, NodeId, PackId};
+use crate::manifest::Skipped;
 use crate::pack::Limits;
 use crate::path::{PodName, VolumePath};
 
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 4 added [`Message::Skipped`]; every message of version 3 encodes as it did.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -104,6 +106,12 @@ pub enum Message {
     PullRange { pack: PackId, offset: u64, len: u64 },
     /// Ground → onboard: the pull pack is applied to the copy; the node may forget it.
     PullDone { pack: PackId },
+    /// Onboard → ground, just before a `ManifestReply`, `PullOffer` or `PullSame`, and only
+    /// when there is any: entries of the pod's volume (in the pull's selection) that the answer
+    /// leaves out, and why. At most [`MAX_SKIPPED_NAMED`] are named; `more` counts the rest.
+    ///
+    /// [`MAX_SKIPPED_NAMED`]: crate::manifest::MAX_SKIPPED_NAMED
+    Skipped { entries: Vec<Skipped>, more: u64 },
 }
 
 /// How a pod's manifest travels: not at all when the ground's copy is current, as the changes
