@@ -1073,6 +1073,17 @@ impl OnboardService {
             target_root: p.target_root,
             more,
         };
+        // A ground that asks from the state one of our pull packs leads to has applied it,
+        // whether or not its `PullDone` arrived (the link may have been cut right after the
+        // apply): what it delivered serves as bases from now on, or the next pull would send
+        // whole files.
+        let applied = self
+            .db()
+            .pull_pack(pod, crate::state::PullPackKey::Target(base_root))
+            .map_err(internal)?;
+        if let Some(done) = applied {
+            self.pull_done(&done.pack)?;
+        }
         if let Some(pack) = resume
             && let Some(p) = self
                 .db()
@@ -1407,6 +1418,46 @@ mod tests {
             .unwrap();
         fs::write(svc.pack_file(&pack), vec![5u8; 700]).unwrap();
         (t, svc, pack, len)
+    }
+
+    /// Regression (found by the soak): a link cut right after the ground applied a pull lost
+    /// its `PullDone`, the node never recorded what it delivered, and the next pull sent whole
+    /// files instead of deltas. A pull asked from the state a kept pull pack leads to now
+    /// counts as its `PullDone`.
+    #[test]
+    fn a_pull_asked_from_a_packs_target_counts_as_its_done() {
+        let t = tempfile::tempdir().unwrap();
+        let svc = Arc::new(
+            OnboardService::open(&t.path().join("v"), &t.path().join("s"), Limits::default())
+                .unwrap(),
+        );
+        let pod = PodName::new("p".to_string()).unwrap();
+        let body = b"results, line after line\n".repeat(100);
+        fs::create_dir_all(t.path().join("v/p")).unwrap();
+        fs::write(t.path().join("v/p/r.txt"), &body).unwrap();
+        let ask = |base_root| Message::PullRequest {
+            pod: pod.clone(),
+            filter: Vec::new(),
+            delete: false,
+            base_root,
+            base: Vec::new(),
+            resume: None,
+        };
+        let mut s = svc.session();
+        let out = s.handle(ask(Manifest::default().root()));
+        let Some(Message::PullOffer { target_root, .. }) = out.replies.last().cloned() else {
+            panic!("{:?}", out.replies);
+        };
+        // No PullDone: the link was cut.
+        let id = crate::id::ContentId::of(&body);
+        assert!(svc.db().sent_versions(&pod, &[id]).unwrap().is_empty());
+        let out = s.handle(ask(target_root));
+        assert!(
+            matches!(out.replies.last(), Some(Message::PullSame { .. })),
+            "{:?}",
+            out.replies
+        );
+        assert_eq!(svc.db().sent_versions(&pod, &[id]).unwrap().len(), 1);
     }
 
     fn offer(svc: &Arc<OnboardService>, pack: PackId, len: u64) -> Message {

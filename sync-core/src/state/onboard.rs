@@ -63,6 +63,8 @@ pub struct PullPack {
 pub enum PullPackKey {
     Id(PackId),
     Roots(ManifestId, ManifestId),
+    /// The pack that leads to this state.
+    Target(ManifestId),
 }
 
 #[derive(Debug, Clone)]
@@ -303,6 +305,12 @@ impl Db {
                  WHERE pod = ?1 AND base_root = ?2 AND target_root = ?3",
                 base.0.to_vec(),
                 target.0.to_vec(),
+            ),
+            PullPackKey::Target(target) => (
+                "SELECT pack, len, base_root, target_root, sent FROM pull_pack
+                 WHERE pod = ?1 AND target_root = ?2 AND ?3 = ?3",
+                target.0.to_vec(),
+                Vec::new(),
             ),
         };
         let row = self
