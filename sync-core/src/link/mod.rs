@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod admission;
+mod refusals;
 mod serve;
 pub mod sim;
 
-pub use serve::{ServeOptions, serve, serve_connection};
+pub use serve::{ServeOptions, ServeOptionsError, serve, serve_connection};
 
 /// Sleeps until `at`, or forever: a timer arm of a `select!` that is off when there is nothing
 /// to wait for.
@@ -61,6 +63,12 @@ pub enum LinkError {
     /// nothing arrived for longer than the idle timeout
     #[error("the link was silent for {0:?}")]
     Timeout(Duration),
+    /// the peer did not prove the key within the handshake deadline
+    #[error("the other side did not finish the handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// the daemon dropped this connection, whose peer had not proven the key, to make room
+    #[error("dropped to make room (over the connection caps, or out of descriptors)")]
+    Dropped,
 }
 
 /// Bytes that crossed the socket, both directions, everything included.
