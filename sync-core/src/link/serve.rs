@@ -539,3 +539,90 @@ impl Conn<'_> {
         Ok(o)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::pack::Limits;
+    use crate::wire::preamble;
+
+    fn service() -> (tempfile::TempDir, Arc<OnboardService>) {
+        let t = tempfile::tempdir().unwrap();
+        let svc = OnboardService::open(&t.path().join("v"), &t.path().join("s"), Limits::default())
+            .unwrap();
+        (t, Arc::new(svc))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_dripping_its_handshake_is_cut_at_the_deadline_not_by_the_idle_timeout() {
+        let (_t, svc) = service();
+        let key = LinkKey::generate().unwrap();
+        let opts = ServeOptions {
+            handshake_timeout: Duration::from_secs(5),
+            ..ServeOptions::default()
+        };
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let t0 = Instant::now();
+        let server = tokio::spawn(async move {
+            let r = serve_connection(ours, svc, &key, &opts).await;
+            (r, t0.elapsed())
+        });
+        // The preamble, then a first handshake message, a byte a second: never 30 s of silence.
+        let script = [&preamble()[..], &[0, 48], &[9; 48]].concat();
+        for b in script {
+            if server.is_finished() || theirs.write_all(&[b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let (r, took) = server.await.unwrap();
+        assert!(
+            matches!(r, Err(LinkError::HandshakeTimeout(d)) if d == Duration::from_secs(5)),
+            "{r:?}"
+        );
+        assert_eq!(took, Duration::from_secs(5));
+        // The daemon's preamble came back, and then the end of the stream.
+        let mut got = Vec::new();
+        theirs.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, preamble());
+    }
+
+    #[test]
+    fn caps_that_leave_no_room_for_the_ground_are_refused() {
+        let ok = ServeOptions::default();
+        assert_eq!(ok.check(), Ok(()));
+        assert!(ok.max_unauthenticated < ok.max_connections);
+        let same = ServeOptions {
+            max_unauthenticated: 128,
+            ..ok.clone()
+        };
+        assert_eq!(
+            same.check(),
+            Err(ServeOptionsError::NoRoomForAuthenticated {
+                unauthenticated: 128,
+                total: 128
+            })
+        );
+        let none = ServeOptions {
+            max_unauthenticated: 0,
+            ..ok.clone()
+        };
+        assert_eq!(none.check(), Err(ServeOptionsError::NoUnauthenticated));
+        let instant = ServeOptions {
+            handshake_timeout: Duration::ZERO,
+            ..ok
+        };
+        assert_eq!(instant.check(), Err(ServeOptionsError::NoHandshakeTime));
+    }
+
+    #[test]
+    fn failed_accepts_wait_100_ms_doubling_to_1_s_and_start_again_after_one_succeeds() {
+        let mut p = AcceptPause::default();
+        let waits: Vec<u64> = (0..6).map(|_| p.next().as_millis() as u64).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        p.reset();
+        assert_eq!(p.next(), Duration::from_millis(100));
+    }
+}
