@@ -50,6 +50,8 @@ pub(crate) struct Admission<H> {
     /// Unconfirmed connections per stage and address: where the next one to go comes from.
     load: HashMap<(Stage, IpAddr), usize>,
     confirmed: HashSet<u64>,
+    /// Dropped, but their task has not yet given its place back (nor closed its socket).
+    closing: HashSet<u64>,
 }
 
 #[derive(Debug)]
@@ -70,6 +72,7 @@ impl<H> Admission<H> {
             unconfirmed: BTreeMap::new(),
             load: HashMap::new(),
             confirmed: HashSet::new(),
+            closing: HashSet::new(),
         }
     }
 
@@ -124,17 +127,25 @@ impl<H> Admission<H> {
 
     /// The connection `id` ended, however it ended.
     pub(crate) fn leave(&mut self, id: u64) {
-        if !self.confirmed.remove(&id) {
+        if !self.confirmed.remove(&id) && !self.closing.remove(&id) {
             self.remove(id);
         }
     }
 
     /// Takes out the unconfirmed connection that would go first, and gives its handle so the
     /// caller can end it: to make room for a newcomer, or to free a descriptor when accepting
-    /// failed for want of them.
+    /// failed for want of them. It counts as [`Admission::closing`] until it leaves.
     pub(crate) fn drop_one(&mut self) -> Option<H> {
         let id = self.next_to_go()?;
-        self.remove(id).map(|p| p.handle)
+        let p = self.remove(id)?;
+        self.closing.insert(id);
+        Some(p.handle)
+    }
+
+    /// Connections dropped whose task has not yet closed them: the accept loop waits for them
+    /// before it takes another, so open sockets never exceed the caps by more than one.
+    pub(crate) fn closing(&self) -> usize {
+        self.closing.len()
     }
 
     /// Connections held: (unconfirmed, confirmed).
@@ -279,7 +290,9 @@ mod tests {
         let (y, d) = admit(&mut a, ip(2), "y");
         assert_eq!(d, Some("x"));
         assert!(!a.confirm(x), "a dropped connection confirmed");
+        assert_eq!(a.closing(), 1, "its socket is still open");
         a.leave(x);
+        assert_eq!(a.closing(), 0);
         assert!(a.confirm(y));
         a.leave(y);
         assert_eq!(a.counts(), (0, 0));

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
@@ -127,6 +127,7 @@ pub async fn serve(
             opts.max_unauthenticated,
         )),
         log: Mutex::new(RefusalLog::new(REFUSAL_LOG_INTERVAL)),
+        left: Notify::new(),
     });
     let mut pause = AcceptPause::default();
     // Refusals are recorded by the connections' tasks; this looks for a summary that is due.
@@ -134,6 +135,7 @@ pub async fn serve(
     summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
+        let closing = gate.admission().closing();
         tokio::select! {
             _ = &mut shutdown => break,
             _ = summaries.tick() => {
@@ -141,7 +143,11 @@ pub async fn serve(
                     eprintln!("{line}");
                 }
             }
-            accepted = listener.accept() => match accepted {
+            // A connection dropped to make room closes on its own task, a moment later: wait
+            // for it before taking the next, or a burst of newcomers would hold their sockets
+            // and the dropped ones' at once (the kernel's queue holds the newcomers meanwhile).
+            _ = gate.left.notified(), if closing > 0 => {}
+            accepted = listener.accept(), if closing == 0 => match accepted {
                 Ok((stream, peer)) => {
                     pause.reset();
                     admit(stream, peer, &gate, &service, &key, &opts);
@@ -243,6 +249,8 @@ async fn ended(end: oneshot::Receiver<()>) {
 struct Gate {
     admission: Mutex<Admission<oneshot::Sender<()>>>,
     log: Mutex<RefusalLog>,
+    /// Told each time a connection gives its place back.
+    left: Notify,
 }
 
 impl Gate {
@@ -300,6 +308,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.gate.admission().leave(self.id);
+        self.gate.left.notify_one();
     }
 }
 
