@@ -205,8 +205,29 @@ async fn connect(plan: &DripPlan) -> std::io::Result<TcpStream> {
         IpAddr::V4(_) => TcpSocket::new_v4()?,
         IpAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    leave_the_port_to_connect(&socket);
     socket.bind(SocketAddr::new(plan.source, 0))?;
     socket.connect(plan.target).await
+}
+
+/// Lets `connect` pick the local port rather than `bind` (IP_BIND_ADDRESS_NO_PORT). A port
+/// picked at `bind` ignores where the connection goes, so with thousands of connections a
+/// second it often lands on a pair the daemon still holds in TIME_WAIT, and the connect stalls
+/// for a SYN retry.
+fn leave_the_port_to_connect(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a live local for the duration of the call; the
+    // descriptor belongs to `socket`. Failing leaves the default, which works, more slowly.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Sends what the plan says until the daemon ends the connection.
