@@ -66,7 +66,7 @@ struct ServeArgs {
     /// several packs in a row, each applied on the ground before the next is built.
     #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_size)]
     max_pull_pack: u64,
-    /// Drop a peer that has not proven the key this long after it connected, e.g. 10s, 500ms.
+    /// Drop a peer that has not shown the key this long after it connected, e.g. 10s, 500ms.
     /// A ground does it in about one round trip (its preamble and first handshake message,
     /// 56 bytes); a peer without the key that sends a byte now and then would otherwise hold
     /// its connection for ever, since the idle timeout restarts on every byte.
@@ -78,10 +78,10 @@ struct ServeArgs {
     /// never dropped for it.
     #[arg(long, value_name = "N", default_value_t = ServeOptions::default().max_connections)]
     max_connections: usize,
-    /// Most connections held whose peer has not proven the key. A newcomer beyond it takes the
-    /// place of the oldest from the address holding the most, so peers without the key replace
-    /// each other and never the ground. Must be less than --max-connections, which keeps room
-    /// for authenticated ones.
+    /// Most connections held whose peer has not yet sent a record under the key (a peer
+    /// without the key never does). A newcomer beyond it takes the place of the oldest from the
+    /// address holding the most, so peers without the key replace each other and never the
+    /// ground. Must be less than --max-connections, which keeps room for authenticated ones.
     #[arg(long, value_name = "N", default_value_t = ServeOptions::default().max_unauthenticated)]
     max_unauthenticated: usize,
 }

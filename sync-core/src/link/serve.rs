@@ -37,7 +37,7 @@ pub struct ServeOptions {
     /// A connection silent this long is dropped (a pass ended, a peer died). The ground sends
     /// keep-alives every [`KEEPALIVE_INTERVAL`], so this can be a few multiples of it.
     pub idle_timeout: Duration,
-    /// A peer must have proven the key (its preamble and first handshake message, 56 bytes:
+    /// A peer must have shown the key (its preamble and first handshake message, 56 bytes:
     /// about one round trip for a ground) this long after it connected, or it is dropped. The
     /// idle timeout alone restarts on every byte, so a peer dripping a byte now and then held
     /// a connection for ever.
@@ -47,10 +47,11 @@ pub struct ServeOptions {
     /// descriptor limit. When it is reached, a connection whose peer has not proven the key
     /// makes room for the newcomer; authenticated ones are never dropped for it.
     pub max_connections: usize,
-    /// Most connections held whose peer has not proven the key (a record from it has not
-    /// opened yet). A newcomer beyond it takes the place of the oldest from the address
-    /// holding the most, so peers without the key only ever replace each other, never the
-    /// ground. Less than `max_connections`, so there is always room for authenticated ones.
+    /// Most connections held whose peer has not yet sent a record under the key (the proof
+    /// of it that cannot be replayed; a peer without the key never does). A newcomer beyond
+    /// it takes the place of the oldest from the address holding the most, so peers without
+    /// the key only ever replace each other, never the ground. Less than `max_connections`,
+    /// so there is always room for authenticated ones.
     pub max_unauthenticated: usize,
 }
 
