@@ -414,6 +414,32 @@ mod tests {
         ));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn the_handshake_reader_takes_the_declared_message_or_refuses_it_on_its_length(
+            stream in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            step in 1usize..300,
+        ) {
+            let (m, took) = read_in_steps(&stream, step);
+            if stream.len() < 2 {
+                proptest::prop_assert!(m.is_err());
+                proptest::prop_assert_eq!(took, stream.len());
+            } else {
+                let len = u16::from_be_bytes([stream[0], stream[1]]) as usize;
+                if len > MAX_HANDSHAKE_MESSAGE {
+                    proptest::prop_assert!(matches!(m, Err(WireError::HandshakeTooLarge(n)) if n == len));
+                    proptest::prop_assert_eq!(took, 2);
+                } else if stream.len() >= 2 + len {
+                    proptest::prop_assert_eq!(m.unwrap(), &stream[2..2 + len]);
+                    proptest::prop_assert_eq!(took, 2 + len);
+                } else {
+                    proptest::prop_assert!(m.is_err(), "a short stream gave a message");
+                    proptest::prop_assert_eq!(took, stream.len());
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_peer_without_the_key_costs_a_fixed_few_hundred_bytes() {
         // All a connection holds for its peer's handshake message, whatever the peer declares:
