@@ -118,6 +118,8 @@ pub struct Drippers {
 
 impl Drippers {
     pub fn start(plan: DripPlan) -> Self {
+        // Each peer is a descriptor of this process, and tests run side by side.
+        crate::raise_descriptor_limit(16_384);
         let stats = Arc::new(DripStats::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = stats.clone();
