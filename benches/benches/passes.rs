@@ -130,6 +130,7 @@ async fn connect(
     tokio::spawn(async move {
         let opts = ServeOptions {
             idle_timeout: Duration::from_secs(30),
+            ..ServeOptions::default()
         };
         let _ = serve_connection(onboard_end, svc, &k, &opts).await;
     });

@@ -63,6 +63,7 @@ impl Rig {
         tokio::spawn(async move {
             let opts = ServeOptions {
                 idle_timeout: Duration::from_secs(20),
+                ..ServeOptions::default()
             };
             let _ = serve_connection(onboard_end, svc, &key, &opts).await;
         });

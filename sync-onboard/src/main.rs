@@ -67,10 +67,32 @@ struct ServeArgs {
     /// next is built, and a single larger file is left out of pulls and named to the ground.
     #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_size)]
     max_pull_pack: u64,
+    /// Drop a peer that has not shown the key this long after it connected, e.g. 10s, 500ms.
+    /// A ground does it in about one round trip (its preamble and first handshake message,
+    /// 56 bytes); a peer without the key that sends a byte now and then would otherwise hold
+    /// its connection for ever, since the idle timeout restarts on every byte.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    handshake_timeout: Duration,
+    /// Most connections held at once, authenticated or not. Each holds a file descriptor:
+    /// keep it well below the descriptor limit (`ulimit -n`). When it is reached, a connection
+    /// whose peer has not proven the key makes room for the newcomer; authenticated ones are
+    /// never dropped for it.
+    #[arg(long, value_name = "N", default_value_t = ServeOptions::default().max_connections)]
+    max_connections: usize,
+    /// Most connections held whose peer has not yet sent a record under the key (a peer
+    /// without the key never does). A newcomer beyond it takes the place of the oldest from the
+    /// address holding the most, so peers without the key replace each other and never the
+    /// ground. Must be less than --max-connections, which keeps room for authenticated ones.
+    #[arg(long, value_name = "N", default_value_t = ServeOptions::default().max_unauthenticated)]
+    max_unauthenticated: usize,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
     sync_core::units::parse_bytes(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    sync_core::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn main() {
@@ -98,6 +120,14 @@ fn read_key(path: &PathBuf) -> Result<LinkKey> {
 }
 
 fn run_serve(args: ServeArgs) -> Result<()> {
+    let opts = ServeOptions {
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        handshake_timeout: args.handshake_timeout,
+        max_connections: args.max_connections,
+        max_unauthenticated: args.max_unauthenticated,
+    };
+    opts.check()
+        .context("checking --max-connections, --max-unauthenticated and --handshake-timeout")?;
     let key = read_key(&args.key)?;
     let mut limits = Limits::default();
     if let Some(v) = args.max_object_bytes {
@@ -133,9 +163,6 @@ fn run_serve(args: ServeArgs) -> Result<()> {
             service.node().to_hex(),
             args.volumes.display()
         );
-        let opts = ServeOptions {
-            idle_timeout: Duration::from_secs(args.idle_timeout),
-        };
         serve(listener, Arc::new(service), key, opts, shutdown_signal()).await?;
         eprintln!("sync-onboard: shutting down");
         Ok(())

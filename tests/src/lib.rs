@@ -60,6 +60,16 @@ pub fn bin_dir() -> &'static Path {
         if is_release() {
             cmd.arg("--release");
         }
+        // As from a shell: cargo gives a test the package's CARGO_MANIFEST_DIR (and more), and
+        // ring's build script watches that variable, so building with it would rebuild ring and
+        // everything above it, here and again at the next build from a shell (40 s each on two
+        // cores).
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_MANIFEST_") || k.starts_with("CARGO_PKG_") {
+                cmd.env_remove(&*k);
+            }
+        }
         let out = cmd.output().expect("running cargo build");
         assert!(
             out.status.success(),
@@ -139,6 +149,8 @@ pub struct Onboard {
     /// The user the daemon runs as, when not the test's own (see
     /// [`Onboard::start_unprivileged`]).
     user: Option<u32>,
+    /// The daemon's descriptor limit (`RLIMIT_NOFILE`), when a test sets one.
+    nofile: Option<u64>,
 }
 
 impl Onboard {
@@ -149,13 +161,19 @@ impl Onboard {
     /// Like [`Onboard::start`] with extra `serve` flags (`--max-object-bytes`, ...), in `dir`,
     /// which may already hold `vols` or `state` (a small disk mounted there, say).
     pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_limited(dir, extra, None)
+    }
+
+    /// Like [`Onboard::start_in`], with the daemon's descriptor limit (`ulimit -n`, soft and
+    /// hard) set to `nofile` when given.
+    pub fn start_limited(dir: tempfile::TempDir, extra: &[&str], nofile: Option<u64>) -> Self {
         let root = dir.path();
         for d in ["vols", "state", "ground"] {
             fs::create_dir_all(root.join(d)).unwrap();
         }
         keygen(&root.join("link.key"));
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let (child, stdout, addr) = spawn_serve(root, &extra, None);
+        let (child, stdout, addr) = spawn_serve(root, &extra, None, nofile);
         Self {
             child,
             _stdout: stdout,
@@ -163,6 +181,7 @@ impl Onboard {
             addr,
             extra,
             user: None,
+            nofile,
         }
     }
 
@@ -189,7 +208,7 @@ impl Onboard {
         ] {
             std::os::unix::fs::chown(p, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
         }
-        let (child, stdout, addr) = spawn_serve(root, &[], Some(NOBODY));
+        let (child, stdout, addr) = spawn_serve(root, &[], Some(NOBODY), None);
         Self {
             child,
             _stdout: stdout,
@@ -197,6 +216,7 @@ impl Onboard {
             addr,
             extra: Vec::new(),
             user: Some(NOBODY),
+            nofile: None,
         }
     }
 
@@ -268,6 +288,7 @@ fn spawn_serve(
     root: &Path,
     extra: &[String],
     user: Option<u32>,
+    nofile: Option<u64>,
 ) -> (Child, BufReader<ChildStdout>, String) {
     let log = fs::OpenOptions::new()
         .create(true)
@@ -279,6 +300,9 @@ fn spawn_serve(
         use std::os::unix::process::CommandExt;
         // Run as root, std drops the supplementary groups too.
         cmd.uid(uid).gid(uid);
+    }
+    if let Some(n) = nofile {
+        limit_descriptors(&mut cmd, n);
     }
     let mut child = cmd
         .arg("serve")
@@ -434,7 +458,8 @@ impl Onboard {
     pub fn restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, stdout, addr) = spawn_serve(self.dir.path(), &self.extra, self.user);
+        let (child, stdout, addr) =
+            spawn_serve(self.dir.path(), &self.extra, self.user, self.nofile);
         self.child = child;
         self._stdout = stdout;
         self.addr = addr;
@@ -453,6 +478,38 @@ impl Onboard {
     /// The daemon's peak resident memory so far (`VmHWM` of `/proc/<pid>/status`), in bytes.
     pub fn peak_memory(&self) -> u64 {
         vm_hwm(self.pid()).expect("the daemon's VmHWM (is it still running?)")
+    }
+
+    /// The daemon's resident memory now (`VmRSS`), in bytes.
+    pub fn memory(&self) -> u64 {
+        proc_status_kb(self.pid(), "VmRSS:") * 1024
+    }
+
+    /// Descriptors the daemon holds open now (entries of `/proc/<pid>/fd`).
+    pub fn descriptors(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|rd| rd.count())
+            .unwrap_or(0)
+    }
+
+    /// CPU time the daemon has used so far (user and system), in seconds: a loop that spins
+    /// shows here as about one second per second.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("reading the daemon's /proc stat");
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let after = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the whole line (11 and 12 here).
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf only reads a configuration value.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        ticks as f64 / hz
+    }
+
+    /// Bytes the daemon has written to its log (stderr) so far.
+    pub fn log_bytes(&self) -> u64 {
+        fs::metadata(self.dir.path().join("onboard.log")).map_or(0, |m| m.len())
     }
 
     pub fn state(&self) -> PathBuf {
@@ -536,6 +593,63 @@ fn vm_hwm(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().strip_suffix("kB"))
         .and_then(|v| v.trim().parse().ok())?;
     Some(kb * 1024)
+}
+
+/// A field of `/proc/<pid>/status` given in kB (`VmHWM:`, `VmRSS:`).
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("reading the daemon's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc status:\n{status}"))
+}
+
+/// Makes `cmd` run with at most `n` open descriptors (soft and hard `RLIMIT_NOFILE`), as
+/// `ulimit -n` would.
+fn limit_descriptors(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and calls only setrlimit,
+    // which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: n as libc::rlim_t,
+                rlim_max: n as libc::rlim_t,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Raises this process's soft descriptor limit towards `want` (as far as the hard limit
+/// allows), so a test can hold thousands of connections; returns the soft limit it got.
+pub fn raise_descriptor_limit(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < want {
+            let raised = libc::rlimit {
+                rlim_cur: (want as libc::rlim_t).min(lim.rlim_max),
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    lim.rlim_cur
 }
 
 /// A small tmpfs mounted for one test, so that a disk can be filled. Unmounted when dropped,
@@ -649,6 +763,9 @@ fn run_ground(addr: &str, key: &Path, state: &Path, args: &[&str]) -> Run {
 }
 
 pub use counting_proxy::CountingProxy;
+
+mod drip;
+pub use drip::{Drip, DripPlan, DripStats, Drippers};
 
 mod counting_proxy {
     use std::collections::HashMap;

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+mod admission;
+mod refusals;
 mod serve;
 pub mod sim;
 
-pub use serve::{ServeOptions, serve, serve_connection};
+pub use serve::{ServeOptions, ServeOptionsError, serve, serve_connection};
 
 /// Sleeps until `at`, or forever: a timer arm of a `select!` that is off when there is nothing
 /// to wait for.
@@ -32,9 +34,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::time::Instant;
 
 use crate::wire::{
-    Handshake, LinkKey, Message, MessageDecoder, Opener, PREAMBLE_LEN, RecordDecoder, Sealer,
-    SecureChannel, WireError, check_preamble, encode_message, preamble,
+    Handshake, HandshakeReader, LinkKey, Message, MessageDecoder, Opener, PREAMBLE_LEN,
+    RecordDecoder, Sealer, SecureChannel, WireError, check_preamble, encode_message, preamble,
 };
+
+/// The receiving side reads this much at a time once the peer's first record has opened.
+const READ_BUF: usize = 64 * 1024;
+/// ... and this much before: a peer that has only replayed a recorded first handshake message
+/// (which passes, since NNpsk0's responder adds no randomness before it) cannot open a record,
+/// and is not worth 64 KiB.
+const FIRST_READ_BUF: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
@@ -54,6 +63,12 @@ pub enum LinkError {
     /// nothing arrived for longer than the idle timeout
     #[error("the link was silent for {0:?}")]
     Timeout(Duration),
+    /// the peer did not prove the key within the handshake deadline
+    #[error("the other side did not finish the handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// the daemon dropped this connection, whose peer had not proven the key, to make room
+    #[error("dropped to make room (over the connection caps, or out of descriptors)")]
+    Dropped,
 }
 
 /// Bytes that crossed the socket, both directions, everything included.
@@ -94,13 +109,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         let prologue = [preamble(), theirs].concat();
         let mut hs = Handshake::initiator(key, &prologue)?;
         s.write(&hs.write_message()?).await?;
-        let m2 = s.read_handshake().await?;
-        hs.read_message(&m2)?;
+        s.read_handshake(&mut hs).await?;
         s.into_link(hs.into_channel()?, rtt)
     }
 
     /// The onboard side: answers the handshake; a peer without the key fails here, before any
-    /// message is read.
+    /// message is read. Until then the connection holds fixed buffers only (the preamble, one
+    /// handshake message of at most [`crate::wire::MAX_HANDSHAKE_MESSAGE`]), whatever the peer
+    /// declares. The caller bounds how long this may take (the daemon's handshake deadline):
+    /// `idle` restarts on every byte, so a peer dripping bytes would never run it out.
     pub async fn accept(stream: S, key: &LinkKey, idle: Duration) -> Result<Self, LinkError> {
         let mut s = Start::new(stream, idle);
         let theirs = s.read_exact::<PREAMBLE_LEN>(false).await?;
@@ -109,8 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         check_preamble(&theirs)?;
         let prologue = [theirs, preamble()].concat();
         let mut hs = Handshake::responder(key, &prologue)?;
-        let m1 = s.read_handshake().await?;
-        hs.read_message(&m1)?;
+        s.read_handshake(&mut hs).await?;
         let t0 = Instant::now();
         s.write(&hs.write_message()?).await?;
         s.into_link(hs.into_channel()?, t0.elapsed())
@@ -173,6 +189,10 @@ impl<R: AsyncRead + Unpin> LinkReader<R> {
             }
             if let Some(rec) = self.records.next_record() {
                 let plain = self.opener.open(&rec)?;
+                if self.buf.len() < READ_BUF {
+                    // The peer has proven the key beyond replay: read at full size from now on.
+                    self.buf.resize(READ_BUF, 0);
+                }
                 self.messages.push(&plain);
                 continue;
             }
@@ -239,7 +259,6 @@ struct Start<S> {
     stream: S,
     counters: Arc<Counters>,
     idle: Duration,
-    pending: RecordDecoder,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Start<S> {
@@ -248,7 +267,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Start<S> {
             stream,
             counters: Arc::default(),
             idle,
-            pending: RecordDecoder::default(),
         }
     }
 
@@ -292,34 +310,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Start<S> {
         Ok(out)
     }
 
-    async fn read_handshake(&mut self) -> Result<Vec<u8>, LinkError> {
+    /// Reads the peer's next handshake message into `hs`: exactly its bytes (two reads at
+    /// most, for a peer that sends it whole), into a fixed buffer.
+    async fn read_handshake(&mut self, hs: &mut Handshake) -> Result<(), LinkError> {
+        let mut reader = HandshakeReader::default();
         loop {
-            if let Some(rec) = self.pending.next_record() {
-                return Ok(rec);
+            let n = self.read_some(reader.space(), true).await?;
+            if let Some(message) = reader.filled(n)? {
+                hs.read_message(message)?;
+                return Ok(());
             }
-            // Read one byte at a time would be slow; handshake records are tiny, so read what
-            // comes and keep the rest for the transport phase.
-            let mut buf = [0u8; 512];
-            let n = self.read_some(&mut buf, true).await?;
-            self.pending.push(&buf[..n]);
         }
     }
 
     fn into_link(self, channel: SecureChannel, rtt: Duration) -> Result<Link<S>, LinkError> {
         let (sealer, opener) = channel.split();
         let (r, w) = tokio::io::split(self.stream);
-        // Anything read past the handshake is the start of the transport phase: the same
-        // decoder carries on with it.
+        // Nothing past the handshake has been read: the transport phase starts afresh.
         Ok(Link {
             rx: LinkReader {
                 stream: r,
                 opener,
-                records: self.pending,
+                records: RecordDecoder::default(),
                 messages: MessageDecoder::default(),
                 counters: self.counters.clone(),
                 idle: self.idle,
                 last_recv: Instant::now(),
-                buf: vec![0u8; 64 * 1024],
+                buf: vec![0u8; FIRST_READ_BUF],
             },
             tx: LinkWriter {
                 stream: w,

@@ -2305,6 +2305,7 @@ mod tests {
             tokio::spawn(async move {
                 let opts = ServeOptions {
                     idle_timeout: Duration::from_secs(20),
+                    ..ServeOptions::default()
                 };
                 let _ = serve_connection(onboard_end, svc, &key, &opts).await;
             });

@@ -3,8 +3,8 @@
 //! ```text
 //! ground → onboard   preamble  "OSYN" u16-BE version          (6 bytes, cleartext)
 //! onboard → ground   preamble  "OSYN" u16-BE version          (6 bytes, cleartext)
-//! ground → onboard   u16-BE len | Noise NNpsk0 message 1      (-> psk, e)
-//! onboard → ground   u16-BE len | Noise NNpsk0 message 2      (<- e, ee)
+//! ground → onboard   u16-BE len | Noise NNpsk0 message 1      (-> psk, e; 48 bytes, ≤ 256)
+//! onboard → ground   u16-BE len | Noise NNpsk0 message 2      (<- e, ee; 48 bytes, ≤ 256)
 //! both ways          u16-BE len | ChaCha20-Poly1305 record     (≤ 65535 bytes each)
 //! ```
 //! Both preambles are the Noise prologue, so a tampered version is caught by the handshake.
@@ -18,7 +18,8 @@ pub mod secure;
 pub use frame::{MAX_MESSAGE_BYTES, MessageDecoder, RecordDecoder, encode_message};
 pub use message::{ErrorKind, ManifestBody, Message, PROTOCOL_VERSION};
 pub use secure::{
-    Handshake, LinkKey, Opener, PREAMBLE_LEN, Sealer, SecureChannel, check_preamble, preamble,
+    Handshake, HandshakeReader, LinkKey, MAX_HANDSHAKE_MESSAGE, Opener, PREAMBLE_LEN, Sealer,
+    SecureChannel, check_preamble, preamble,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,11 @@ pub enum WireError {
     /// a key that does not parse
     #[error("link key must be 64 hex digits (256 bits): {0}")]
     BadKey(String),
+    /// a handshake message longer than any this protocol sends
+    #[error(
+        "handshake message of {0} bytes is over the limit of {MAX_HANDSHAKE_MESSAGE} (not the orbit-sync handshake)"
+    )]
+    HandshakeTooLarge(usize),
     /// a Noise failure other than authentication
     #[error("noise: {0}")]
     Noise(String),
