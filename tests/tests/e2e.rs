@@ -242,6 +242,27 @@ fn dest_places_tree_under_a_folder_and_leaves_the_rest() {
     assert_eq!(tree_hash(&vol.join("results")), results_before);
 }
 
+/// Regression (found by the soak): a link cut during the handshake exited 5, "authentication
+/// failed (keys differ)", sending the operator to check keys that were fine. The node now
+/// refuses a wrong key in so many words; a cut is a link failure (exit 4), and the push
+/// succeeds on the next try.
+#[test]
+fn a_link_cut_during_the_handshake_is_a_link_failure_not_a_wrong_key() {
+    let ob = Onboard::start();
+    let src = local();
+    sample_tree(src.path());
+    let link = Throttle::start(&ob.addr);
+    // The preamble (8 bytes) gets through; the first handshake message does not.
+    link.cut_at(20);
+    let folder = src.path().to_str().unwrap();
+    let r = ob.ground_to(&link.addr, &["push", folder, "--pod", "p"]);
+    assert_eq!(r.code, 4, "{r:#?}");
+    assert!(r.stderr.contains("closed during the handshake"), "{}", r.stderr);
+    link.cut_at(u64::MAX);
+    ob.push(src.path(), "p", &[]);
+    assert_same_tree(&ob.volume_path("p"), src.path());
+}
+
 #[test]
 fn wrong_key_is_refused_and_changes_nothing() {
     let ob = Onboard::start();

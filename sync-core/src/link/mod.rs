@@ -34,8 +34,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::time::Instant;
 
 use crate::wire::{
-    Handshake, HandshakeReader, LinkKey, Message, MessageDecoder, Opener, PREAMBLE_LEN,
-    RecordDecoder, Sealer, SecureChannel, WireError, check_preamble, encode_message, preamble,
+    Handshake, HandshakeReader, KEY_REFUSED, LinkKey, Message, MessageDecoder, Opener,
+    PREAMBLE_LEN, RecordDecoder, Sealer, SecureChannel, WireError, check_preamble, encode_message,
+    preamble,
 };
 
 /// The receiving side reads this much at a time once the peer's first record has opened.
@@ -55,11 +56,16 @@ pub enum LinkError {
     /// the peer closed the connection
     #[error("the other side closed the link")]
     Closed,
-    /// the peer closed during the handshake, which is what a peer with another key does
-    #[error(
-        "the other side closed the link during the handshake (do both sides use the same key?)"
-    )]
+    /// the node said the first handshake message did not prove the key
+    #[error("the other side refused the handshake: the two sides use different keys")]
     HandshakeRefused,
+    /// the link closed during the handshake without a refusal: cut, or a peer that does not
+    /// answer this protocol (an older sync-onboard also closes so on a wrong key)
+    #[error(
+        "the link closed during the handshake (cut, or the other side is not a sync-onboard of \
+         this version)"
+    )]
+    HandshakeCut,
     /// nothing arrived for longer than the idle timeout
     #[error("the link was silent for {0:?}")]
     Timeout(Duration),
@@ -109,7 +115,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         let prologue = [preamble(), theirs].concat();
         let mut hs = Handshake::initiator(key, &prologue)?;
         s.write(&hs.write_message()?).await?;
-        s.read_handshake(&mut hs).await?;
+        match s.read_handshake(&mut hs).await {
+            // The node's refusal (KEY_REFUSED): an empty handshake message.
+            Err(LinkError::Wire(_)) if s.empty_message => return Err(LinkError::HandshakeRefused),
+            other => other?,
+        }
         s.into_link(hs.into_channel()?, rtt)
     }
 
@@ -126,7 +136,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         check_preamble(&theirs)?;
         let prologue = [theirs, preamble()].concat();
         let mut hs = Handshake::responder(key, &prologue)?;
-        s.read_handshake(&mut hs).await?;
+        if let Err(e) = s.read_handshake(&mut hs).await {
+            if matches!(e, LinkError::Wire(WireError::Auth)) {
+                // Say so, in clear, so the ground can tell a wrong key from a cut link. Anyone
+                // on the path could forge this, as they could cut the link: it only names the
+                // likely cause.
+                let _ = s.write(&KEY_REFUSED).await;
+            }
+            return Err(e);
+        }
         let t0 = Instant::now();
         s.write(&hs.write_message()?).await?;
         s.into_link(hs.into_channel()?, t0.elapsed())
@@ -259,6 +277,8 @@ struct Start<S> {
     stream: S,
     counters: Arc<Counters>,
     idle: Duration,
+    /// The last handshake message read was empty: the node's refusal of the key.
+    empty_message: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Start<S> {
@@ -267,6 +287,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Start<S> {
             stream,
             counters: Arc::default(),
             idle,
+            empty_message: false,
         }
     }
 
@@ -290,7 +311,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Start<S> {
         };
         if n == 0 {
             return Err(if handshake {
-                LinkError::HandshakeRefused
+                LinkError::HandshakeCut
             } else {
                 LinkError::Closed
             });
@@ -317,6 +338,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Start<S> {
         loop {
             let n = self.read_some(reader.space(), true).await?;
             if let Some(message) = reader.filled(n)? {
+                self.empty_message = message.is_empty();
                 hs.read_message(message)?;
                 return Ok(());
             }

@@ -41,7 +41,9 @@ impl Refusal {
             }
             LinkError::Wire(WireError::Version { .. }) => Self::OtherVersion,
             LinkError::Wire(WireError::Auth) => Self::WrongKey,
-            LinkError::Closed | LinkError::HandshakeRefused => Self::Closed,
+            LinkError::Closed | LinkError::HandshakeRefused | LinkError::HandshakeCut => {
+                Self::Closed
+            }
             LinkError::Io(io)
                 if matches!(
                     io.kind(),

@@ -18,8 +18,8 @@ pub mod secure;
 pub use frame::{MAX_MESSAGE_BYTES, MessageDecoder, RecordDecoder, encode_message};
 pub use message::{ErrorKind, ManifestBody, Message, PROTOCOL_VERSION};
 pub use secure::{
-    Handshake, HandshakeReader, LinkKey, MAX_HANDSHAKE_MESSAGE, Opener, PREAMBLE_LEN, Sealer,
-    SecureChannel, check_preamble, preamble,
+    Handshake, HandshakeReader, KEY_REFUSED, LinkKey, MAX_HANDSHAKE_MESSAGE, Opener, PREAMBLE_LEN,
+    Sealer, SecureChannel, check_preamble, preamble,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -157,6 +157,12 @@ impl Handshake {
     }
 }
 
+/// What the responder sends, in clear, when the initiator's first handshake message does not
+/// prove the key: an empty handshake message (a zero length). No real message is empty, so the
+/// ground can tell "the keys differ" (exit 5) from a link cut during the handshake (exit 4).
+/// It is not authenticated; anyone on the path could forge it, as they could cut the link.
+pub const KEY_REFUSED: [u8; 2] = [0, 0];
+
 /// Reads one handshake message (a u16 length, then the message) into a fixed buffer. It asks
 /// for exactly the bytes of that message and no more ([`HandshakeReader::space`]): what follows
 /// belongs to the transport phase, and a peer that has not proven the key gets nothing of this
