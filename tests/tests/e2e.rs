@@ -257,7 +257,11 @@ fn a_link_cut_during_the_handshake_is_a_link_failure_not_a_wrong_key() {
     let folder = src.path().to_str().unwrap();
     let r = ob.ground_to(&link.addr, &["push", folder, "--pod", "p"]);
     assert_eq!(r.code, 4, "{r:#?}");
-    assert!(r.stderr.contains("closed during the handshake"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("closed during the handshake"),
+        "{}",
+        r.stderr
+    );
     link.cut_at(u64::MAX);
     ob.push(src.path(), "p", &[]);
     assert_same_tree(&ob.volume_path("p"), src.path());
