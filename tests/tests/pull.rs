@@ -335,6 +335,34 @@ fn a_pull_cut_in_the_middle_resumes_and_completes() {
     );
 }
 
+/// Regression (found by the soak): a pull cut by the link recorded only what it had synced at
+/// its last 256 KiB step, so the next pull asked again for up to 256 KiB that had arrived. What
+/// arrived before the cut is kept now.
+#[test]
+fn a_cut_pull_keeps_every_byte_that_arrived_before_the_cut() {
+    let ob = Onboard::start();
+    let vol = ob.volume_path("p1");
+    write(&vol, "data/a.bin", random_bytes(14, 2_000_000));
+    let link = sync_tests::Throttle::start(&ob.addr);
+    let copy = tempfile::tempdir().unwrap();
+    let into = copy.path().to_str().unwrap();
+    let args = ["pull", "--pod", "p1", "--into", into, "--json"];
+    // 500 KB down: the handshake, the offer and about 499 KB of the pack, the last record
+    // (up to 64 KiB) cut in its middle and so not trusted; the last step of 256 KiB was at
+    // 262,144.
+    link.cut_down_at(500_000);
+    let r = ob.ground_to(&link.addr, &args);
+    assert_eq!(r.code, 4, "{r:#?}");
+    let r = ob.ground_to(&link.addr, &args).ok().json();
+    assert_eq!(r["complete"], true, "{r}");
+    let from = num(&r, "resumed_from");
+    assert!(
+        from > 420_000,
+        "the cut pull had about 499 KB of the pack; the next one resumed from {from}: {r}"
+    );
+    assert_same_tree(&vol, copy.path());
+}
+
 /// A pod rewriting a file while it is being pulled: the copy gets a whole version of it (or
 /// keeps its old one), never a mix of two.
 #[test]

@@ -1394,6 +1394,19 @@ impl ContentProvider for EmptyProvider {
     }
 }
 
+/// Makes a pull's staged bytes durable up to `written`: synced, then the offset recorded.
+fn persist_pull(
+    ground: &Ground,
+    file: &mut std::fs::File,
+    state: &mut crate::state::PullIncoming,
+    written: u64,
+) -> Result<(), GroundError> {
+    file.sync_data().map_err(io_at(Path::new("pull staging")))?;
+    state.received = written;
+    ground.db.put_pull_incoming(state)?;
+    Ok(())
+}
+
 /// What a pull selects, and how it treats the copy.
 #[derive(Debug, Clone, Default)]
 pub struct PullOptions {
@@ -2092,21 +2105,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<bool, GroundError> {
+        let mut written = state.received;
+        let result = self
+            .receive_pull_into(ground, state, file, allow, progress, &mut written)
+            .await;
+        if result.is_err() && written > state.received {
+            // The link failed: every byte written came out of an authenticated record, so keep
+            // them, and the next pull asks only for the rest (it asked again for up to 256 KiB
+            // after a cut).
+            let _ = persist_pull(ground, file, state, written);
+        }
+        result
+    }
+
+    /// Takes the pull data already received when the link failed, in order, until the link
+    /// ends or stays silent for a moment.
+    async fn drain_pull_data(&mut self, file: &mut std::fs::File, written: &mut u64, total: u64) {
+        let wait = self.rtt + Duration::from_millis(500);
+        while let Ok(Ok(m)) = tokio::time::timeout(wait, self.rx.recv()).await {
+            match m {
+                Message::PackData { offset, bytes }
+                    if offset == *written && *written + bytes.len() as u64 <= total =>
+                {
+                    if std::io::Write::write_all(file, &bytes).is_err() {
+                        return;
+                    }
+                    *written += bytes.len() as u64;
+                }
+                Message::KeepAlive => {}
+                _ => return,
+            }
+        }
+    }
+
+    async fn receive_pull_into(
+        &mut self,
+        ground: &Ground,
+        state: &mut crate::state::PullIncoming,
+        file: &mut std::fs::File,
+        allow: &Allowance,
+        progress: &mut dyn FnMut(Progress),
+        written: &mut u64,
+    ) -> Result<bool, GroundError> {
         let total = state.len;
         let mut up = Upload::new(total, state.received, self.rtt, allow.rate);
         let clock = Instant::now();
-        let mut written = state.received;
         let mut last_sync = Instant::now();
-        // Durable up to `written`: the staged bytes synced, then the offset recorded.
-        let persist = |file: &mut std::fs::File,
-                       state: &mut crate::state::PullIncoming,
-                       written: u64|
-         -> Result<(), GroundError> {
-            file.sync_data().map_err(io_at(Path::new("pull staging")))?;
-            state.received = written;
-            ground.db.put_pull_incoming(state)?;
-            Ok(())
-        };
+        let persist =
+            |file: &mut std::fs::File, state: &mut crate::state::PullIncoming, written: u64| {
+                persist_pull(ground, file, state, written)
+            };
         let pack = state.pack;
         let report = |written: u64, durable: u64| Progress {
             pack,
@@ -2115,7 +2163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             total,
         };
         loop {
-            if written == total {
+            if *written == total {
                 break;
             }
             let limit = self.pull_limit(&up, allow);
@@ -2127,17 +2175,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
             let asked = !frames.is_empty();
             for (a, b) in coalesce(&frames, PULL_RANGE_BYTES) {
-                self.tx
-                    .send(&Message::PullRange {
-                        pack: state.pack,
-                        offset: a,
-                        len: b - a,
-                    })
-                    .await?;
+                let ask = Message::PullRange {
+                    pack: state.pack,
+                    offset: a,
+                    len: b - a,
+                };
+                if let Err(e) = self.tx.send(&ask).await {
+                    // The link failed on the way up; what the node sent before may still be
+                    // in this side's buffers: take it, it came in authenticated records.
+                    self.drain_pull_data(file, written, total).await;
+                    return Err(e.into());
+                }
             }
             if !asked && up.in_flight() == 0 {
                 // Out of budget or time: what arrived is kept for the next pass.
-                persist(file, state, written)?;
+                persist(file, state, *written)?;
                 return Ok(false);
             }
             let deadline = sleep_until_opt(allow.deadline);
@@ -2148,29 +2200,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     continue;
                 }
                 _ = deadline, if up.in_flight() > 0 => {
-                    persist(file, state, written)?;
+                    persist(file, state, *written)?;
                     return Ok(false);
                 }
             };
             match m {
                 Message::KeepAlive => {}
-                Message::PackData { offset, bytes } if offset == written => {
-                    if written + bytes.len() as u64 > total {
+                Message::PackData { offset, bytes } if offset == *written => {
+                    if *written + bytes.len() as u64 > total {
                         return Err(GroundError::BadReply("pull data past the pack's end"));
                     }
                     std::io::Write::write_all(file, &bytes)
                         .map_err(io_at(Path::new("pull staging")))?;
-                    written += bytes.len() as u64;
-                    up.on_ack(written, clock.elapsed())
+                    *written += bytes.len() as u64;
+                    up.on_ack(*written, clock.elapsed())
                         .map_err(|_| GroundError::BadReply("pull data"))?;
-                    if written - state.received >= PULL_SYNC_BYTES
+                    if *written - state.received >= PULL_SYNC_BYTES
                         || last_sync.elapsed() >= ACK_INTERVAL
-                        || written == total
+                        || *written == total
                     {
-                        persist(file, state, written)?;
+                        persist(file, state, *written)?;
                         last_sync = Instant::now();
                     }
-                    progress(report(written, state.received));
+                    progress(report(*written, state.received));
                 }
                 Message::PackData { .. } => {
                     return Err(GroundError::BadReply("pull data out of order"));
