@@ -168,7 +168,7 @@ class Link:
     the proxy holds is lost with the link). "up" is ground -> node, "down" node -> ground.
     """
 
-    def __init__(self, rate: float | None, trace: bool = False) -> None:
+    def __init__(self, rate: float | None) -> None:
         self.rate = rate
         self.chunk = 16384 if rate else 65536
         # Small socket buffers on the proxy's side: what a program has written is then close
@@ -189,7 +189,8 @@ class Link:
         self.opened = 0
         self.conns: set[Conn] = set()
         self.pace = {"up": Pacer(rate), "down": Pacer(rate)}
-        self.trace = trace
+        # A function of the direction: True loses what arrives that way (findings.py uses it).
+        self.drop = None
         threading.Thread(target=self._accept, daemon=True).start()
 
     def retarget(self, addr: str) -> None:
@@ -273,6 +274,8 @@ class Link:
                 self.pace[way].wait(len(data))
                 if conn.cut:
                     break
+                if self.drop is not None and self.drop(way):
+                    continue  # lost on the way
                 dst.sendall(data)
                 t = now()
                 with self.lock:
@@ -711,7 +714,7 @@ def dirs_of(paths) -> set[str]:
 
 
 class Setup:
-    def __init__(self, bins: Path, root: Path, key: Path, src: Path, rate, trace=False):
+    def __init__(self, bins: Path, root: Path, key: Path, src: Path, rate):
         self.root = root
         self.bins = bins
         self.key = key
@@ -720,7 +723,7 @@ class Setup:
         self.gstate = root / "ground"
         self.copy = root / "copy"
         self.gstate.mkdir(parents=True, exist_ok=True)
-        self.link = Link(rate, trace)
+        self.link = Link(rate)
         self.out = root / "run.out"
         self.err = root / "run.err"
 
@@ -801,7 +804,7 @@ class Soak:
         self.src = work / "src"
         self.src.mkdir()
         self.soak = Setup(bins, work / "soak", self.key, self.src, args.rate)
-        self.mirror = Setup(bins, work / "mirror", self.key, self.src, None, trace=True)
+        self.mirror = Setup(bins, work / "mirror", self.key, self.src, None)
         self.source = Tree([self.src])
         self.pod = Tree([self.soak.volume, self.mirror.volume])
         self.t0 = int(time.time()) - 90 * 86400
@@ -831,6 +834,7 @@ class Soak:
         self.phases: dict[str, int] = {}
         self.exits: dict[str, int] = {}
         self.started = now()
+        self.log_seen = 0  # bytes of the soak daemon's log already scanned
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -979,6 +983,7 @@ class Soak:
             return False
         self.counts["transfers_completed"] += 1
         rec["final"] = self.final_check(r, kind)
+        self.scan_daemon_log(r, kind)
         rec["seconds"] = round(now() - self.round_started, 2)
         self.rounds.append(rec)
         return True
@@ -1033,6 +1038,8 @@ class Soak:
         a["bytes"] = snap["up"] + snap["down"] - base["up"] - base["down"]
         out, err = s.output()
         a["stderr"] = err.strip()[-2000:]
+        if "panicked" in err:
+            self.finding(r, kind, "attempt", code, err, s, "sync-ground panicked")
         try:
             report = json.loads(out)
             keys = ("pack_bytes", "resumed_from", "acked", "received", "up_to_date", "notes")
@@ -1177,6 +1184,25 @@ class Soak:
                     f"temporaries {temps[:8]}",
                 )
         return out
+
+    def scan_daemon_log(self, r, kind) -> None:
+        """A panic in the daemon's log (one the daemon survived, or that ended it) is a finding."""
+        log = self.soak.daemon.log
+        with open(log, "rb") as f:
+            f.seek(self.log_seen)
+            new = f.read().decode(errors="replace")
+            self.log_seen = f.tell()
+        if "panicked" in new:
+            at = new.index("panicked")
+            self.finding(
+                r,
+                kind,
+                "daemon log",
+                None,
+                new[max(0, at - 200) : at + 1500],
+                self.soak,
+                "sync-onboard panicked",
+            )
 
     def finding(self, r, kind, where, code, stderr, setup, note) -> None:
         f = {
