@@ -732,6 +732,7 @@ class Setup:
         self.link.retarget(self.daemon.addr)
 
     def restart(self, note: str) -> None:
+        """SIGKILL, then start again on the same folders (a new port: the link follows)."""
         self.daemon.kill()
         self.daemon.start(note)
         self.link.retarget(self.daemon.addr)
@@ -822,6 +823,7 @@ class Soak:
             "missing_files": 0,
             "stray_temporaries": 0,
             "transient_temporaries": 0,
+            "late_settles": 0,
             "transfers_completed": 0,
             "attempts": 0,
             "retries": 0,
@@ -906,7 +908,6 @@ class Soak:
                 "the uninterrupted mirror transfer failed",
             )
         rec["clean_bytes"] = clean["bytes"]
-        self.counts["bytes_clean"] += clean["bytes"]
         rate = self.args.rate
         expect = {
             "seconds": clean["seconds"] + clean["bytes"] / rate,
@@ -964,6 +965,7 @@ class Soak:
         rec["extra_bytes"] = rec["bytes"] - clean["bytes"]
         rec["interruptions"] = interrupts
         self.counts["bytes_total"] += rec["bytes"]
+        self.counts["bytes_clean"] += clean["bytes"]
         self.counts["bytes_up"] += end["up"] - start["up"]
         self.counts["bytes_down"] += end["down"] - start["down"]
         self.counts["rounds"] += 1
@@ -1165,13 +1167,22 @@ class Soak:
             ("volume", self.soak.volume, want_vol, want_vol_dirs),
             ("copy", self.soak.copy, pod, dirs_of(pod)),
         ):
-            files, dirs, temps = walk(root)
-            self.counts["stray_temporaries"] += len(temps)
-            diff = sorted(set(files.items()) ^ set(want.items()))
-            ddiff = sorted(dirs ^ want_dirs)
+            for look in range(2):
+                files, dirs, temps = walk(root)
+                diff = sorted(set(files.items()) ^ set(want.items()))
+                ddiff = sorted(dirs ^ want_dirs)
+                if not (diff or ddiff or temps) or look:
+                    break
+                # Not yet as it must be: whatever is still at work gets two seconds, so that a
+                # late apply is told apart from a lasting difference.
+                time.sleep(2)
             out[name] = {"files": len(files), "differ": len(diff), "temps": len(temps)}
+            if look:
+                out[name]["late"] = True
+                self.counts["late_settles"] += 1
+            self.counts["stray_temporaries"] += len(temps)
+            paths = sorted({p for p, _ in diff})
             if diff or ddiff or temps:
-                paths = sorted({p for p, _ in diff})
                 self.finding(
                     r,
                     kind,
@@ -1179,9 +1190,20 @@ class Soak:
                     0,
                     "",
                     self.soak,
-                    f"after exit 0 the {name} differs from its source: "
+                    f"after exit 0 the {name} differs from its source (still 2 s later): "
                     f"{len(paths)} files ({paths[:8]}), folders {ddiff[:8]}, "
                     f"temporaries {temps[:8]}",
+                )
+            elif look:
+                self.finding(
+                    r,
+                    kind,
+                    f"final check of the {name}",
+                    0,
+                    "",
+                    self.soak,
+                    f"right after exit 0 the {name} was not yet equal to its source; "
+                    "2 s later it was (something went on applying after the transfer ended)",
                 )
         return out
 
@@ -1350,6 +1372,7 @@ class Soak:
             ("stray temporaries (must be 0)", c["stray_temporaries"]),
             ("temporaries seen right after an interruption", c["transient_temporaries"]),
             ("transfers completed", f"{c['transfers_completed']} of {c['rounds']}"),
+            ("  equal to the source only 2 s after exit 0", c["late_settles"]),
             ("attempts (retries)", f"{c['attempts']} ({c['retries']})"),
             ("unexpected exit codes", c["unexpected_exits"]),
             (
@@ -1506,6 +1529,10 @@ def main() -> int:
         interrupted = True
         soak.elapsed = now() - soak.started
         print("\ninterrupted: ending the processes", file=sys.stderr)
+    except (DaemonFailed, subprocess.SubprocessError, OSError) as e:
+        # The daemon would not start again, say: a finding, and the end of this run.
+        soak.elapsed = now() - soak.started
+        soak.finding(len(soak.rounds), "-", "run", None, str(e), soak.soak, "the soak stopped")
     finally:
         soak.soak.link.close()
         soak.mirror.link.close()
