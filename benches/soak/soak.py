@@ -727,15 +727,22 @@ class Setup:
         self.out = root / "run.out"
         self.err = root / "run.err"
 
-    def start(self) -> None:
-        self.daemon.start()
+    def start(self, note: str = "") -> None:
+        """Starts the daemon; the third failure in a row ends the run (DaemonFailed)."""
+        for tries in range(3):
+            try:
+                self.daemon.start(note)
+                break
+            except DaemonFailed:
+                if tries == 2:
+                    raise
+                time.sleep(1)
         self.link.retarget(self.daemon.addr)
 
     def restart(self, note: str) -> None:
         """SIGKILL, then start again on the same folders (a new port: the link follows)."""
         self.daemon.kill()
-        self.daemon.start(note)
-        self.link.retarget(self.daemon.addr)
+        self.start(note)
 
     @property
     def volume(self) -> Path:
@@ -960,6 +967,9 @@ class Soak:
                 clean_failures += 1
                 if clean_failures >= MAX_CLEAN_FAILURES:
                     break
+                # As an operator would: the next pass a little later (0.5 s, 1 s, ... 8 s), so
+                # that a passing trouble of the machine (no free local port, say) goes by.
+                time.sleep(min(0.5 * 2 ** (clean_failures - 1), 8.0))
         end = self.soak.link.snapshot()
         rec["bytes"] = end["up"] + end["down"] - start["up"] - start["down"]
         rec["extra_bytes"] = rec["bytes"] - clean["bytes"]
@@ -1005,6 +1015,7 @@ class Soak:
                 "sync-onboard exited on its own",
             )
             s.restart(f"round {r}: after it exited on its own")
+        PROCS.forget_done()
         s.link.reset_marks()
         base = s.link.snapshot()
         t0 = now()
