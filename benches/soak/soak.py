@@ -825,7 +825,10 @@ class Soak:
             "kills_ground": 0,
             "kills_daemon": 0,
             "cuts": 0,
-            "missed": 0,
+            "landed_ground": 0,
+            "landed_daemon": 0,
+            "landed_cut": 0,
+            "found_over": 0,
             "corrupt_files": 0,
             "missing_files": 0,
             "stray_temporaries": 0,
@@ -1113,7 +1116,9 @@ class Soak:
         else:
             phase = "after" if p.poll() is not None else "none"
         if phase in ("after", "none"):
-            self.counts["missed"] += 1
+            self.counts["found_over"] += 1
+        else:
+            self.counts[f"landed_{what}"] += 1
         return phase
 
     def phase_now(self, kind, p, base) -> str:
@@ -1327,6 +1332,17 @@ class Soak:
                 "median": round(statistics.median(xs)) if xs else None,
                 "max": max(xs) if xs else None,
             }
+        by_transfer = {}
+        for kind in ("push", "pull"):
+            rs = [r for r in done if r["kind"] == kind]
+            n = sum(r["interruptions"] for r in rs)
+            extra = sum(r["extra_bytes"] for r in rs)
+            by_transfer[kind] = {
+                "rounds": len(rs),
+                "interruptions": n,
+                "extra_bytes": extra,
+                "per_interruption": round(extra / n) if n else None,
+            }
         costly = sorted(done, key=lambda r: -r["extra_bytes"])[:10]
         return {
             "seed": self.seed,
@@ -1344,6 +1360,7 @@ class Soak:
                 "and divided by the interruptions that landed mid-transfer",
                 "total": extra_all,
                 "per_interruption": round(extra_all / n_int) if n_int else None,
+                "by_transfer": by_transfer,
                 "interrupted_rounds": len(hit),
                 "median_interrupted_round": round(statistics.median(hit)) if hit else None,
                 "by_kind_single_interruption": per_kind,
@@ -1374,10 +1391,13 @@ class Soak:
         rs = s["resent"]
         rows = [
             ("rounds (push / pull)", f"{c['rounds']} ({c['pushes']} / {c['pulls']})"),
-            ("kills: sync-ground", c["kills_ground"]),
-            ("kills: sync-onboard (restarted)", c["kills_daemon"]),
-            ("link cuts", c["cuts"]),
-            ("  of which after the end (or nothing to cut)", c["missed"]),
+            ("kills: sync-ground (mid-transfer)", f"{c['kills_ground']} ({c['landed_ground']})"),
+            (
+                "kills: sync-onboard, restarted (mid-transfer)",
+                f"{c['kills_daemon']} ({c['landed_daemon']})",
+            ),
+            ("link cuts (mid-transfer)", f"{c['cuts']} ({c['landed_cut']})"),
+            ("aimed interruptions that found the transfer over", c["found_over"]),
             ("corrupt files (must be 0)", c["corrupt_files"]),
             ("missing files (must be 0)", c["missing_files"]),
             ("stray temporaries (must be 0)", c["stray_temporaries"]),
@@ -1392,6 +1412,8 @@ class Soak:
             ),
             ("bytes of the same changes, clean", f"{c['bytes_clean']:,}"),
             ("bytes re-sent per interruption", _n(rs["per_interruption"])),
+            ("  in pushes", _n(rs["by_transfer"]["push"]["per_interruption"])),
+            ("  in pulls", _n(rs["by_transfer"]["pull"]["per_interruption"])),
             ("  round with one ground kill: mean (rounds)", _kind(rs, "ground")),
             ("  round with one daemon kill: mean (rounds)", _kind(rs, "daemon")),
             ("  round with one cut: mean (rounds)", _kind(rs, "cut")),
@@ -1406,11 +1428,12 @@ class Soak:
             ),
         ]
         width = max(len(k) for k, _ in rows)
+        vw = max(len(str(v)) for _, v in rows)
         print()
-        print(f"| {'soak, seed ' + str(s['seed']):<{width}} | {'count':>28} |")
-        print(f"|{'-' * (width + 2)}|{'-' * 29}:|")
+        print(f"| {'soak, seed ' + str(s['seed']):<{width}} | {'count':>{vw}} |")
+        print(f"|{'-' * (width + 2)}|{'-' * (vw + 1)}:|")
         for k, v in rows:
-            print(f"| {k:<{width}} | {str(v):>28} |")
+            print(f"| {k:<{width}} | {str(v):>{vw}} |")
         print()
         print("Interruptions by where they landed:")
         for k, v in s["phases"].items():
