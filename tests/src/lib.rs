@@ -1066,15 +1066,31 @@ mod throttle {
                 n
             };
             if to.write_all(&buf[..take]).is_err() {
+                // The other end is gone: take what this side still sends, and close only
+                // when it does, so it never gets a reset that would throw away bytes this
+                // proxy already delivered to it (a real link loses what is in flight, not
+                // what arrived).
+                drain(&mut from);
                 break;
             }
             count.fetch_add(take as u64, Ordering::SeqCst);
             if take < n {
                 cut.store(u64::MAX, Ordering::SeqCst);
-                break;
+                // The receiver reads what was delivered, then the end of the stream; the
+                // sender's side is cut.
+                let _ = to.shutdown(Shutdown::Write);
+                let _ = from.shutdown(Shutdown::Both);
+                return;
             }
         }
-        let _ = to.shutdown(Shutdown::Both);
+        let _ = to.shutdown(Shutdown::Write);
         let _ = from.shutdown(Shutdown::Both);
+    }
+
+    /// Reads and drops what `from` sends until it closes (or stays silent for 30 s).
+    fn drain(from: &mut TcpStream) {
+        let _ = from.set_read_timeout(Some(Duration::from_secs(30)));
+        let mut buf = [0u8; 8 * 1024];
+        while matches!(from.read(&mut buf), Ok(n) if n > 0) {}
     }
 }
