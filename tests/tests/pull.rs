@@ -156,6 +156,43 @@ fn a_first_pull_does_not_overwrite_files_the_folder_already_had() {
     );
 }
 
+/// Review regressions: a file of the user's own that the first pull only kept was recorded as
+/// the pod's, and the pod's later file at that path replaced it without a word; content the
+/// pod copied from a file the user edited made the pull fail for good; a file the pod made
+/// beside a same-named file the user edited was refused as if the user's file were changed.
+#[test]
+fn local_changes_stay_the_users_through_later_pulls_and_copies() {
+    let ob = Onboard::start();
+    let vol = ob.volume_path("p1");
+    let data = random_bytes(61, 50_000);
+    write(&vol, "run1/config.yaml", "steps: 10\nlr: 0.1\n".repeat(50));
+    write(&vol, "a.dat", &data);
+    let copy = tempfile::tempdir().unwrap();
+    write(copy.path(), "notes.txt", "the user's own notes\n");
+    pull(&ob, copy.path(), &[]).ok();
+    let read = |f: &str| std::fs::read(copy.path().join(f)).unwrap();
+
+    // The user edits a.dat and the config; the pod copies a.dat's old content and makes a
+    // second config of the same name.
+    write(copy.path(), "a.dat", "edited by the user\n");
+    write(copy.path(), "run1/config.yaml", "mine\n");
+    write(&vol, "b.dat", &data);
+    write(&vol, "run2/config.yaml", "steps: 20\nlr: 0.1\n".repeat(50));
+    let v = pull(&ob, copy.path(), &[]).ok().json();
+    assert_eq!(v["complete"], true, "{v}");
+    assert_eq!(read("b.dat"), data);
+    assert_eq!(read("a.dat"), b"edited by the user\n");
+    assert_eq!(read("run1/config.yaml"), b"mine\n");
+    assert_eq!(read("notes.txt"), b"the user's own notes\n");
+
+    // The pod now writes its own notes.txt: the user's is not overwritten.
+    write(&vol, "notes.txt", "the pod's notes\n");
+    let r = pull(&ob, copy.path(), &[]);
+    assert_eq!(r.code, 7, "{r:#?}");
+    assert!(r.stderr.contains("notes.txt"), "{}", r.stderr);
+    assert_eq!(read("notes.txt"), b"the user's own notes\n");
+}
+
 fn zstd_len(bytes: &[u8]) -> u64 {
     let out = std::process::Command::new("zstd")
         .args(["-19", "-c", "-q"])

@@ -731,9 +731,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         planned: &Result<PushReport, GroundError>,
     ) -> Result<(), GroundError> {
         if planned.is_ok() {
-            ground
-                .db
-                .end_follow_up(&self.node, pod, dest.map(|d| d.as_str()))?;
+            // Promised changes of this folder, or of folders this push replaces, are
+            // superseded by what was just planned.
+            self.end_follow_ups(ground, pod, &|f: Option<&str>| scopes_overlap(f, dest))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the promises of `pod` whose folder `which` names.
+    fn end_follow_ups(
+        &self,
+        ground: &Ground,
+        pod: &PodName,
+        which: &dyn Fn(Option<&str>) -> bool,
+    ) -> Result<(), GroundError> {
+        for f in ground.db.follow_ups(Some(&self.node))? {
+            if &f.pod == pod && which(f.dest.as_deref()) {
+                ground
+                    .db
+                    .end_follow_up(&self.node, pod, f.dest.as_deref())?;
+            }
         }
         Ok(())
     }
@@ -904,6 +921,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let mut notes = Vec::new();
         // Pushes queued into folders the removal does not reach stay queued.
         let overlaps = |queued: Option<&str>| paths.iter().any(|p| scopes_overlap(queued, Some(p)));
+        // A promise to push a folder again must not bring back what is removed now.
+        self.end_follow_ups(ground, pod, &overlaps)?;
         if let Some(q) = self.settle_queue(ground, pod, &base, &overlaps, &mut notes)? {
             // A removal changes the base under a queued push; it would only be dropped later.
             notes.push("replaced the queued push: the volume changes first".into());
@@ -1601,14 +1620,14 @@ impl Ground {
         &mut self,
         copy: &Path,
         base: &Manifest,
-        start: &Manifest,
-        since: Option<&Manifest>,
+        since: &Manifest,
+        force: bool,
         state: &PullIncoming,
     ) -> Result<AppliedPull, GroundError> {
         let staging = self.pull_staging(&state.into, &state.pack);
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging).map_err(io_at(&staging))?;
-        let result = self.apply_staged(copy, &staging, base, start, since, state);
+        let result = self.apply_staged(copy, &staging, base, since, force, state);
         let _ = std::fs::remove_dir_all(&staging);
         let keep = matches!(&result, Err(GroundError::Pack(PackError::Io(_))));
         if !keep
@@ -1631,8 +1650,8 @@ impl Ground {
         copy: &Path,
         staging: &Path,
         base: &Manifest,
-        start: &Manifest,
-        since: Option<&Manifest>,
+        since: &Manifest,
+        force: bool,
         state: &PullIncoming,
     ) -> Result<AppliedPull, GroundError> {
         let into = state.into.as_str();
@@ -1651,40 +1670,32 @@ impl Ground {
         );
         let decoded = match decoded {
             Ok(d) if d.target.root() == state.target_root => d,
-            // A base read from the copy that no longer is what the node planned from: its
-            // user changed it, since the last pull or meanwhile.
+            // A base read from the copy that no longer is what the copy held when the pull was
+            // asked for: its user changed it meanwhile.
             Err(PackError::BaseChanged { path, .. }) => {
-                // Changed before this pull (the node planned from the last pull's state), or
-                // while it ran.
-                let before = VolumePath::new(path.as_str())
-                    .is_ok_and(|p| base.get(&p).map(|e| &e.kind) != start.get(&p).map(|e| &e.kind));
-                return Err(if before {
-                    GroundError::LocalChanges {
-                        into: into.to_string(),
-                        paths: vec![path],
-                    }
-                } else {
-                    GroundError::CopyChanged {
-                        into: into.to_string(),
-                        path,
-                    }
+                return Err(GroundError::CopyChanged {
+                    into: into.to_string(),
+                    path,
                 });
             }
             Err(e) => return Err(e.into()),
             Ok(_) => return Err(GroundError::BadReply("pull pack target")),
         };
-        let changes = &decoded.header.changes;
-        if let Some(since) = since {
-            // Like git: a pull never silently overwrites a change made in the copy. (What its
-            // user changes while the pull runs is `copy_now`'s to find.)
-            let lost = overwritten(since, start, changes, &decoded.target);
+        // Like git, a pull never silently overwrites a change made in the copy since the last
+        // pull. (What its user changes while this pull runs is `copy_now`'s to find.)
+        let mut decoded = decoded;
+        if !force {
+            let (kept, lost) = local_changes(since, base, &decoded);
             if !lost.is_empty() {
                 return Err(GroundError::LocalChanges {
                     into: into.to_string(),
                     paths: lost.iter().map(|p| p.to_string()).collect(),
                 });
             }
+            decoded.header.changes.retain(|c| !kept.contains(c.path()));
         }
+        let pulled = delivered(since, base, &decoded);
+        let changes = &decoded.header.changes;
         // Looked at again just before anything is placed in it.
         let (now, _) = self.copy_now(copy, into, base, &decoded)?;
         let tag = format!("pull{}", state.pack.short());
@@ -1718,10 +1729,10 @@ impl Ground {
                     tag: tag.clone(),
                     plan: plan.clone(),
                 },
-                Some(Pulled {
+                pulled.as_ref().map(|manifest| Pulled {
                     node: &state.node,
                     pod: &state.pod,
-                    manifest: &decoded.target,
+                    manifest,
                 }),
             )
             .inspect_err(|_| unplace(&dir))?;
@@ -1836,6 +1847,57 @@ fn overwritten(
     lost.into_iter().collect()
 }
 
+/// What the copy's user changed since `since` (the last pull's state) that the pack changes
+/// too, split in two: paths where the pack only puts back what `since` had (the pod did not
+/// change them: they are left out of the apply, and the user's version stays), and paths where
+/// the pod changed them as well (the pull must not overwrite them). `start`: the copy as the
+/// pull found it, which the node planned from.
+fn local_changes(
+    since: &Manifest,
+    start: &Manifest,
+    decoded: &DecodedPack,
+) -> (HashSet<VolumePath>, Vec<VolumePath>) {
+    let changes = &decoded.header.changes;
+    let changed: HashSet<&VolumePath> = changes.iter().map(|c| c.path()).collect();
+    let pod_kept =
+        |p: &VolumePath| decoded.target.get(p).map(|e| &e.kind) == since.get(p).map(|e| &e.kind);
+    let mut kept = HashSet::new();
+    let mut lost = Vec::new();
+    for p in overwritten(since, start, changes, &decoded.target) {
+        if changed.contains(&p) && pod_kept(&p) {
+            kept.insert(p);
+        } else {
+            lost.push(p);
+        }
+    }
+    (kept, lost)
+}
+
+/// What the node delivered to the copy, as later pulls must know it: the pack's target, except
+/// where the copy's user changed something since `since` that this pull did not deliver (kept
+/// local changes, files of the user's own the node only kept): there, what `since` had. None
+/// when that does not form a manifest (then nothing is recorded).
+fn delivered(since: &Manifest, start: &Manifest, decoded: &DecodedPack) -> Option<Manifest> {
+    let applied: HashSet<&VolumePath> = decoded.header.changes.iter().map(|c| c.path()).collect();
+    let mut out: std::collections::BTreeMap<VolumePath, crate::manifest::Entry> = decoded
+        .target
+        .entries()
+        .iter()
+        .map(|e| (e.path.clone(), e.clone()))
+        .collect();
+    for c in diff(since, start) {
+        let p = c.path();
+        if applied.contains(p) {
+            continue;
+        }
+        match since.get(p) {
+            Some(e) => out.insert(p.clone(), e.clone()),
+            None => out.remove(p),
+        };
+    }
+    Manifest::new(out.into_values().collect()).ok()
+}
+
 /// The path a manifest error names, for errors a changed copy can cause.
 fn manifest_error_path(e: &ManifestError) -> Option<&VolumePath> {
     match e {
@@ -1922,15 +1984,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         // finished before the copy is looked at, so this one plans from a whole copy.
         ground.settle_copy(copy)?;
         let (start, _) = ground.scan_copy(copy)?;
-        // Like git, the node is asked for the pod's changes since the last pull (it knows that
-        // state: it built it), so what the copy's user changed since stays theirs, and a change
-        // of the pod's that would overwrite one is refused. With --force, or with nothing
-        // known, the node plans from the copy as it is.
-        let pulled = match opts.force {
-            true => None,
-            false => ground.db.pulled_copy(&into_key, &self.node, pod)?,
-        };
-        let base = pulled.clone().unwrap_or_else(|| start.clone());
+        // The node plans from the copy as it is (every base it names is really there). What the
+        // copy's user changed since the last pull (`pulled`: what that pull delivered) is
+        // theirs: where the node would only put back what it delivered before, the change is
+        // left out and the user's version stays; where the pod changed it too, the pull is
+        // refused (like git), unless --force.
+        let pulled = ground.db.pulled_copy(&into_key, &self.node, pod)?;
+        let base = start.clone();
         // A pull asked differently (other --path, --delete) does not resume this one.
         let request = format!("{filter:?} delete={delete}");
         let mut report = PullReport {
@@ -1994,11 +2054,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         // the last pull's state; a state the node built (a copy as a pull or push left it);
         // or, for a copy nobody knows, nothing (everything in it is the user's).
         let empty = Manifest::default();
-        let since = match (opts.force, &pulled) {
-            (true, _) => None,
-            (false, Some(p)) => Some(p),
-            (false, None) if known => Some(&start),
-            (false, None) => Some(&empty),
+        let since = match &pulled {
+            Some(p) => p,
+            None if known => &start,
+            None => &empty,
         };
         let reply = reply?;
         report.skipped = self.take_skipped();
@@ -2008,9 +2067,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 if let Some(r) = &resume {
                     ground.drop_pull(r)?;
                 }
-                if pulled.is_none() {
-                    // The copy holds what the node would deliver: the state later pulls start
-                    // from.
+                if pulled.is_none() && known {
+                    // The copy is a state the node built: later pulls start from it. (A copy
+                    // nobody knows may hold files of its user's own, which the node would keep:
+                    // they must never be taken for the pod's.)
                     ground
                         .db
                         .set_pulled_copy(&into_key, &self.node, pod, &base)?;
@@ -2082,7 +2142,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         drop(file);
         // Whole: verify every byte against the copy and apply it, files replaced by rename.
         // Applied, and (with the journal's end) recorded as what the copy holds.
-        let applied = ground.apply_pull(copy, &base, &start, since, &state)?;
+        let applied = ground.apply_pull(copy, &base, since, opts.force, &state)?;
         report.changes = ChangeSummary::of(&applied.on, &applied.changes);
         report.complete = true;
         report.root = applied.target.root().to_hex();
