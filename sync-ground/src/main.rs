@@ -1066,7 +1066,10 @@ async fn follow_up(
     json: bool,
 ) -> Result<Option<PushReport>, GroundError> {
     let folder = PathBuf::from(&f.source);
-    if !folder.is_dir() {
+    // A destination stored by this ground is a checked path; one that no longer checks (a
+    // damaged state) is dropped like a folder that is gone.
+    let dest = f.dest.as_deref().map(VolumePath::new).transpose();
+    let (true, Ok(dest)) = (folder.is_dir(), dest) else {
         if !json {
             eprintln!(
                 "note: {} is gone; the changes promised to follow its push to pod {} are dropped",
@@ -1077,15 +1080,6 @@ async fn follow_up(
             .db
             .end_follow_up(&client.node, &f.pod, f.dest.as_deref())?;
         return Ok(None);
-    }
-    let dest = match f.dest.as_deref().map(VolumePath::new).transpose() {
-        Ok(d) => d,
-        Err(_) => {
-            ground
-                .db
-                .end_follow_up(&client.node, &f.pod, f.dest.as_deref())?;
-            return Ok(None);
-        }
     };
     let (local, _) = ground.scan_local(&folder)?;
     let r = client

@@ -268,6 +268,15 @@ impl Onboard {
         self.ground(&args).ok().json()
     }
 
+    /// `pull --pod p1 --into INTO --json [EXTRA...]`.
+    pub fn pull(&self, into: &Path, extra: &[&str]) -> Run {
+        let mut args = vec!["pull", "--pod", "p1", "--into"];
+        args.push(into.to_str().expect("utf-8 path"));
+        args.push("--json");
+        args.extend_from_slice(extra);
+        self.ground(&args)
+    }
+
     /// The onboard side's log so far (for failure messages).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("onboard.log")).unwrap_or_default()
@@ -482,7 +491,7 @@ impl Onboard {
 
     /// The daemon's resident memory now (`VmRSS`), in bytes.
     pub fn memory(&self) -> u64 {
-        proc_status_kb(self.pid(), "VmRSS:") * 1024
+        proc_status(self.pid(), "VmRSS:").expect("the daemon's VmRSS (is it still running?)") * 1024
     }
 
     /// Descriptors the daemon holds open now (entries of `/proc/<pid>/fd`).
@@ -586,25 +595,18 @@ impl Drop for MemoryGuard {
 
 /// `VmHWM` of `/proc/<pid>/status` in bytes; `None` once the process is gone.
 fn vm_hwm(pid: u32) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().strip_suffix("kB"))
-        .and_then(|v| v.trim().parse().ok())?;
-    Some(kb * 1024)
+    proc_status(pid, "VmHWM:").map(|kb| kb * 1024)
 }
 
-/// A field of `/proc/<pid>/status` given in kB (`VmHWM:`, `VmRSS:`).
-fn proc_status_kb(pid: u32, field: &str) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status"))
-        .expect("reading the daemon's /proc status");
+/// A field of `/proc/<pid>/status` given in kB (`VmHWM:`, `VmRSS:`); `None` once the process
+/// is gone.
+fn proc_status(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
         .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().strip_suffix("kB"))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc status:\n{status}"))
 }
 
 /// Makes `cmd` run with at most `n` open descriptors (soft and hard `RLIMIT_NOFILE`), as

@@ -9,16 +9,7 @@ use std::path::Path;
 use sync_tests::{Onboard, Run, Value, chmod, random_bytes, write};
 
 fn pull(ob: &Onboard, into: &Path, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "pull",
-        "--pod",
-        "p1",
-        "--into",
-        into.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    ob.ground(&args)
+    ob.pull(into, extra)
 }
 
 /// The `skipped` entries of a pull's JSON report, as (path, reason).

@@ -8,16 +8,7 @@ use std::path::Path;
 use sync_tests::{Onboard, Run, Value, assert_same_tree, num, random_bytes, tree_hash, write};
 
 fn pull(ob: &Onboard, into: &Path, extra: &[&str]) -> Run {
-    let mut args = vec![
-        "pull",
-        "--pod",
-        "p1",
-        "--into",
-        into.to_str().unwrap(),
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    ob.ground(&args)
+    ob.pull(into, extra)
 }
 
 fn log_text(from: usize, lines: usize) -> String {

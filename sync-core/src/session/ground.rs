@@ -1413,6 +1413,25 @@ impl ContentProvider for EmptyProvider {
     }
 }
 
+/// Appends a frame of pull data at `written`, the only place it may go.
+fn write_pull_data(
+    file: &mut std::fs::File,
+    written: &mut u64,
+    total: u64,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<(), GroundError> {
+    if offset != *written {
+        return Err(GroundError::BadReply("pull data out of order"));
+    }
+    if *written + bytes.len() as u64 > total {
+        return Err(GroundError::BadReply("pull data past the pack's end"));
+    }
+    std::io::Write::write_all(file, bytes).map_err(io_at(Path::new("pull staging")))?;
+    *written += bytes.len() as u64;
+    Ok(())
+}
+
 /// Makes a pull's staged bytes durable up to `written`: synced, then the offset recorded.
 fn persist_pull(
     ground: &Ground,
@@ -2184,13 +2203,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let wait = self.rtt + Duration::from_millis(500);
         while let Ok(Ok(m)) = tokio::time::timeout(wait, self.rx.recv()).await {
             match m {
-                Message::PackData { offset, bytes }
-                    if offset == *written && *written + bytes.len() as u64 <= total =>
-                {
-                    if std::io::Write::write_all(file, &bytes).is_err() {
+                Message::PackData { offset, bytes } => {
+                    if write_pull_data(file, written, total, offset, &bytes).is_err() {
                         return;
                     }
-                    *written += bytes.len() as u64;
                 }
                 Message::KeepAlive => {}
                 _ => return,
@@ -2211,10 +2227,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let mut up = Upload::new(total, state.received, self.rtt, allow.rate);
         let clock = Instant::now();
         let mut last_sync = Instant::now();
-        let persist =
-            |file: &mut std::fs::File, state: &mut crate::state::PullIncoming, written: u64| {
-                persist_pull(ground, file, state, written)
-            };
         let pack = state.pack;
         let report = |written: u64, durable: u64| Progress {
             pack,
@@ -2249,7 +2261,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
             if !asked && up.in_flight() == 0 {
                 // Out of budget or time: what arrived is kept for the next pass.
-                persist(file, state, *written)?;
+                persist_pull(ground, file, state, *written)?;
                 return Ok(false);
             }
             let deadline = sleep_until_opt(allow.deadline);
@@ -2260,32 +2272,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     continue;
                 }
                 _ = deadline, if up.in_flight() > 0 => {
-                    persist(file, state, *written)?;
+                    persist_pull(ground, file, state, *written)?;
                     return Ok(false);
                 }
             };
             match m {
                 Message::KeepAlive => {}
-                Message::PackData { offset, bytes } if offset == *written => {
-                    if *written + bytes.len() as u64 > total {
-                        return Err(GroundError::BadReply("pull data past the pack's end"));
-                    }
-                    std::io::Write::write_all(file, &bytes)
-                        .map_err(io_at(Path::new("pull staging")))?;
-                    *written += bytes.len() as u64;
+                Message::PackData { offset, bytes } => {
+                    write_pull_data(file, written, total, offset, &bytes)?;
                     up.on_ack(*written, clock.elapsed())
                         .map_err(|_| GroundError::BadReply("pull data"))?;
                     if *written - state.received >= PULL_SYNC_BYTES
                         || last_sync.elapsed() >= ACK_INTERVAL
                         || *written == total
                     {
-                        persist(file, state, *written)?;
+                        persist_pull(ground, file, state, *written)?;
                         last_sync = Instant::now();
                     }
                     progress(report(*written, state.received));
-                }
-                Message::PackData { .. } => {
-                    return Err(GroundError::BadReply("pull data out of order"));
                 }
                 Message::Error { kind, message } => return Err(remote(kind, message)),
                 _ => {
