@@ -22,6 +22,38 @@ pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// How [`keep_alive_until`] returned.
+#[derive(Debug)]
+pub enum Waited<T> {
+    /// What was waited for came.
+    Done(T),
+    /// This side had sent nothing for [`KEEPALIVE_INTERVAL`] first: a keep-alive went out. The
+    /// caller looks at its state again (time has passed) before it waits anew.
+    KeptAlive,
+}
+
+/// Waits for `until` while keeping the link alive: when this side has sent nothing for
+/// [`KEEPALIVE_INTERVAL`] before `until` is ready, sends a keep-alive and returns
+/// [`Waited::KeptAlive`]. `until` is then dropped unfinished, so it must be cancel-safe (a
+/// message read, a timer, a pinned task polled through `&mut`). The keep-alive itself is never
+/// cut short: a record torn in the middle would end the link.
+pub async fn keep_alive_until<W, F>(
+    tx: &mut LinkWriter<W>,
+    until: F,
+) -> Result<Waited<F::Output>, LinkError>
+where
+    W: AsyncWrite + Unpin,
+    F: std::future::Future,
+{
+    tokio::select! {
+        r = until => Ok(Waited::Done(r)),
+        _ = tokio::time::sleep_until(tx.last_send() + KEEPALIVE_INTERVAL) => {
+            tx.send(&Message::KeepAlive).await?;
+            Ok(Waited::KeptAlive)
+        }
+    }
+}
+
 /// A side that has sent nothing for this long sends a keep-alive, so the other side's idle
 /// timeout can be a few seconds even while this side is busy (applying, waiting for acks).
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
