@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::{RngCore, SeedableRng, rngs::StdRng};
+use sync_core::ground::{Allowance, Client, Ground, GroundError, PushOptions};
 use sync_core::link::sim::{Action, Fault, SimConfig, SimNet, Trigger};
 use sync_core::link::{Link, ServeOptions, serve_connection};
 use sync_core::pack::Limits;
 use sync_core::path::PodName;
-use sync_core::session::ground::{Allowance, Client, Ground, GroundError};
 use sync_core::session::onboard::OnboardService;
 use sync_core::wire::LinkKey;
 use tempfile::TempDir;
@@ -59,11 +59,13 @@ impl Prepared {
             let r = client
                 .push(
                     &mut ground,
-                    &local,
-                    &m,
                     &pod(),
-                    None,
-                    0,
+                    &PushOptions {
+                        folder: &local,
+                        local: &m,
+                        dest: None,
+                        priority: 0,
+                    },
                     &Allowance {
                         budget: Some(1),
                         ..Allowance::default()

@@ -15,11 +15,11 @@ use std::time::{Duration, SystemTime};
 
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
+use sync_core::ground::{Allowance, Client, Ground, PushOptions, PushReport};
 use sync_core::link::{Link, ServeOptions, serve};
 use sync_core::manifest::ScanStats;
 use sync_core::pack::Limits;
 use sync_core::path::PodName;
-use sync_core::session::ground::{Allowance, Client, Ground, PushReport};
 use sync_core::session::onboard::OnboardService;
 use sync_core::wire::LinkKey;
 use tokio::net::{TcpListener, TcpStream};
@@ -129,11 +129,13 @@ impl Rig {
             let report = client
                 .push(
                     &mut ground,
-                    folder,
-                    &local,
                     &pod,
-                    None,
-                    0,
+                    &PushOptions {
+                        folder,
+                        local: &local,
+                        dest: None,
+                        priority: 0,
+                    },
                     &allow,
                     &mut |_| {},
                 )

@@ -1,4 +1,5 @@
 pub mod delta;
+pub mod ground;
 pub mod id;
 pub mod link;
 pub mod manifest;

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
+use sync_core::ground::{Allowance, Client, Ground, GroundError, PushOptions, PushReport};
 use sync_core::link::sim::{Action, Direction, Fault, SimConfig, SimNet, Trigger};
 use sync_core::link::{Link, ServeOptions, serve_connection};
 use sync_core::pack::Limits;
 use sync_core::path::{PodName, VolumePath};
-use sync_core::session::ground::{Allowance, Client, Ground, GroundError, PushReport};
 use sync_core::session::onboard::OnboardService;
 use sync_core::session::upload::FRAME_OVERHEAD;
 use sync_core::wire::LinkKey;
@@ -73,11 +73,13 @@ impl Rig {
         let report = client
             .push(
                 &mut self.ground,
-                &self.local.clone(),
-                &manifest,
                 &self.pod.clone(),
-                self.dest.clone().as_ref(),
-                0,
+                &PushOptions {
+                    folder: &self.local.clone(),
+                    local: &manifest,
+                    dest: self.dest.clone().as_ref(),
+                    priority: 0,
+                },
                 allow,
                 &mut |_| {},
             )

@@ -11,13 +11,14 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
+use sync_core::ground::{
+    Allowance, Client, Ground, GroundError, PACK_TURN, Progress, PullOptions, PushOptions,
+    PushReport,
+};
 use sync_core::id::{NodeId, PackId};
 use sync_core::link::{Link, LinkError};
 use sync_core::manifest::{EntryKind, SkipReason, Skipped, SkippedReport};
 use sync_core::path::{PodName, VolumePath, escape};
-use sync_core::session::ground::{
-    Allowance, Client, Ground, GroundError, PACK_TURN, Progress, PullOptions, PushReport,
-};
 use sync_core::state::{FollowUp, OutgoingPack};
 use sync_core::wire::{ErrorKind, LinkKey};
 use tokio::net::TcpStream;
@@ -601,11 +602,13 @@ async fn push(a: PushArgs) -> Result<()> {
         .client
         .push(
             &mut s.ground,
-            &a.folder,
-            &local,
             &s.pod,
-            dest.as_ref(),
-            a.priority,
+            &PushOptions {
+                folder: &a.folder,
+                local: &local,
+                dest: dest.as_ref(),
+                priority: a.priority,
+            },
             &allow,
             &mut |p| bars.update(p),
         )
@@ -1085,11 +1088,13 @@ async fn follow_up(
     let r = client
         .push(
             ground,
-            &folder,
-            &local,
             &f.pod,
-            dest.as_ref(),
-            f.priority,
+            &PushOptions {
+                folder: &folder,
+                local: &local,
+                dest: dest.as_ref(),
+                priority: f.priority,
+            },
             allow,
             &mut |p| bars.update(p),
         )
@@ -1131,7 +1136,7 @@ async fn pull(a: PullArgs) -> Result<()> {
         #[derive(Serialize)]
         struct PullJson<'a> {
             #[serde(flatten)]
-            report: &'a sync_core::session::ground::PullReport,
+            report: &'a sync_core::ground::PullReport,
             /// What the node left out of the pull, and why.
             skipped: Vec<SkippedJson>,
             /// Entries left out beyond those named.

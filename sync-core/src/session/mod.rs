@@ -1,11 +1,11 @@
-//! The protocol's two ends, free of sockets and runtimes.
+//! The onboard end of the protocol, and the sending window both ends use. (The ground's end,
+//! which drives a link itself, is [`crate::ground`].)
 //!
 //! - [`onboard`]: the service that owns volumes and state, and a per-connection session that
 //!   answers each message with replies (it does storage I/O, never network I/O).
-//! - [`ground`]: the ground's knowledge (state, content store) and the pure steps of a push:
-//!   learning a pod's manifest from a reply, planning and encoding a pack.
+//! - [`pull`]: the node's side of a pull: where a pull pack's bytes come from.
+//! - [`upload`]: the sans-IO transfer window (frames, bytes in flight, acknowledgements, rate).
 
-pub mod ground;
 pub mod onboard;
 pub mod pull;
 pub mod upload;

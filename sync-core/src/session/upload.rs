@@ -1,5 +1,5 @@
 //! The windowed pack sender, sans-IO: which bytes to send next, how many may be in flight, how
-//! big a frame is, and what an acknowledgement means. The driver in [`super::ground`] moves the
+//! big a frame is, and what an acknowledgement means. The drivers in [`crate::ground`] move the
 //! bytes; this decides.
 //!
 //! The window keeps the link full: it allows twice the bytes the link carries in a round trip

@@ -1,0 +1,411 @@
+//! The windowed sender: a queued pack is offered, then streamed from the offset the node names
+//! with a window of bytes in flight, while acknowledgements are read as they come (the window
+//! itself is the sans-IO [`Upload`]). It stops between frames when the budget or the deadline
+//! says so. Also the packs the ground gives up on: dropped from the queue and cancelled at the
+//! node.
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{Instant, sleep_until};
+
+use super::client::{Event, remote};
+use super::{Allowance, ChangeSummary, Client, Ground, GroundError, Progress, PushReport, io_at};
+use crate::id::{ManifestId, NodeId, PackId};
+use crate::link::{ACK_INTERVAL, LinkError, sleep_until_opt};
+use crate::path::VolumePath;
+use crate::session::upload::Upload;
+use crate::state::OutgoingPack;
+use crate::wire::{ErrorKind, Message};
+
+/// How a pack's upload ended on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Verified and applied onboard; the volume is at this root.
+    Applied(ManifestId),
+    /// Stopped by the budget or the deadline; durable onboard up to `acked`.
+    Incomplete { acked: u64, total: u64 },
+}
+
+/// One pack upload on this connection, as it goes.
+struct Sending<'p> {
+    pack: PackId,
+    bytes: &'p [u8],
+    up: Upload,
+    /// The upload's clock: acknowledgements measure the link's rate against it.
+    clock: Instant,
+    /// The link's own time, for rate estimates: from the first frame to each acknowledgement
+    /// in turn (scanning, encoding and the node's apply are not the link).
+    link_since: Option<Instant>,
+    /// Out of budget or time: nothing more is sent, and the upload ends once what is in flight
+    /// is acknowledged (or the wait for it ends).
+    stopped: bool,
+}
+
+impl Sending<'_> {
+    fn progress(&self) -> Progress {
+        Progress {
+            pack: self.pack,
+            sent: self.up.sent(),
+            acked: self.up.acked(),
+            total: self.up.total(),
+        }
+    }
+
+    fn incomplete(&self) -> Sent {
+        Sent::Incomplete {
+            acked: self.up.acked(),
+            total: self.up.total(),
+        }
+    }
+
+    /// Takes the limit the allowance sets now (None once stopped) and returns the offset not to
+    /// pass. Stops the upload when nothing more can go.
+    fn take_limit(&mut self, limit: Option<super::budget::SendLimit>) -> u64 {
+        let offset = match limit {
+            None => self.up.sent(),
+            Some(l) => {
+                // The budget or the time is spent: no acknowledgement will make room again.
+                // (Otherwise the limit only waits for bytes in flight to land.)
+                if l.spent && l.offset <= self.up.sent() && !self.up.all_sent() {
+                    self.stopped = true;
+                }
+                l.offset
+            }
+        };
+        if offset <= self.up.sent() && !self.up.all_sent() && self.up.in_flight() == 0 {
+            self.stopped = true;
+        }
+        offset
+    }
+
+    /// The frame of the pack's bytes `a..b`; the link's time starts with the first one.
+    fn frame(&mut self, a: u64, b: u64) -> Message {
+        self.link_since.get_or_insert_with(Instant::now);
+        Message::PackData {
+            offset: a,
+            bytes: self.bytes[a as usize..b as usize].to_vec(),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Drops a queued pack for good: its row and its file, and what the node staged of it.
+    pub(super) fn discard_queued(
+        &mut self,
+        ground: &Ground,
+        q: &OutgoingPack,
+    ) -> Result<(), GroundError> {
+        ground.db.delete_outgoing(&q.pack)?;
+        let _ = std::fs::remove_file(ground.pack_path(&q.pack));
+        // Whatever the node staged of it would otherwise wait there for weeks.
+        self.cancels.push(q.pack);
+        Ok(())
+    }
+
+    /// Tells the node about packs this ground gave up on.
+    pub(super) async fn send_cancels(&mut self) -> Result<(), GroundError> {
+        if self.cancels.is_empty() {
+            return Ok(());
+        }
+        let msgs: Vec<Message> = self
+            .cancels
+            .drain(..)
+            .map(|pack| Message::PackCancel { pack })
+            .collect();
+        self.tx.send_all(&msgs).await?;
+        Ok(())
+    }
+
+    /// Sends a queued pack from where the onboard side stands.
+    pub async fn send_queued(
+        &mut self,
+        ground: &Ground,
+        q: &OutgoingPack,
+        allow: &Allowance,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<PushReport, GroundError> {
+        let (path, bytes) = self.load_queued(ground, q)?;
+        let summary: ChangeSummary = serde_json::from_str(&q.summary).unwrap_or_default();
+        let mut report = PushReport {
+            content_bytes: q.content_bytes,
+            pack_bytes: q.len,
+            pack: Some(q.pack.to_hex()),
+            acked: q.acked,
+            resumed_from: q.acked,
+            ..PushReport::new(&q.pod, &self.node, summary, q.base_root)
+        };
+        let sent = match self.send_pack(ground, q, &bytes, allow, progress).await {
+            Err(
+                e @ GroundError::Remote {
+                    kind:
+                        ErrorKind::Refused
+                        | ErrorKind::TooLarge
+                        | ErrorKind::Protocol
+                        | ErrorKind::Conflict,
+                    ..
+                },
+            ) => {
+                // The onboard side will never take this pack (refused, or the volume moved on
+                // under its scope): drop it, or it would block every later push to the pod.
+                self.discard_queued(ground, q)?;
+                return Err(e);
+            }
+            other => other?,
+        };
+        match sent {
+            (Sent::Applied(root), from) => {
+                record_applied(ground, &self.node, q, &path, root)?;
+                report.complete = true;
+                report.acked = q.len;
+                report.resumed_from = from;
+                report.root = root.to_hex();
+            }
+            (Sent::Incomplete { acked, .. }, from) => {
+                report.acked = acked;
+                report.resumed_from = from;
+            }
+        }
+        Ok(report)
+    }
+
+    /// A queued pack's file and bytes, checked against its row. A damaged one is dropped; the
+    /// next push plans again.
+    fn load_queued(
+        &mut self,
+        ground: &Ground,
+        q: &OutgoingPack,
+    ) -> Result<(PathBuf, Vec<u8>), GroundError> {
+        let path = ground.pack_path(&q.pack);
+        let bytes = std::fs::read(&path).map_err(io_at(&path))?;
+        // Packs queued before push ids named their pod are named by their bytes alone.
+        let named = PackId::for_push(&bytes, &q.node, q.pod.as_str(), q.dest.as_deref());
+        if bytes.len() as u64 != q.len || (q.pack != named && q.pack != PackId::of(&bytes)) {
+            self.discard_queued(ground, q)?;
+            return Err(GroundError::Io {
+                path: path.display().to_string(),
+                source: std::io::Error::other("queued pack is damaged; push again"),
+            });
+        }
+        Ok((path, bytes))
+    }
+
+    /// Offers a pack and streams it from the offset the onboard side names, with a window of
+    /// bytes in flight, reading acknowledgements as they come. Stops at the allowance's budget
+    /// or deadline. Returns how it ended and the offset it started from.
+    async fn send_pack(
+        &mut self,
+        ground: &Ground,
+        q: &OutgoingPack,
+        bytes: &[u8],
+        allow: &Allowance,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(Sent, u64), GroundError> {
+        let total = bytes.len() as u64;
+        let from = self.offer(ground, q, total).await?;
+        let mut s = Sending {
+            pack: q.pack,
+            bytes,
+            up: Upload::new(total, from, self.rtt, allow.rate),
+            clock: Instant::now(),
+            link_since: None,
+            stopped: false,
+        };
+        progress(s.progress());
+        loop {
+            let limit =
+                (!s.stopped).then(|| allow.limit(&s.up, s.up.sent(), self.wire_total(), self.rtt));
+            let limit = s.take_limit(limit);
+            if s.stopped && s.up.in_flight() == 0 {
+                return Ok((s.incomplete(), from));
+            }
+            let frame = if s.stopped {
+                None
+            } else {
+                s.up.next_frame(limit)
+            };
+            let heard = match frame {
+                Some((a, b)) => Some(self.send_reading(&s.frame(a, b)).await?),
+                // Out of budget or time (`stopped`): ask for a last acknowledgement and stop.
+                None if s.stopped => self.last_ack(allow.deadline).await?,
+                // Otherwise the window is full, or the rest may not land by the deadline at
+                // the rate known so far: wait for acknowledgements.
+                None => self.await_acks(allow.deadline).await?,
+            };
+            let Some(incoming) = heard else {
+                return Ok((s.incomplete(), from));
+            };
+            for m in incoming {
+                if let Some(root) = self.take_answer(ground, &mut s, m, progress)? {
+                    return Ok((Sent::Applied(root), from));
+                }
+            }
+            if !s.stopped {
+                progress(s.progress());
+            }
+        }
+    }
+
+    /// Offers the pack; returns the offset the node resumes it from.
+    async fn offer(
+        &mut self,
+        ground: &Ground,
+        q: &OutgoingPack,
+        total: u64,
+    ) -> Result<u64, GroundError> {
+        let pack = q.pack;
+        self.send_cancels().await?;
+        self.tx
+            .send(&Message::PackOffer {
+                pod: q.pod.clone(),
+                pack,
+                len: total,
+                base_root: q.base_root,
+                target_root: q.target_root,
+                scope: q
+                    .dest
+                    .as_deref()
+                    .map(VolumePath::new)
+                    .transpose()
+                    .map_err(|_| GroundError::BadReply("queued destination"))?,
+            })
+            .await?;
+        let from = match self.recv().await? {
+            Message::PackAccept { pack: p, offset } if p == pack && offset <= total => offset,
+            _ => {
+                return Err(GroundError::Unexpected {
+                    expected: "PackAccept",
+                });
+            }
+        };
+        ground.db.set_outgoing_progress(&pack, from, "sending")?;
+        Ok(from)
+    }
+
+    /// Writes a frame while reading whatever comes back meanwhile: every message is kept, as
+    /// acknowledgements must be taken as they come, or the window closes on bytes long since
+    /// durable.
+    async fn send_reading(&mut self, frame: &Message) -> Result<Vec<Message>, GroundError> {
+        let write = self.tx.send(frame);
+        tokio::pin!(write);
+        let mut got = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut write => { r?; break; }
+                m = self.rx.recv() => got.push(m?),
+            }
+        }
+        Ok(got)
+    }
+
+    /// Out of budget or time with bytes in flight: says goodbye now and waits a little for the
+    /// last acknowledgement. The onboard side handles what is before the goodbye, makes it
+    /// durable, answers with a last acknowledgement and closes; no need to wait for its ack
+    /// timer. None: the upload ends here.
+    async fn last_ack(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<Message>>, GroundError> {
+        if !self.said_bye {
+            self.tx.send(&Message::Bye).await?;
+            self.said_bye = true;
+        }
+        let wait = sleep_until(
+            deadline
+                .unwrap_or_else(|| Instant::now() + ACK_INTERVAL * 3)
+                .min(Instant::now() + ACK_INTERVAL * 3),
+        );
+        tokio::select! {
+            m = self.rx.recv() => match m {
+                Ok(m) => Ok(Some(vec![m])),
+                Err(LinkError::Closed) => Ok(None),
+                Err(e) => Err(e.into()),
+            },
+            _ = wait => Ok(None),
+        }
+    }
+
+    /// Waits for acknowledgements (window full) or for the apply (all sent), keeping the link
+    /// alive. The deadline still holds: a pack wholly sent applies onboard anyway, and the next
+    /// pass hears so at once. None: the deadline came first.
+    async fn await_acks(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Vec<Message>>, GroundError> {
+        Ok(match self.next_or(sleep_until_opt(deadline)).await? {
+            Event::Message(m) => Some(vec![m]),
+            Event::KeptAlive => Some(Vec::new()),
+            Event::Other(()) => None,
+        })
+    }
+
+    /// Takes one message from the node during an upload: an acknowledgement moves the window
+    /// (and is recorded), the apply ends the upload (its root returned).
+    fn take_answer(
+        &mut self,
+        ground: &Ground,
+        s: &mut Sending<'_>,
+        m: Message,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Option<ManifestId>, GroundError> {
+        match m {
+            Message::KeepAlive => {}
+            Message::PackAck { offset } => {
+                let before = s.up.acked();
+                s.up.on_ack(offset, s.clock.elapsed())
+                    .map_err(|_| GroundError::BadReply("acknowledgement"))?;
+                if let Some(mark) = s.link_since.as_mut() {
+                    self.on_link.0 += offset - before;
+                    self.on_link.1 += mark.elapsed();
+                    *mark = Instant::now();
+                }
+                ground
+                    .db
+                    .set_outgoing_progress(&s.pack, offset, "sending")?;
+                progress(s.progress());
+            }
+            Message::PackApplied { pack: p, root } if p == s.pack && s.up.all_sent() => {
+                let total = s.up.total();
+                progress(Progress {
+                    pack: s.pack,
+                    sent: total,
+                    acked: total,
+                    total,
+                });
+                return Ok(Some(root));
+            }
+            Message::Error { kind, message } => return Err(remote(kind, message)),
+            _ => {
+                return Err(GroundError::Unexpected {
+                    expected: "PackAck or PackApplied",
+                });
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A queued pack applied: the pod's new manifest is known, the pack leaves the queue, and the
+/// content store lets go of content no pod holds any more and no queued pack needs.
+fn record_applied(
+    ground: &Ground,
+    node: &NodeId,
+    q: &OutgoingPack,
+    path: &Path,
+    root: ManifestId,
+) -> Result<(), GroundError> {
+    if root == q.target_root {
+        // The onboard side now holds the target: record it.
+        ground.db.set_known_manifest(node, &q.pod, &q.target)?;
+    } else if q.dest.is_none() {
+        return Err(GroundError::BadReply("applied root"));
+    }
+    // Otherwise the pod changed files outside the push's folder meanwhile; the next manifest
+    // request learns them (as a delta from what is known).
+    ground.db.finish_outgoing(&q.pack)?;
+    let _ = std::fs::remove_file(path);
+    let keep = ground.db.referenced_content()?;
+    ground.store.retain(&keep).map_err(io_at(path))?;
+    Ok(())
+}
