@@ -4,6 +4,7 @@ pub mod link;
 pub mod manifest;
 pub mod object;
 pub mod pack;
+pub mod pass;
 pub mod path;
 pub mod session;
 pub mod state;
