@@ -30,6 +30,7 @@ use crate::wire::ErrorKind;
 
 mod budget;
 mod client;
+pub mod pass;
 mod pull;
 mod push;
 mod queue;
