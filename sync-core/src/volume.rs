@@ -532,7 +532,7 @@ fn remove_entry(volume: &Dir, path: &VolumePath, recursive: bool) -> Result<(), 
             match r {
                 // A pod wrote into a folder the push removes: its new files stay, and so does
                 // the folder; the next manifest shows them.
-                Err(e) if e.raw_os_error() == Some(39) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => Ok(()),
                 other => other.map_err(io_at(path.to_string())),
             }
         }
