@@ -1,11 +1,15 @@
-//! The protocol's two ends, free of sockets and runtimes.
+//! The ground's end of the protocol, free of sockets and runtimes where it can be.
 //!
-//! - [`onboard`]: the service that owns volumes and state, and a per-connection session that
-//!   answers each message with replies (it does storage I/O, never network I/O).
 //! - [`ground`]: the ground's knowledge (state, content store) and the pure steps of a push:
 //!   learning a pod's manifest from a reply, planning and encoding a pack.
+//! - [`upload`]: the sans-IO sending window.
+//!
+//! The onboard end is [`crate::onboard`].
 
 pub mod ground;
-pub mod onboard;
-pub mod pull;
 pub mod upload;
+
+// The onboard end moved to `crate::onboard`; `ground` (being moved to `crate::ground`) and
+// `state` still name it here. Dropped once those moves land.
+pub(crate) use crate::onboard;
+pub(crate) use crate::onboard::pull;

@@ -1,0 +1,418 @@
+//! Where the bytes of a pull pack come from, on the node: the pod's volume as it is now, and
+//! the signatures the node keeps of what it sends.
+//!
+//! The node does not keep old versions of files pods overwrite, so it can encode against the
+//! ground's copy only where it still holds those exact bytes:
+//! - content it still has somewhere in the volume (a file renamed, copied, or left alone);
+//! - for a file that only grew since it was last sent (a log), the first `len` bytes of the
+//!   current file, when they hash to the id the ground holds. The node records `(id, path, len)`
+//!   of every version it sends, so this costs one read and one hash, and no uplink bytes.
+//!
+//! A file changed in place holds nothing of its old version: it goes as an rsync delta against
+//! the signature [`Signing`] kept of the version the node sent.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+
+use cap_std::fs::Dir;
+
+use crate::id::ContentId;
+use crate::manifest::Manifest;
+use crate::pack::{ContentProvider, PackError};
+use crate::path::VolumePath;
+use crate::volume;
+
+/// A version of a file the node sent to a ground: the ground holds these bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SentVersion {
+    pub id: ContentId,
+    pub path: VolumePath,
+    pub len: u64,
+}
+
+/// Reads a pull's target content and bases from a pod's volume as it is now.
+pub struct VolumeSource<'a> {
+    dir: &'a Dir,
+    /// Where the volume holds each content id now, and its size.
+    now: HashMap<ContentId, (VolumePath, u64)>,
+    /// What was sent before, by id.
+    sent: HashMap<ContentId, (VolumePath, u64)>,
+    /// Most bytes of one file the node reads into memory for a pull (`--max-pull-pack`):
+    /// larger content is neither sent nor used as a base, whatever size the pod declared.
+    max_file: u64,
+    /// Sent versions already checked against the volume: whether the file still starts with
+    /// them. Only the answer is kept: a volume may hold many grown files, and keeping each
+    /// one's bytes until the encoder asks for them would hold them all at once.
+    checked: std::cell::RefCell<HashMap<ContentId, bool>>,
+}
+
+impl<'a> VolumeSource<'a> {
+    pub fn new(dir: &'a Dir, now: &Manifest, sent: &[SentVersion], max_file: u64) -> Self {
+        let now = now
+            .entries()
+            .iter()
+            .filter_map(|e| e.file_id().map(|id| (id, (e.path.clone(), e.size()))))
+            .collect();
+        let sent = sent
+            .iter()
+            .map(|v| (v.id, (v.path.clone(), v.len)))
+            .collect();
+        Self {
+            dir,
+            now,
+            sent,
+            max_file,
+            checked: Default::default(),
+        }
+    }
+
+    /// Whether the node holds the bytes of `id` to encode against, within what it may read
+    /// into memory. Content the volume has is taken on the scan's word; a grown file's prefix
+    /// is read and hashed (once: the answer is kept). A file changed in place holds nothing
+    /// of its old version: it goes by signature.
+    pub fn may_hold(&self, id: &ContentId) -> bool {
+        if let Some((_, size)) = self.now.get(id) {
+            return *size <= self.max_file;
+        }
+        match self.sent.get(id) {
+            Some((_, len)) if *len <= self.max_file => {}
+            _ => return false,
+        }
+        *self
+            .checked
+            .borrow_mut()
+            .entry(*id)
+            .or_insert_with(|| self.sent_prefix_matches(id))
+    }
+
+    /// Whether the file a sent version `id` came from still starts with it, read through a
+    /// fixed buffer.
+    fn sent_prefix_matches(&self, id: &ContentId) -> bool {
+        let Some((path, len)) = self.sent.get(id) else {
+            return false;
+        };
+        hashes_to(self.dir, path, *len, id, false)
+    }
+
+    /// The bytes of a sent version `id` when the file it was sent from still starts with them.
+    fn sent_prefix(&self, id: &ContentId) -> Option<Vec<u8>> {
+        let (path, len) = self.sent.get(id)?;
+        if *len > self.max_file {
+            return None;
+        }
+        let f = volume::open_nofollow(self.dir, path).ok()?;
+        let mut out = Vec::with_capacity(*len as usize);
+        f.take(*len).read_to_end(&mut out).ok()?;
+        (out.len() as u64 == *len && ContentId::of(&out) == *id).then_some(out)
+    }
+
+    /// The planned objects whose file no longer holds the content the scan found (the pod
+    /// wrote it since), read through a fixed buffer: they are all pinned before encoding,
+    /// rather than found one encoding attempt at a time. Objects in `checked` were found as
+    /// scanned already and are not read again; those found so now join it.
+    pub fn changed_since_scan(
+        &self,
+        plan: &crate::pack::Plan,
+        checked: &mut HashSet<ContentId>,
+    ) -> HashSet<VolumePath> {
+        let mut moved = HashSet::new();
+        for o in &plan.objects {
+            if checked.contains(&o.id) {
+                continue;
+            }
+            if hashes_to(self.dir, &o.path, o.size, &o.id, true) {
+                checked.insert(o.id);
+            } else {
+                moved.insert(o.path.clone());
+            }
+        }
+        moved
+    }
+}
+
+/// Whether the first `len` bytes of the file at `path` hash to `id` (with `whole`, and the
+/// file has no more), read through a fixed buffer whatever the file's size.
+fn hashes_to(dir: &Dir, path: &VolumePath, len: u64, id: &ContentId, whole: bool) -> bool {
+    let Ok(f) = volume::open_nofollow(dir, path) else {
+        return false;
+    };
+    let mut f = f.take(len.saturating_add(whole as u64));
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut read = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                // The byte past `len` (read only to see that there is one) is not content.
+                let keep = len.saturating_sub(read).min(n as u64) as usize;
+                hasher.update(&buf[..keep]);
+                read += n as u64;
+            }
+            Err(_) => return false,
+        }
+    }
+    read == len && ContentId(*hasher.finalize().as_bytes()) == *id
+}
+
+impl ContentProvider for VolumeSource<'_> {
+    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
+        let changed = || PackError::SourceChanged {
+            path: path.to_string(),
+        };
+        let (_, size) = self.now.get(id).ok_or_else(changed)?;
+        if *size > self.max_file {
+            return Err(PackError::OverLimit {
+                what: "file held in memory for a pull",
+                value: *size,
+                limit: self.max_file,
+            });
+        }
+        // A pod may be writing it right now: what does not hash to the scanned id is not sent,
+        // and no more than the scanned size is read.
+        let bytes = volume::read_file_sized(self.dir, path, *size).map_err(|_| changed())?;
+        if ContentId::of(&bytes) != *id {
+            return Err(changed());
+        }
+        Ok(bytes)
+    }
+
+    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
+        if let Some((path, size)) = self.now.get(id) {
+            if *size > self.max_file {
+                return Ok(None);
+            }
+            if let Ok(bytes) = volume::read_file_sized(self.dir, path, *size)
+                && ContentId::of(&bytes) == *id
+            {
+                return Ok(Some(bytes));
+            }
+        }
+        Ok(self.sent_prefix(id))
+    }
+}
+
+/// Files smaller than this get no kept signature: sent whole, they cost less than one.
+const SIGN_MIN_BYTES: usize = 4096;
+/// Block size of the signature the node keeps of a version it sends. Kept signatures never
+/// cross the link, so their blocks are small: a change costs about one block of literal bytes
+/// on the downlink, and a block costs 12 bytes of the node's storage. Small files, where a few
+/// edited values are the whole change, get the smallest blocks: 64 B up to 64 KiB (a signature
+/// of at most 12 KiB, 19% of its file), 128 B up to 256 KiB (9.4%), 256 B up to 64 MiB (4.7%),
+/// then larger blocks so that no signature passes 3 MiB. Measured with
+/// `benches/compare/pull.sh`: against 1 KiB blocks, these cut the results folder's downlink by
+/// a third and the database's by 5%.
+fn kept_block_for(len: u64) -> u32 {
+    match len {
+        0..=0x1_0000 => 64,
+        0x1_0001..=0x4_0000 => 128,
+        0x4_0001..=0x400_0000 => 256,
+        _ => (len / 0x4_0000).next_power_of_two().min(1 << 20) as u32,
+    }
+}
+
+/// Wraps a [`VolumeSource`] and keeps an rsync signature of every target it reads, so that
+/// the next pull can send a changed-in-place file as a delta against this version.
+pub struct Signing<'a> {
+    inner: VolumeSource<'a>,
+    sigs: std::cell::RefCell<HashMap<ContentId, Vec<u8>>>,
+}
+
+impl<'a> Signing<'a> {
+    pub fn new(inner: VolumeSource<'a>) -> Self {
+        Self {
+            inner,
+            sigs: Default::default(),
+        }
+    }
+
+    pub fn may_hold(&self, id: &ContentId) -> bool {
+        self.inner.may_hold(id)
+    }
+
+    pub fn changed_since_scan(
+        &self,
+        plan: &crate::pack::Plan,
+        checked: &mut HashSet<ContentId>,
+    ) -> HashSet<VolumePath> {
+        self.inner.changed_since_scan(plan, checked)
+    }
+
+    pub fn into_signatures(self) -> HashMap<ContentId, Vec<u8>> {
+        self.sigs.into_inner()
+    }
+}
+
+impl ContentProvider for Signing<'_> {
+    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
+        let bytes = self.inner.target(path, id)?;
+        if bytes.len() >= SIGN_MIN_BYTES {
+            self.sigs.borrow_mut().insert(
+                *id,
+                crate::delta::rsync::signature_with(&bytes, kept_block_for(bytes.len() as u64)),
+            );
+        }
+        Ok(bytes)
+    }
+
+    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
+        self.inner.base(id)
+    }
+}
+
+/// Size of the signature the node keeps of a sent version of `len` bytes
+/// ([`kept_block_for`]): a header, then 4 + 8 bytes per block.
+pub(super) fn kept_signature_len(len: u64) -> u64 {
+    if len < SIGN_MIN_BYTES as u64 {
+        return 0;
+    }
+    let block = kept_block_for(len) as u64;
+    12 + len.div_ceil(block) * 12
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ScanOptions, StatCache, scan_dir};
+    use crate::pack::{Limits, Plan};
+    use cap_std::ambient_authority;
+
+    fn scan(dir: &Dir) -> Manifest {
+        scan_dir(dir, &StatCache::new(), &ScanOptions::volume())
+            .unwrap()
+            .0
+    }
+
+    /// A log line generator: realistic, compressible, never repeating exactly.
+    fn log_lines(from: usize, bytes: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = from;
+        while out.len() < bytes {
+            out.extend_from_slice(
+                format!(
+                    "2026-11-21T09:{:02}:{:02}.{:03}Z step={i} loss={:.5} lr={:.6} gpu_mem={}MiB\n",
+                    (i / 60) % 60,
+                    i % 60,
+                    (i * 37) % 1000,
+                    1.0 / (1.0 + i as f64 * 0.001),
+                    0.001 * 0.999f64.powi((i % 500) as i32),
+                    8000 + (i * 7919) % 4000
+                )
+                .as_bytes(),
+            );
+            i += 1;
+        }
+        out
+    }
+
+    #[test]
+    fn a_grown_log_costs_about_its_appended_part() {
+        let t = tempfile::tempdir().unwrap();
+        let vol_path = t.path().join("vol");
+        std::fs::create_dir_all(vol_path.join("logs")).unwrap();
+        let old = log_lines(0, 4_000_000);
+        let appended = log_lines(1_000_000, 80_000);
+        let grown = [old.clone(), appended.clone()].concat();
+        std::fs::write(vol_path.join("logs/train.log"), &grown).unwrap();
+        let dir = Dir::open_ambient_dir(&vol_path, ambient_authority()).unwrap();
+
+        // What the ground holds: the old log, as sent before.
+        let old_id = ContentId::of(&old);
+        let path = VolumePath::new("logs/train.log").unwrap();
+        let mut ground = scan(&dir).into_entries();
+        for e in &mut ground {
+            if e.path == path {
+                e.kind = crate::manifest::EntryKind::File {
+                    id: old_id,
+                    size: old.len() as u64,
+                };
+            }
+        }
+        let ground = Manifest::new(ground).unwrap();
+        let now = scan(&dir);
+        let sent = [SentVersion {
+            id: old_id,
+            path: path.clone(),
+            len: old.len() as u64,
+        }];
+        let source = VolumeSource::new(&dir, &now, &sent, u64::MAX);
+        assert_eq!(source.base(&old_id).unwrap().as_deref(), Some(&old[..]));
+
+        let plan = Plan::new(&ground, &now, &|id| source.may_hold(id));
+        let mut pack = Vec::new();
+        plan.encode(
+            &ground,
+            &source,
+            &Default::default(),
+            &Limits::default(),
+            &mut pack,
+        )
+        .unwrap();
+        let alone = zstd::bulk::compress(&appended, 19).unwrap().len();
+        eprintln!(
+            "grown log: pack {} B; the appended {} B alone at zstd -19: {alone} B",
+            pack.len(),
+            appended.len()
+        );
+        assert!(
+            pack.len() as f64 <= 1.2 * alone as f64,
+            "pack {} B for an append whose zstd -19 alone is {alone} B",
+            pack.len()
+        );
+    }
+
+    #[test]
+    fn a_rewritten_file_is_not_taken_for_a_grown_one() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("db"), b"new bytes entirely").unwrap();
+        let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let now = scan(&dir);
+        let sent = [SentVersion {
+            id: ContentId::of(b"old bytes"),
+            path: VolumePath::new("db").unwrap(),
+            len: 9,
+        }];
+        let source = VolumeSource::new(&dir, &now, &sent, u64::MAX);
+        assert!(source.base(&ContentId::of(b"old bytes")).unwrap().is_none());
+    }
+
+    /// A pod that grows a file (or punches a huge hole into it) after the scan: the node reads
+    /// no more than the scanned size, finds it changed, and does not hold a base over the cap.
+    #[test]
+    fn a_file_grown_past_its_scanned_size_is_not_read_whole() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("out.bin"), b"scanned bytes").unwrap();
+        let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let now = scan(&dir);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(t.path().join("out.bin"))
+            .unwrap();
+        f.set_len(1 << 40).unwrap();
+        let e = &now.entries()[0];
+        let id = e.file_id().unwrap();
+        let source = VolumeSource::new(&dir, &now, &[], 1 << 20);
+        assert!(matches!(
+            source.target(&e.path, &id),
+            Err(PackError::SourceChanged { .. })
+        ));
+        assert!(source.base(&id).unwrap().is_none());
+        let capped = VolumeSource::new(&dir, &now, &[], 4);
+        assert!(!capped.may_hold(&id), "a base over the cap is not held");
+    }
+
+    #[test]
+    fn content_that_changed_since_the_scan_is_not_sent() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("out.csv"), b"a,b\n1,2\n").unwrap();
+        let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let now = scan(&dir);
+        std::fs::write(t.path().join("out.csv"), b"a,b\n1,2\n3,4\n").unwrap();
+        let source = VolumeSource::new(&dir, &now, &[], u64::MAX);
+        let e = &now.entries()[0];
+        assert!(matches!(
+            source.target(&e.path, &e.file_id().unwrap()),
+            Err(PackError::SourceChanged { .. })
+        ));
+    }
+}
