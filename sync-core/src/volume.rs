@@ -561,6 +561,25 @@ mod tests {
             .0
     }
 
+    /// A folder the push removes that the pod has written into meanwhile is not an error: the
+    /// pod's files stay, and so does the folder (told by its error kind, not an errno).
+    #[test]
+    fn removing_a_folder_the_pod_wrote_into_keeps_it() {
+        let t = tempfile::tempdir().unwrap();
+        tree(t.path(), &[("out/new.csv", "the pod's")]);
+        let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let plan = ApplyPlan {
+            steps: vec![Step::Remove {
+                path: VolumePath::new("out").unwrap(),
+            }],
+        };
+        apply(&dir, &plan, "t").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("out/new.csv")).unwrap(),
+            "the pod's"
+        );
+    }
+
     /// Applies `diff(volume, wanted)` using only copies of content the volume holds, plus `new`
     /// objects staged by hand, and checks the volume then scans as `wanted`.
     #[test]
