@@ -426,55 +426,13 @@ pub fn apply(volume: &Dir, plan: &ApplyPlan, temp_tag: &str) -> Result<(), Volum
                 touched.insert(path.parent());
             }
             Step::Dir { path, mode } => {
-                use std::os::unix::fs::PermissionsExt;
-                match volume.symlink_metadata(path.as_str()) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        remove_entry(volume, path, true)?;
-                        volume
-                            .create_dir(path.as_str())
-                            .map_err(io_at(path.to_string()))?;
-                    }
-                    Err(_) => match volume.create_dir(path.as_str()) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(io_at(path.to_string())(e)),
-                    },
-                }
-                volume
-                    .set_permissions(
-                        path.as_str(),
-                        cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(*mode)),
-                    )
-                    .map_err(io_at(path.to_string()))?;
+                make_dir(volume, path, *mode)?;
                 touched.insert(path.parent());
             }
             Step::File { path, temp, id, .. } => {
-                // A pod may have removed the folder meanwhile: the push decides it exists.
-                if let Some(p) = path.parent()
-                    && volume.symlink_metadata(p.as_str()).is_err()
-                {
-                    volume
-                        .create_dir_all(p.as_str())
-                        .map_err(io_at(p.to_string()))?;
+                if rename_into_place(volume, path, temp, id)? {
+                    touched.insert(path.parent());
                 }
-                let (parent, name) = parent_of(volume, path)?;
-                if volume.symlink_metadata(temp).is_err() {
-                    // Renamed by an earlier run of this journal: the volume must hold it now.
-                    match content_id(volume, path) {
-                        Ok(held) if held == *id => continue,
-                        _ => {
-                            return Err(VolumeError::Unrecoverable {
-                                path: path.to_string(),
-                            });
-                        }
-                    }
-                }
-                clear_dir_in_the_way(&parent, name, path)?;
-                volume
-                    .rename(temp, &parent, name)
-                    .map_err(io_at(path.to_string()))?;
-                touched.insert(path.parent());
             }
             Step::Touch { path, mode, mtime } => {
                 if let Ok(f) = open_nofollow(volume, path) {
@@ -508,6 +466,65 @@ pub fn apply(volume: &Dir, plan: &ApplyPlan, temp_tag: &str) -> Result<(), Volum
         }
     }
     Ok(())
+}
+
+/// The folder at `path`, with `mode`: made, or put in place of what the pod left there.
+fn make_dir(volume: &Dir, path: &VolumePath, mode: u32) -> Result<(), VolumeError> {
+    use std::os::unix::fs::PermissionsExt;
+    match volume.symlink_metadata(path.as_str()) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            remove_entry(volume, path, true)?;
+            volume
+                .create_dir(path.as_str())
+                .map_err(io_at(path.to_string()))?;
+        }
+        Err(_) => match volume.create_dir(path.as_str()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_at(path.to_string())(e)),
+        },
+    }
+    volume
+        .set_permissions(
+            path.as_str(),
+            cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(mode)),
+        )
+        .map_err(io_at(path.to_string()))
+}
+
+/// Renames the placed temporary `temp` to `path`. `false` when an earlier run of the journal
+/// renamed it already (the volume holds `id` there); a temporary gone and the volume holding
+/// something else can never finish.
+fn rename_into_place(
+    volume: &Dir,
+    path: &VolumePath,
+    temp: &str,
+    id: &ContentId,
+) -> Result<bool, VolumeError> {
+    // A pod may have removed the folder meanwhile: the push decides it exists.
+    if let Some(p) = path.parent()
+        && volume.symlink_metadata(p.as_str()).is_err()
+    {
+        volume
+            .create_dir_all(p.as_str())
+            .map_err(io_at(p.to_string()))?;
+    }
+    let (parent, name) = parent_of(volume, path)?;
+    if volume.symlink_metadata(temp).is_err() {
+        // Renamed by an earlier run of this journal: the volume must hold it now.
+        return match content_id(volume, path) {
+            Ok(held) if held == *id => Ok(false),
+            _ => Err(VolumeError::Unrecoverable {
+                path: path.to_string(),
+            }),
+        };
+    }
+    clear_dir_in_the_way(&parent, name, path)?;
+    volume
+        .rename(temp, &parent, name)
+        .map_err(io_at(path.to_string()))?;
+    Ok(true)
 }
 
 /// A pod may have made a folder where a file or link is to go: the push decides what the folder
