@@ -63,6 +63,8 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> OnboardError + '_ {
     }
 }
 
+/// One per daemon: the pods' volumes, the state folder and database, and the locks and claims
+/// that keep connections from interleaving on one volume or one pack.
 pub struct OnboardService {
     volumes: Volumes,
     state_dir: PathBuf,

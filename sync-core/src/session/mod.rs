@@ -1,4 +1,4 @@
-//! The ground's end of the protocol, free of sockets and runtimes where it can be.
+//! The ground's end of the protocol.
 //!
 //! - [`ground`]: the ground's knowledge (state, content store) and the pure steps of a push:
 //!   learning a pod's manifest from a reply, planning and encoding a pack.
