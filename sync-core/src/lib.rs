@@ -4,6 +4,7 @@ pub mod id;
 pub mod link;
 pub mod manifest;
 pub mod object;
+pub mod onboard;
 pub mod pack;
 pub mod path;
 pub mod session;

@@ -426,55 +426,13 @@ pub fn apply(volume: &Dir, plan: &ApplyPlan, temp_tag: &str) -> Result<(), Volum
                 touched.insert(path.parent());
             }
             Step::Dir { path, mode } => {
-                use std::os::unix::fs::PermissionsExt;
-                match volume.symlink_metadata(path.as_str()) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => {
-                        remove_entry(volume, path, true)?;
-                        volume
-                            .create_dir(path.as_str())
-                            .map_err(io_at(path.to_string()))?;
-                    }
-                    Err(_) => match volume.create_dir(path.as_str()) {
-                        Ok(()) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(io_at(path.to_string())(e)),
-                    },
-                }
-                volume
-                    .set_permissions(
-                        path.as_str(),
-                        cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(*mode)),
-                    )
-                    .map_err(io_at(path.to_string()))?;
+                make_dir(volume, path, *mode)?;
                 touched.insert(path.parent());
             }
             Step::File { path, temp, id, .. } => {
-                // A pod may have removed the folder meanwhile: the push decides it exists.
-                if let Some(p) = path.parent()
-                    && volume.symlink_metadata(p.as_str()).is_err()
-                {
-                    volume
-                        .create_dir_all(p.as_str())
-                        .map_err(io_at(p.to_string()))?;
+                if rename_into_place(volume, path, temp, id)? {
+                    touched.insert(path.parent());
                 }
-                let (parent, name) = parent_of(volume, path)?;
-                if volume.symlink_metadata(temp).is_err() {
-                    // Renamed by an earlier run of this journal: the volume must hold it now.
-                    match content_id(volume, path) {
-                        Ok(held) if held == *id => continue,
-                        _ => {
-                            return Err(VolumeError::Unrecoverable {
-                                path: path.to_string(),
-                            });
-                        }
-                    }
-                }
-                clear_dir_in_the_way(&parent, name, path)?;
-                volume
-                    .rename(temp, &parent, name)
-                    .map_err(io_at(path.to_string()))?;
-                touched.insert(path.parent());
             }
             Step::Touch { path, mode, mtime } => {
                 if let Ok(f) = open_nofollow(volume, path) {
@@ -510,6 +468,65 @@ pub fn apply(volume: &Dir, plan: &ApplyPlan, temp_tag: &str) -> Result<(), Volum
     Ok(())
 }
 
+/// The folder at `path`, with `mode`: made, or put in place of what the pod left there.
+fn make_dir(volume: &Dir, path: &VolumePath, mode: u32) -> Result<(), VolumeError> {
+    use std::os::unix::fs::PermissionsExt;
+    match volume.symlink_metadata(path.as_str()) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            remove_entry(volume, path, true)?;
+            volume
+                .create_dir(path.as_str())
+                .map_err(io_at(path.to_string()))?;
+        }
+        Err(_) => match volume.create_dir(path.as_str()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_at(path.to_string())(e)),
+        },
+    }
+    volume
+        .set_permissions(
+            path.as_str(),
+            cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(mode)),
+        )
+        .map_err(io_at(path.to_string()))
+}
+
+/// Renames the placed temporary `temp` to `path`. `false` when an earlier run of the journal
+/// renamed it already (the volume holds `id` there); a temporary gone and the volume holding
+/// something else can never finish.
+fn rename_into_place(
+    volume: &Dir,
+    path: &VolumePath,
+    temp: &str,
+    id: &ContentId,
+) -> Result<bool, VolumeError> {
+    // A pod may have removed the folder meanwhile: the push decides it exists.
+    if let Some(p) = path.parent()
+        && volume.symlink_metadata(p.as_str()).is_err()
+    {
+        volume
+            .create_dir_all(p.as_str())
+            .map_err(io_at(p.to_string()))?;
+    }
+    let (parent, name) = parent_of(volume, path)?;
+    if volume.symlink_metadata(temp).is_err() {
+        // Renamed by an earlier run of this journal: the volume must hold it now.
+        return match content_id(volume, path) {
+            Ok(held) if held == *id => Ok(false),
+            _ => Err(VolumeError::Unrecoverable {
+                path: path.to_string(),
+            }),
+        };
+    }
+    clear_dir_in_the_way(&parent, name, path)?;
+    volume
+        .rename(temp, &parent, name)
+        .map_err(io_at(path.to_string()))?;
+    Ok(true)
+}
+
 /// A pod may have made a folder where a file or link is to go: the push decides what the folder
 /// holds, so it goes.
 fn clear_dir_in_the_way(parent: &Dir, name: &str, path: &VolumePath) -> Result<(), VolumeError> {
@@ -532,7 +549,7 @@ fn remove_entry(volume: &Dir, path: &VolumePath, recursive: bool) -> Result<(), 
             match r {
                 // A pod wrote into a folder the push removes: its new files stay, and so does
                 // the folder; the next manifest shows them.
-                Err(e) if e.raw_os_error() == Some(39) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => Ok(()),
                 other => other.map_err(io_at(path.to_string())),
             }
         }
@@ -559,6 +576,25 @@ mod tests {
         scan_dir(dir, &StatCache::new(), &ScanOptions::volume())
             .unwrap()
             .0
+    }
+
+    /// A folder the push removes that the pod has written into meanwhile is not an error: the
+    /// pod's files stay, and so does the folder (told by its error kind, not an errno).
+    #[test]
+    fn removing_a_folder_the_pod_wrote_into_keeps_it() {
+        let t = tempfile::tempdir().unwrap();
+        tree(t.path(), &[("out/new.csv", "the pod's")]);
+        let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let plan = ApplyPlan {
+            steps: vec![Step::Remove {
+                path: VolumePath::new("out").unwrap(),
+            }],
+        };
+        apply(&dir, &plan, "t").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(t.path().join("out/new.csv")).unwrap(),
+            "the pod's"
+        );
     }
 
     /// Applies `diff(volume, wanted)` using only copies of content the volume holds, plus `new`

@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use sync_core::link::{ServeOptions, serve};
+use sync_core::onboard::OnboardService;
 use sync_core::pack::Limits;
-use sync_core::session::onboard::OnboardService;
 use sync_core::wire::LinkKey;
 
 #[derive(Parser)]

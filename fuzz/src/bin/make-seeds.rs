@@ -1,7 +1,7 @@
 //! Writes valid encodings into `corpus/<target>/` as starting points for the fuzzer: a record
-//! stream, a message stream with every variant, manifests, and real packs built with
-//! `sync_core::pack::Plan` against the fixed base of the fuzz crate (raw, and in the structured
-//! form the pack target also accepts). Run from the `fuzz` folder: `cargo run --bin make-seeds`.
+//! stream, a message stream with every variant, manifests, message blobs, and real packs built
+//! with `sync_core::pack::Plan` against the fixed base of the fuzz crate (raw, and in the
+//! structured form the pack target also accepts). Run from the `fuzz` folder: `cargo run --bin make-seeds`.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -13,7 +13,7 @@ use sync_core::manifest::Manifest;
 use sync_core::pack::format::HeaderBody;
 use sync_core::pack::{Limits, Plan, read_header};
 use sync_core::path::{PodName, VolumePath};
-use sync_core::wire::{ErrorKind, ManifestBody, Message, encode_message};
+use sync_core::wire::{ErrorKind, ManifestBody, Message, blob, encode_message};
 use sync_core_fuzz::{Blobs, FIXTURE, Fixture, limits, receiver_blobs};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -140,6 +140,36 @@ fn manifest_seeds(fx: &Fixture) {
     write("manifest_decode", "empty", &Manifest::default().encode());
 }
 
+/// A blob of each kind, the first byte choosing its decoder as `blob_decode` reads it.
+fn blob_seeds(fx: &Fixture) {
+    write(
+        "blob_decode",
+        "manifest",
+        &with_mode(0, &blob::encode_manifest(&fx.target)),
+    );
+    let changes = sync_core::manifest::diff(&fx.base, &fx.target);
+    write(
+        "blob_decode",
+        "changes",
+        &with_mode(1, &blob::encode_changes(&changes)),
+    );
+    let sigs: Vec<(u32, Vec<u8>)> = fx
+        .base
+        .entries()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let bytes = fx.blobs.0.get(&e.file_id()?)?;
+            Some((i as u32, rsync::signature(bytes)))
+        })
+        .collect();
+    write(
+        "blob_decode",
+        "signatures",
+        &with_mode(2, &blob::encode_signatures(&sigs)),
+    );
+}
+
 /// A real pack from the fixed base to `target`, the sender holding `sender`.
 fn pack(fx: &Fixture, target: &Manifest, sender: &Blobs) -> Vec<u8> {
     let receiver = receiver_blobs(fx);
@@ -219,6 +249,7 @@ fn main() {
     records();
     message_seeds();
     manifest_seeds(fx);
+    blob_seeds(fx);
     pack_seeds(fx);
     println!("seeds written under corpus/");
 }

@@ -13,9 +13,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use super::{Ground, GroundError};
 use crate::id::{NodeId, PackId};
 use crate::link::{Counters, Link, LinkReader, LinkWriter, Waited, keep_alive_until};
-use crate::manifest::{Change, Describe, Manifest, SkippedReport, apply_changes};
+use crate::manifest::{Describe, Manifest, SkippedReport, apply_changes};
 use crate::pack::{Limits, Plan};
 use crate::path::PodName;
+use crate::wire::blob::{self, BlobError};
 use crate::wire::{ErrorKind, ManifestBody, Message};
 
 /// Largest decompressed manifest or signature set accepted from the onboard side.
@@ -55,19 +56,15 @@ pub(super) fn remote(kind: ErrorKind, message: String) -> GroundError {
     GroundError::Remote { kind, message }
 }
 
-fn inflate(blob: &[u8]) -> Result<Vec<u8>, GroundError> {
-    let mut out = Vec::new();
-    let mut dec =
-        zstd::stream::read::Decoder::new(blob).map_err(|_| GroundError::BadReply("blob"))?;
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(&mut dec, MAX_REPLY_BYTES as u64 + 1),
-        &mut out,
-    )
-    .map_err(|_| GroundError::BadReply("blob"))?;
-    if out.len() > MAX_REPLY_BYTES {
-        return Err(GroundError::BadReply("oversized blob"));
+/// A blob's refusal in the words this side has always used for it.
+fn blob_error(e: BlobError) -> GroundError {
+    match e {
+        BlobError::Corrupt => GroundError::BadReply("blob"),
+        BlobError::TooLarge { .. } => GroundError::BadReply("oversized blob"),
+        BlobError::Malformed("changes") => GroundError::BadReply("manifest delta"),
+        BlobError::Malformed(_) => GroundError::BadReply("signatures"),
+        BlobError::Manifest(e) => GroundError::Manifest(e),
     }
-    Ok(out)
 }
 
 /// What came first while a client waited on the link ([`Client::next_or`]).
@@ -236,11 +233,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 let base = known
                     .filter(|k| k.root == from)
                     .ok_or(GroundError::BadReply("manifest delta base"))?;
-                let changes: Vec<Change> = postcard::from_bytes(&inflate(&blob)?)
-                    .map_err(|_| GroundError::BadReply("manifest delta"))?;
+                let changes = blob::decode_changes(&blob, MAX_REPLY_BYTES).map_err(blob_error)?;
                 apply_changes(&base.manifest, &changes, &Describe)?
             }
-            ManifestBody::Full { blob } => Manifest::decode(&inflate(&blob)?)?,
+            ManifestBody::Full { blob } => {
+                blob::decode_manifest(&blob, MAX_REPLY_BYTES).map_err(blob_error)?
+            }
         };
         if manifest.root() != root {
             return Err(GroundError::BadReply("manifest (root mismatch)"));
@@ -268,8 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             .await?;
         match self.recv().await? {
             Message::Signatures { blob } => {
-                let list: Vec<(u32, Vec<u8>)> = postcard::from_bytes(&inflate(&blob)?)
-                    .map_err(|_| GroundError::BadReply("signatures"))?;
+                let list = blob::decode_signatures(&blob, MAX_REPLY_BYTES).map_err(blob_error)?;
                 Ok(list.into_iter().collect())
             }
             _ => Err(GroundError::Unexpected {

@@ -22,7 +22,7 @@ use tokio::time::{Instant, sleep_until};
 use super::admission::{Admission, Admit};
 use super::refusals::{Refusal, RefusalLog};
 use super::{ACK_INTERVAL, KEEPALIVE_INTERVAL, Link, LinkError, LinkWriter, sleep_until_opt};
-use crate::session::onboard::{OnboardService, OnboardSession, Outcome};
+use crate::onboard::{OnboardService, OnboardSession, Outcome};
 use crate::wire::{LinkKey, Message};
 
 /// Refusals are summed up in one log line per this long.

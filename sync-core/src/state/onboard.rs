@@ -55,7 +55,7 @@ pub struct PullPack {
     pub target_root: ManifestId,
     /// The versions it delivers, with the rsync signature kept for each (files of 4 KiB and
     /// more), recorded as sent once it is applied.
-    pub sent: Vec<(crate::session::pull::SentVersion, Option<Vec<u8>>)>,
+    pub sent: Vec<(crate::onboard::pull::SentVersion, Option<Vec<u8>>)>,
 }
 
 /// How a kept pull pack is looked up.
@@ -367,7 +367,7 @@ impl Db {
     pub fn remember_sent(
         &self,
         pod: &PodName,
-        sent: &[(crate::session::pull::SentVersion, Option<Vec<u8>>)],
+        sent: &[(crate::onboard::pull::SentVersion, Option<Vec<u8>>)],
     ) -> Result<(), StateError> {
         let tx = self.conn().unchecked_transaction()?;
         {
@@ -423,7 +423,7 @@ impl Db {
         &self,
         pod: &PodName,
         ids: &[crate::id::ContentId],
-    ) -> Result<Vec<crate::session::pull::SentVersion>, StateError> {
+    ) -> Result<Vec<crate::onboard::pull::SentVersion>, StateError> {
         let c = self.conn();
         let mut get = c.prepare("SELECT path, len FROM sent_version WHERE pod = ?1 AND id = ?2")?;
         let mut out = Vec::new();
@@ -434,7 +434,7 @@ impl Db {
                 })
                 .optional()?;
             if let Some((path, len)) = row {
-                out.push(crate::session::pull::SentVersion {
+                out.push(crate::onboard::pull::SentVersion {
                     id: *id,
                     path: VolumePath::new(path).map_err(|_| StateError::Corrupt("sent path"))?,
                     len: len as u64,
@@ -490,7 +490,7 @@ mod tests {
 
     #[test]
     fn sent_versions_are_found_by_id() {
-        use crate::session::pull::SentVersion;
+        use crate::onboard::pull::SentVersion;
         let db = Db::open_in_memory().unwrap();
         let pod = PodName::new("p".to_string()).unwrap();
         let v = SentVersion {

@@ -9,8 +9,10 @@
 //! ```
 //! Both preambles are the Noise prologue, so a tampered version is caught by the handshake.
 //! Inside the records, the plaintext is a stream of messages, each a varint length and the
-//! postcard encoding of a [`Message`]; a message may span records.
+//! postcard encoding of a [`Message`]; a message may span records. The compressed blobs some
+//! messages carry (manifests, manifest deltas, signatures) are encoded and decoded in [`blob`].
 
+pub mod blob;
 pub mod frame;
 pub mod message;
 pub mod secure;

@@ -18,9 +18,9 @@ use cap_std::fs::Dir;
 use super::ground_limits;
 use crate::ground::{Ground, GroundError, io_at};
 use crate::manifest::{Change, Entry, Manifest, ManifestError, diff};
+use crate::onboard::{StagingSink, VolumeReader};
 use crate::pack::{DecodedPack, PackError};
 use crate::path::VolumePath;
-use crate::session::onboard::{StagingSink, VolumeReader};
 use crate::state::{PullIncoming, PullJournal, Pulled};
 use crate::volume::{ApplyPlan, VolumeError};
 

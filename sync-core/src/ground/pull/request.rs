@@ -241,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             delete: ask.opts.delete,
             base_root: ask.start.root(),
             base: if with_base {
-                zstd::bulk::compress(&ask.start.encode(), 19).expect("in-memory zstd")
+                crate::wire::blob::encode_manifest(&ask.start)
             } else {
                 Vec::new()
             },

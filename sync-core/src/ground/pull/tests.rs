@@ -16,9 +16,9 @@ use crate::link::{Link, ServeOptions, serve_connection};
 use crate::manifest::{
     Change, FileSource, Manifest, PutKind, ScanOptions, StatCache, diff, scan_dir,
 };
+use crate::onboard::OnboardService;
 use crate::pack::Limits;
 use crate::path::{TEMP_PREFIX, VolumePath};
-use crate::session::onboard::OnboardService;
 use crate::state::{PullIncoming, PullJournal};
 use crate::volume::{self, ApplyPlan, Step, VolumeError};
 use crate::wire::LinkKey;

@@ -1,5 +1,5 @@
-//! The node's side of a pull (downlink), storage only: where the bytes of a pull pack come
-//! from. The protocol around it is being built (see ARCHITECTURE.md, "Pull").
+//! Where the bytes of a pull pack come from, on the node: the pod's volume as it is now, and
+//! the signatures the node keeps of what it sends.
 //!
 //! The node does not keep old versions of files pods overwrite, so it can encode against the
 //! ground's copy only where it still holds those exact bytes:
@@ -7,6 +7,9 @@
 //! - for a file that only grew since it was last sent (a log), the first `len` bytes of the
 //!   current file, when they hash to the id the ground holds. The node records `(id, path, len)`
 //!   of every version it sends, so this costs one read and one hash, and no uplink bytes.
+//!
+//! A file changed in place holds nothing of its old version: it goes as an rsync delta against
+//! the signature [`Signing`] kept of the version the node sent.
 
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -257,189 +260,14 @@ impl ContentProvider for Signing<'_> {
     }
 }
 
-/// Without `--delete`: what the ground's copy (`base`) holds and the pod no longer does stays,
-/// unless the pod put something else in its way (a file where the copy has a folder).
-pub fn keep_removed(base: &Manifest, target: Manifest) -> Manifest {
-    let mut out: std::collections::BTreeMap<VolumePath, crate::manifest::Entry> = target
-        .into_entries()
-        .into_iter()
-        .map(|e| (e.path.clone(), e))
-        .collect();
-    for e in base.entries() {
-        if out.contains_key(&e.path) {
-            continue;
-        }
-        let mut ok = true;
-        let mut lead = Vec::new();
-        for a in e.path.ancestors() {
-            match out.get(&a) {
-                Some(t) if t.is_dir() => {}
-                Some(_) => {
-                    ok = false;
-                    break;
-                }
-                None => match base.get(&a) {
-                    Some(d) => lead.push(d.clone()),
-                    None => {
-                        ok = false;
-                        break;
-                    }
-                },
-            }
-        }
-        if ok {
-            for d in lead {
-                out.insert(d.path.clone(), d);
-            }
-            out.insert(e.path.clone(), e.clone());
-        }
-    }
-    Manifest::new(out.into_values().collect()).expect("entries from two valid manifests")
-}
-
-/// Bytes the node holds in memory for one planned object while it encodes a pull pack: its
-/// content, the base it is matched against (read whole), or, for an rsync delta, the kept
-/// signature of its base with the index built over it.
-pub fn object_cost(o: &crate::pack::PlannedObject, base: &Manifest) -> u64 {
-    use crate::pack::BaseChoice;
-    let of_base = match o.base {
-        BaseChoice::Prefix(b) => base.entries()[b as usize].size(),
-        BaseChoice::Rsync(b) => 4 * kept_signature_len(base.entries()[b as usize].size()),
-        BaseChoice::None => 0,
-    };
-    o.size.saturating_add(of_base)
-}
-
-/// The paths whose objects go beyond `cap` bytes of memory in a pull pack (see
-/// [`object_cost`]): the objects past the cap, in the plan's order (by path), and every path
-/// that takes one of them. The first object always stays, so that a pull always moves; it is
-/// no larger than the cap itself ([`too_large`] left larger files out), with a base as large
-/// at most.
-pub fn over_cap(
-    plan: &crate::pack::Plan,
-    base: &Manifest,
-    cap: u64,
-) -> std::collections::HashSet<VolumePath> {
-    let mut total = 0u64;
-    let dropped: HashSet<u32> = plan
-        .objects
-        .iter()
-        .enumerate()
-        .filter_map(|(i, o)| {
-            total = total.saturating_add(object_cost(o, base));
-            (i > 0 && total > cap).then_some(i as u32)
-        })
-        .collect();
-    paths_taking(plan, &dropped)
-}
-
-/// The files of a plan larger than a pull may hold in memory (`cap`), with their sizes: they
-/// are left out of pulls (until files stream in bounded memory) and reported, whatever the pod
-/// declared (a sparse file counts at its full size, as the node would read it).
-pub fn too_large(plan: &crate::pack::Plan, cap: u64) -> Vec<(VolumePath, u64)> {
-    let large: HashSet<u32> = plan
-        .objects
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.size > cap)
-        .map(|(i, _)| i as u32)
-        .collect();
-    let sizes: HashMap<u32, u64> = large
-        .iter()
-        .map(|&i| (i, plan.objects[i as usize].size))
-        .collect();
-    let mut out: Vec<(VolumePath, u64)> = plan
-        .changes
-        .iter()
-        .filter_map(|c| match c {
-            crate::manifest::Change::Put(p) => match p.kind {
-                crate::manifest::PutKind::File(crate::manifest::FileSource::Object(i)) => {
-                    sizes.get(&i).map(|&size| (p.path.clone(), size))
-                }
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// Every path of `plan` that takes one of `objects`.
-fn paths_taking(plan: &crate::pack::Plan, objects: &HashSet<u32>) -> HashSet<VolumePath> {
-    plan.changes
-        .iter()
-        .filter_map(|c| match c {
-            crate::manifest::Change::Put(p) => match p.kind {
-                crate::manifest::PutKind::File(crate::manifest::FileSource::Object(i))
-                    if objects.contains(&i) =>
-                {
-                    Some(p.path.clone())
-                }
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
-}
-
 /// Size of the signature the node keeps of a sent version of `len` bytes
 /// ([`kept_block_for`]): a header, then 4 + 8 bytes per block.
-fn kept_signature_len(len: u64) -> u64 {
+pub(super) fn kept_signature_len(len: u64) -> u64 {
     if len < SIGN_MIN_BYTES as u64 {
         return 0;
     }
     let block = kept_block_for(len) as u64;
     12 + len.div_ceil(block) * 12
-}
-
-/// `target` with each of `paths`, and everything below it, as the copy (`base`) has it, or
-/// left out where the copy has nothing: entries a scan left out (unreadable, changing) stay
-/// as they are on the ground, with `--delete` too, and come when they can be read.
-pub fn hold_back(
-    target: &Manifest,
-    base: &Manifest,
-    paths: &[VolumePath],
-) -> Result<Manifest, crate::manifest::ManifestError> {
-    if paths.is_empty() {
-        return Ok(target.clone());
-    }
-    let held = |p: &VolumePath| paths.iter().any(|h| p.is_within(h));
-    let mut out: std::collections::BTreeMap<VolumePath, crate::manifest::Entry> = target
-        .entries()
-        .iter()
-        .filter(|e| !held(&e.path))
-        .map(|e| (e.path.clone(), e.clone()))
-        .collect();
-    for e in base.entries().iter().filter(|e| held(&e.path)) {
-        // The folders leading to it, as the copy has them, where the selection has none.
-        for a in e.path.ancestors() {
-            if !out.contains_key(&a)
-                && let Some(d) = base.get(&a)
-            {
-                out.insert(a, d.clone());
-            }
-        }
-        out.insert(e.path.clone(), e.clone());
-    }
-    Manifest::new(out.into_values().collect())
-}
-
-/// `target` with `paths` as the copy (`base`) has them, or left out where the copy has none:
-/// they come with a later pull.
-pub fn pin(
-    target: &Manifest,
-    base: &Manifest,
-    paths: &std::collections::HashSet<VolumePath>,
-) -> Result<Manifest, crate::manifest::ManifestError> {
-    let mut entries: Vec<crate::manifest::Entry> = target
-        .entries()
-        .iter()
-        .filter(|e| !paths.contains(&e.path))
-        .cloned()
-        .collect();
-    entries.extend(paths.iter().filter_map(|p| base.get(p).cloned()));
-    Manifest::new(entries)
 }
 
 #[cfg(test)]
@@ -534,32 +362,6 @@ mod tests {
     }
 
     #[test]
-    fn removed_files_stay_unless_something_is_in_their_way() {
-        use crate::manifest::tests::{dir, file};
-        let base = Manifest::new(vec![
-            dir("logs"),
-            file("logs/old.log", b"old"),
-            dir("x"),
-            file("x/y", b"y"),
-            file("keep.csv", b"k"),
-        ])
-        .unwrap();
-        // The pod removed logs/old.log and keep.csv, and put a file where the folder x was.
-        let target = Manifest::new(vec![
-            dir("logs"),
-            file("logs/new.log", b"n"),
-            file("x", b"f"),
-        ])
-        .unwrap();
-        let kept = keep_removed(&base, target);
-        let paths: Vec<&str> = kept.entries().iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(
-            paths,
-            ["keep.csv", "logs", "logs/new.log", "logs/old.log", "x"]
-        );
-    }
-
-    #[test]
     fn a_rewritten_file_is_not_taken_for_a_grown_one() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("db"), b"new bytes entirely").unwrap();
@@ -572,86 +374,6 @@ mod tests {
         }];
         let source = VolumeSource::new(&dir, &now, &sent, u64::MAX);
         assert!(source.base(&ContentId::of(b"old bytes")).unwrap().is_none());
-    }
-
-    fn paths(set: &HashSet<VolumePath>) -> Vec<&str> {
-        let mut v: Vec<&str> = set.iter().map(|p| p.as_str()).collect();
-        v.sort();
-        v
-    }
-
-    /// A file larger than a pull may hold in memory is named with its size (the first object
-    /// no longer goes "however large"); the rest is planned as before.
-    #[test]
-    fn a_file_over_the_pull_cap_is_named_with_its_size() {
-        use crate::manifest::tests::file;
-        let big = vec![7u8; 500];
-        let target = Manifest::new(vec![
-            file("a.bin", &big),
-            file("b.csv", b"1,2"),
-            file("c.bin", &big), // the same content: one object, two paths
-        ])
-        .unwrap();
-        let plan = Plan::new(&Manifest::default(), &target, &|_| false);
-        let large = too_large(&plan, 100);
-        let named: Vec<(&str, u64)> = large.iter().map(|(p, s)| (p.as_str(), *s)).collect();
-        assert_eq!(named, [("a.bin", 500), ("c.bin", 500)]);
-        assert!(too_large(&plan, 500).is_empty());
-    }
-
-    /// The bases an object is encoded against are in memory too: a held base counts against
-    /// the pull's cap, so that small targets with large bases cannot add up past it.
-    #[test]
-    fn bases_count_against_the_pull_cap() {
-        use crate::manifest::tests::file;
-        let old_a = vec![1u8; 90];
-        let old_b = vec![2u8; 90];
-        let base = Manifest::new(vec![file("a.log", &old_a), file("b.log", &old_b)]).unwrap();
-        let target = Manifest::new(vec![file("a.log", b"new a"), file("b.log", b"new b")]).unwrap();
-        let holds_all = |_: &ContentId| true;
-        let plan = Plan::new(&base, &target, &holds_all);
-        // 95 bytes each with its base: the first fits a cap of 100, the second waits.
-        assert_eq!(paths(&over_cap(&plan, &base, 100)), ["b.log"]);
-        // Without the bases (the node holds neither), both fit.
-        let plan = Plan::new(&base, &target, &|_| false);
-        assert!(over_cap(&plan, &base, 100).is_empty());
-    }
-
-    /// What a scan left out (unreadable, changing) stays as the copy has it, folder and all,
-    /// with `--delete` too.
-    #[test]
-    fn held_back_entries_keep_the_copys_version() {
-        use crate::manifest::tests::{dir, file};
-        let base = Manifest::new(vec![
-            dir("out"),
-            dir("out/locked"),
-            file("out/locked/a", b"a"),
-            file("out/state.txt", b"v1"),
-            file("out/r.csv", b"1"),
-        ])
-        .unwrap();
-        // The pod's volume as scanned: the locked folder and the changing file are missing.
-        let target = Manifest::new(vec![dir("out"), file("out/r.csv", b"2")]).unwrap();
-        let held = [
-            VolumePath::new("out/locked").unwrap(),
-            VolumePath::new("out/state.txt").unwrap(),
-        ];
-        let kept = hold_back(&target, &base, &held).unwrap();
-        let got: Vec<(&str, Option<ContentId>)> = kept
-            .entries()
-            .iter()
-            .map(|e| (e.path.as_str(), e.file_id()))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("out", None),
-                ("out/locked", None),
-                ("out/locked/a", Some(ContentId::of(b"a"))),
-                ("out/r.csv", Some(ContentId::of(b"2"))),
-                ("out/state.txt", Some(ContentId::of(b"v1"))),
-            ]
-        );
     }
 
     /// A pod that grows a file (or punches a huge hole into it) after the scan: the node reads

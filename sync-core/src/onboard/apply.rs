@@ -1,0 +1,347 @@
+//! A received pack, from its staged bytes to the pod's volume: decoded against the state it
+//! was planned on (every object hashed, every base verified, the target root checked), placed
+//! in the volume under temporary names, then journaled and renamed into place. The journal's
+//! roll-forward is here too, below the apply: the one writes what the other finishes.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::Path;
+
+use cap_std::fs::Dir;
+
+use crate::id::{ContentId, ManifestId, PackId};
+use crate::manifest::{Entry, Manifest};
+use crate::pack::{self, BaseReader, DecodedPack, ObjectSink, PackError};
+use crate::path::{PodName, VolumePath};
+use crate::state::{IncomingPack, JournalEntry};
+use crate::volume::{self, ApplyPlan, VolumeError};
+
+use super::{OnboardError, OnboardService, Refusal};
+
+impl OnboardService {
+    /// Decodes, verifies and applies a completely received pack.
+    pub(super) fn apply_pack(&self, inc: &IncomingPack) -> Result<ManifestId, Refusal> {
+        let lock = self.pod_lock(&inc.pod);
+        let _held = lock.lock().expect("pod lock");
+        self.settle_pod(&inc.pod)?;
+        // The volume as it is now, and the state the pack was planned on: the same, or (for a
+        // push into a folder) differing only outside that folder.
+        let now = self.scan_pod(&inc.pod)?;
+        // Another connection applied it a moment ago (the ground reconnected meanwhile).
+        if self.db().applied(&inc.pack, &inc.pod)? == Some(now.root()) {
+            return Ok(now.root());
+        }
+        let base = if now.root() == inc.base_root {
+            now.clone()
+        } else {
+            self.scoped_base(&inc.pod, &inc.base_root, inc.scope.as_ref(), &now)?
+                .ok_or_else(|| {
+                    Refusal::conflict(
+                        "the pod's volume changed since this pack was planned; plan again",
+                    )
+                })?
+        };
+        let vol = self
+            .volumes
+            .create_pod(&inc.pod)
+            .map_err(Refusal::internal)?;
+        let decoded = self.decode_staged(inc, &base, &vol)?;
+        let result = pack::target_on(&now, &decoded).map_err(|e| match e {
+            PackError::Manifest(_) => {
+                Refusal::conflict(format!("the pod changed what the pack uses: {e}"))
+            }
+            other => other.into(),
+        })?;
+        let plan = self.place(inc, &vol, &now, &decoded)?;
+        self.run_journaled(
+            &JournalEntry {
+                pack: inc.pack,
+                pod: inc.pod.clone(),
+                plan: postcard::to_stdvec(&plan).expect("plan"),
+            },
+            &vol,
+            &plan,
+        )?;
+        let db = self.db();
+        db.remember_pod_manifest(&inc.pod, &result)?;
+        db.remember_applied(&inc.pack, &inc.pod, &result.root())?;
+        Ok(result.root())
+    }
+
+    /// For a push into a folder (`scope`) planned on `base_root`: that state, when the volume
+    /// (`now`) differs from it only outside the folder. `None` when the pack no longer fits.
+    pub(super) fn scoped_base(
+        &self,
+        pod: &PodName,
+        base_root: &ManifestId,
+        scope: Option<&VolumePath>,
+        now: &Manifest,
+    ) -> Result<Option<Manifest>, Refusal> {
+        let base = self.db().pod_manifest(pod, base_root)?;
+        Ok(match (scope, base) {
+            (Some(scope), Some(base)) if base.region(scope) == now.region(scope) => Some(base),
+            _ => None,
+        })
+    }
+
+    /// Decodes the staged pack against `base` into its staging folder, and checks it is what
+    /// was offered: its target, and nothing changed outside its scope.
+    fn decode_staged(
+        &self,
+        inc: &IncomingPack,
+        base: &Manifest,
+        vol: &Dir,
+    ) -> Result<DecodedPack, Refusal> {
+        let staging = self.staging_dir(&inc.pack);
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging).map_err(Refusal::internal)?;
+        let mut file = File::open(self.pack_file(&inc.pack)).map_err(Refusal::internal)?;
+        let mut sink = StagingSink { dir: &staging };
+        let mut reader = std::io::BufReader::new(&mut file);
+        let decoded = pack::decode_pack(
+            &mut reader,
+            base,
+            &VolumeReader(vol),
+            &mut sink,
+            &self.limits,
+        )?;
+        if decoded.target.root() != inc.target_root {
+            return Err(Refusal::refused(
+                "the pack's target differs from what was offered",
+            ));
+        }
+        // Applied to the volume as it is now. Outside the scope, the pod's own changes stay.
+        if let Some(scope) = &inc.scope
+            && let Some(c) = decoded
+                .header
+                .changes
+                .iter()
+                .find(|c| !(c.path().is_within(scope) || scope.is_within(c.path())))
+        {
+            return Err(Refusal::refused(format!(
+                "the pack changes {} outside its scope {scope}",
+                c.path()
+            )));
+        }
+        Ok(decoded)
+    }
+
+    /// Places every file of the decoded pack in the volume under a temporary name: if the
+    /// volume's disk is too small, this fails, the temporaries go, and the pod's files are
+    /// untouched.
+    fn place(
+        &self,
+        inc: &IncomingPack,
+        vol: &Dir,
+        now: &Manifest,
+        decoded: &DecodedPack,
+    ) -> Result<ApplyPlan, Refusal> {
+        let staging = self.staging_dir(&inc.pack);
+        let plan = volume::prepare(
+            vol,
+            &staging,
+            now,
+            &decoded.header.changes,
+            &decoded.objects,
+            &inc.pack.short(),
+        )
+        .map_err(|e| match e {
+            VolumeError::SourceGone { .. } => Refusal::conflict(e.to_string()),
+            // On a disk of their own, a full volume leaves the pack whole: the retry applies
+            // it without a byte sent again.
+            other if self.volumes_apart => Refusal::internal(other).keep_staged(),
+            other => Refusal::internal(other),
+        })?;
+        let _ = fs::remove_dir_all(&staging);
+        Ok(plan)
+    }
+
+    /// Ends an applied (or abandoned) pack: its journal entry first, whatever happens next,
+    /// then its record and what was staged of it.
+    fn finish_apply(&self, pack: &PackId) -> Result<(), OnboardError> {
+        let db = self.db();
+        db.journal_end(pack)?;
+        db.delete_incoming(pack)?;
+        drop(db);
+        let _ = fs::remove_dir_all(self.staging_dir(pack));
+        let _ = fs::remove_file(self.pack_file(pack));
+        Ok(())
+    }
+}
+
+// The journal. From here on the changeset is only renames and removals, each idempotent: the
+// plan is recorded before the first, so that a crash, or a volume that refuses a rename, leaves
+// it to be run to its end (`finish_journaled`): at start-up (`roll_forward`), and before the
+// pod's volume is read or changed again (`settle_pod`). The ground applies a pull to its copy
+// with a journal of the same shape.
+impl OnboardService {
+    /// Records `entry`'s plan, runs it, and ends the entry.
+    fn run_journaled(
+        &self,
+        entry: &JournalEntry,
+        vol: &Dir,
+        plan: &ApplyPlan,
+    ) -> Result<(), Refusal> {
+        self.db().journal_begin(entry)?;
+        // Renames only. Should one fail, the journal keeps the changeset and the next start
+        // finishes it.
+        volume::apply(vol, plan, &entry.pack.short()).map_err(|e| {
+            Refusal::journaled(format!(
+                "{e}; the changeset stays journaled and is finished when the daemon next starts"
+            ))
+        })?;
+        // The renames are done: the journal entry ends first, whatever happens next.
+        self.finish_apply(&entry.pack)?;
+        Ok(())
+    }
+
+    /// Finishes every changeset a crash interrupted, and removes temporaries a crash left in
+    /// volumes. A changeset that cannot finish now (its volume's disk is full) stays journaled
+    /// and is tried again at the next start; the daemon still starts.
+    pub(super) fn roll_forward(&self) -> Result<(), OnboardError> {
+        let entries = self.db().journal_entries()?;
+        let mut keep: HashMap<PodName, HashSet<String>> = HashMap::new();
+        for e in entries {
+            if let Err(err) = self.finish_journaled(&e) {
+                // Escaped: the error may name a path a pod chose (a newline would forge a line).
+                eprintln!(
+                    "pod {}: cannot finish applying pack {} yet: {}",
+                    e.pod,
+                    e.pack.short(),
+                    crate::path::escape(&err.to_string())
+                );
+                if let Ok(plan) = postcard::from_bytes::<ApplyPlan>(&e.plan) {
+                    keep.entry(e.pod.clone())
+                        .or_default()
+                        .extend(plan.temps().map(String::from));
+                }
+            }
+        }
+        for pod in self.volumes.pods()? {
+            if let Some(vol) = self.volumes.pod(&pod)? {
+                volume::sweep_temps(&vol, keep.get(&pod).unwrap_or(&Default::default()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Before anything reads or changes a pod's volume: a changeset of it still journaled (its
+    /// apply failed, the disk was full) is finished first; while it cannot be, the pod's
+    /// volume takes no new changes. The caller holds the pod's lock.
+    pub(super) fn settle_pod(&self, pod: &PodName) -> Result<(), Refusal> {
+        let entries = self.db().journal_entries()?;
+        for e in entries.iter().filter(|e| &e.pod == pod) {
+            self.finish_journaled(e).map_err(|err| {
+                Refusal::storage(format!(
+                    "the pod's previous changeset could not be finished yet: {err}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Runs a journaled changeset to its end. One that can never finish (a file it was to
+    /// place is gone and the volume holds something else there) is abandoned, with a log line:
+    /// the volume keeps what it has, and the next manifest shows it.
+    fn finish_journaled(&self, e: &JournalEntry) -> Result<(), OnboardError> {
+        let plan: ApplyPlan = postcard::from_bytes(&e.plan)
+            .map_err(|_| crate::state::StateError::Corrupt("journal plan"))?;
+        let vol = self.volumes.create_pod(&e.pod)?;
+        match volume::apply(&vol, &plan, &e.pack.short()) {
+            Ok(()) => {
+                self.finish_apply(&e.pack)?;
+                let now = self.scan_pod(&e.pod)?;
+                self.db().remember_applied(&e.pack, &e.pod, &now.root())?;
+                Ok(())
+            }
+            Err(err @ VolumeError::Unrecoverable { .. }) => {
+                eprintln!(
+                    "pod {}: abandoning pack {}: {}",
+                    e.pod,
+                    e.pack.short(),
+                    crate::path::escape(&err.to_string())
+                );
+                self.finish_apply(&e.pack)
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+/// Reads base content from a pod's volume (or the ground's copy).
+pub(crate) struct VolumeReader<'a>(pub(crate) &'a Dir);
+
+impl BaseReader for VolumeReader<'_> {
+    fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError> {
+        // No more than the entry's size: the pod may have grown the file since.
+        volume::read_file_sized(self.0, &entry.path, entry.size()).map_err(|_| {
+            PackError::BaseChanged {
+                path: entry.path.to_string(),
+                expected: entry.file_id().unwrap_or_else(ContentId::empty),
+            }
+        })
+    }
+}
+
+/// Writes decoded objects to `o<index>` in the pack's staging folder, synced.
+pub(crate) struct StagingSink<'a> {
+    pub(crate) dir: &'a Path,
+}
+
+impl ObjectSink for StagingSink<'_> {
+    fn put(&mut self, index: u32, data: &mut dyn Read) -> Result<(), PackError> {
+        let mut f = File::create(self.dir.join(format!("o{index}")))?;
+        std::io::copy(data, &mut f)?;
+        f.sync_all()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::wire::Message;
+
+    use super::*;
+
+    /// Regression: an apply that failed half-way stayed half-done until the next start, and the
+    /// pod's volume took new changes meanwhile. Now the journaled changeset is finished before
+    /// the volume is read or changed again.
+    #[test]
+    fn a_journaled_changeset_is_finished_before_the_pod_is_read_again() {
+        let (t, svc) = super::super::service_for_test();
+        let svc = Arc::new(svc);
+        let pod = PodName::new("p".to_string()).unwrap();
+        let vol = t.path().join("v/p");
+        fs::create_dir_all(&vol).unwrap();
+        fs::write(vol.join(".~sync.t.0"), "placed").unwrap();
+        let plan = ApplyPlan {
+            steps: vec![volume::Step::File {
+                path: crate::path::VolumePath::new("in/x").unwrap(),
+                temp: ".~sync.t.0".into(),
+                id: crate::id::ContentId::of(b"placed"),
+                mode: 0o644,
+                mtime: 0,
+            }],
+        };
+        svc.db()
+            .journal_begin(&JournalEntry {
+                pack: PackId([9; 32]),
+                pod: pod.clone(),
+                plan: postcard::to_stdvec(&plan).unwrap(),
+            })
+            .unwrap();
+        let out = svc
+            .session()
+            .handle(Message::ManifestRequest { pod, known: None });
+        assert!(
+            matches!(out.replies[0], Message::ManifestReply { .. }),
+            "{:?}",
+            out.replies
+        );
+        assert_eq!(fs::read_to_string(vol.join("in/x")).unwrap(), "placed");
+        assert!(svc.db().journal_entries().unwrap().is_empty());
+    }
+}
