@@ -15,7 +15,7 @@ use sync_core::link::{Link, ServeOptions, serve_connection};
 use sync_core::onboard::OnboardService;
 use sync_core::pack::Limits;
 use sync_core::path::{PodName, VolumePath};
-use sync_core::session::upload::FRAME_OVERHEAD;
+use sync_core::window::FRAME_OVERHEAD;
 use sync_core::wire::LinkKey;
 use tempfile::TempDir;
 

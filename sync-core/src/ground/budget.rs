@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::session::upload::{FRAME_OVERHEAD, Upload};
+use crate::window::{FRAME_OVERHEAD, Window};
 
 /// What this connection may still spend: wire bytes (both ways, counted on the socket, this
 /// connection's handshake included) and time.
@@ -38,7 +38,7 @@ fn budget_reserve(budget: u64) -> u64 {
 
 /// Pack bytes that `wire` bytes carry in frames of `frame` bytes (each costs its framing too).
 fn payload_in(wire: u64, frame: usize) -> u64 {
-    let cost = Upload::wire_cost(frame as u64);
+    let cost = Window::wire_cost(frame as u64);
     (wire / cost) * frame as u64 + (wire % cost).saturating_sub(FRAME_OVERHEAD)
 }
 
@@ -55,7 +55,7 @@ impl Allowance {
     /// budget or the deadline (with a known rate) bounds it: what a plan may promise. Each pack
     /// also costs an offer and an acceptance ([`PACK_TURN`] bytes and a round trip).
     pub fn capacity(&self, wire: u64, rtt: Duration) -> Option<u64> {
-        let frame = Upload::new(0, 0, rtt, self.rate).frame_size();
+        let frame = Window::new(0, 0, rtt, self.rate).frame_size();
         let budget = self
             .budget
             .map(|b| payload_in(b.saturating_sub(wire + budget_reserve(b)), frame));
@@ -78,7 +78,7 @@ impl Allowance {
     /// link with round trip `rtt`. `counted`: the offset up to which the transfer's bytes are
     /// on the wire counters already (what was sent, for an upload; for a pull what arrived,
     /// since what was asked for but has not arrived is not counted yet).
-    pub(super) fn limit(&self, up: &Upload, counted: u64, wire: u64, rtt: Duration) -> SendLimit {
+    pub(super) fn limit(&self, up: &Window, counted: u64, wire: u64, rtt: Duration) -> SendLimit {
         let mut limit = SendLimit {
             offset: up.total(),
             spent: false,
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn a_budget_carries_whole_frames_and_their_framing() {
-        let cost = Upload::wire_cost(4096);
+        let cost = Window::wire_cost(4096);
         assert_eq!(payload_in(0, 4096), 0);
         assert_eq!(payload_in(FRAME_OVERHEAD, 4096), 0);
         assert_eq!(payload_in(cost, 4096), 4096);
@@ -236,7 +236,7 @@ mod tests {
     async fn the_send_limit_stops_at_the_budget_and_drains_by_the_deadline() {
         let rtt = Duration::from_millis(500);
         // 1 MB to send, no rate known: 4,096-byte frames.
-        let mut up = Upload::new(1_000_000, 0, rtt, None);
+        let mut up = Window::new(1_000_000, 0, rtt, None);
         let unbounded = Allowance::default();
         assert_eq!(
             unbounded.limit(&up, 0, 50_000, rtt),

@@ -1,6 +1,6 @@
 //! The windowed sender: a queued pack is offered, then streamed from the offset the node names
 //! with a window of bytes in flight, while acknowledgements are read as they come (the window
-//! itself is the sans-IO [`Upload`]). It stops between frames when the budget or the deadline
+//! itself is the sans-IO [`Window`]). It stops between frames when the budget or the deadline
 //! says so. Also the packs the ground gives up on: dropped from the queue and cancelled at the
 //! node.
 
@@ -14,8 +14,8 @@ use super::{Allowance, ChangeSummary, Client, Ground, GroundError, Progress, Pus
 use crate::id::{ManifestId, NodeId, PackId};
 use crate::link::{ACK_INTERVAL, LinkError, sleep_until_opt};
 use crate::path::VolumePath;
-use crate::session::upload::Upload;
 use crate::state::OutgoingPack;
+use crate::window::Window;
 use crate::wire::{ErrorKind, Message};
 
 /// How a pack's upload ended on this connection.
@@ -31,7 +31,7 @@ enum Sent {
 struct Sending<'p> {
     pack: PackId,
     bytes: &'p [u8],
-    up: Upload,
+    up: Window,
     /// The upload's clock: acknowledgements measure the link's rate against it.
     clock: Instant,
     /// The link's own time, for rate estimates: from the first frame to each acknowledgement
@@ -206,7 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let mut s = Sending {
             pack: q.pack,
             bytes,
-            up: Upload::new(total, from, self.rtt, allow.rate),
+            up: Window::new(total, from, self.rtt, allow.rate),
             clock: Instant::now(),
             link_since: None,
             stopped: false,

@@ -1,5 +1,5 @@
 //! Receiving a pull pack: the ground drives, asking for the byte ranges its window allows
-//! ([`Upload`] decides which), writes what arrives, in order, to `pulls/<copy>-<pack>.pack`, and
+//! ([`Window`] decides which), writes what arrives, in order, to `pulls/<copy>-<pack>.pack`, and
 //! makes it durable (synced, then the offset recorded) every 256 KiB or 3 s, so that a cut
 //! link costs at most that much and the next pull resumes from there.
 
@@ -12,8 +12,8 @@ use tokio::time::Instant;
 use crate::ground::client::{Event, remote};
 use crate::ground::{Allowance, Client, Ground, GroundError, Progress, io_at};
 use crate::link::{ACK_INTERVAL, sleep_until_opt};
-use crate::session::upload::Upload;
 use crate::state::PullIncoming;
+use crate::window::Window;
 use crate::wire::Message;
 
 /// Largest range one `PullRange` asks for.
@@ -126,7 +126,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<bool, GroundError> {
-        let mut up = Upload::new(staged.total, state.received, self.rtt, allow.rate);
+        let mut up = Window::new(staged.total, state.received, self.rtt, allow.rate);
         let clock = Instant::now();
         let mut last_sync = Instant::now();
         while staged.written != staged.total {
@@ -184,7 +184,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     async fn ask_ranges(
         &mut self,
         state: &PullIncoming,
-        up: &mut Upload,
+        up: &mut Window,
         limit: u64,
         staged: &mut Receiving<'_>,
     ) -> Result<bool, GroundError> {

@@ -1,6 +1,8 @@
-//! The windowed pack sender, sans-IO: which bytes to send next, how many may be in flight, how
-//! big a frame is, and what an acknowledgement means. The drivers in [`crate::ground`] move the
-//! bytes; this decides.
+//! The transfer window, sans-IO, one type for both directions: which pack bytes to ask for or
+//! send next, how many may be in flight, how big a frame is, and what an acknowledgement (or,
+//! for a pull, an arrived frame) means. The ground's sender ([`crate::ground`]'s `send`) and
+//! its pull receiver (`ground::pull::receive`, which asks for the ranges the window allows)
+//! move the bytes; this decides.
 //!
 //! The window keeps the link full: it allows twice the bytes the link carries in a round trip
 //! plus the receiver's acknowledgement delay, never less than [`MIN_WINDOW`]. The frame size
@@ -25,15 +27,15 @@ pub const FRAME_OVERHEAD: u64 = 33;
 const ACK_BYTES: u64 = 256 * 1024;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum UploadError {
+pub enum WindowError {
     /// an acknowledgement that goes backwards or past what was sent
     #[error("acknowledgement of offset {ack} is outside {acked}..={sent}")]
     BadAck { ack: u64, acked: u64, sent: u64 },
 }
 
-/// Where a pack upload stands.
+/// Where a pack transfer stands.
 #[derive(Debug, Clone)]
-pub struct Upload {
+pub struct Window {
     total: u64,
     /// The next byte to send.
     next: u64,
@@ -46,8 +48,8 @@ pub struct Upload {
     last_ack: Option<(u64, Duration)>,
 }
 
-impl Upload {
-    /// An upload of `total` bytes that the receiver already holds up to `from`.
+impl Window {
+    /// A transfer of `total` bytes that the receiver already holds up to `from`.
     pub fn new(total: u64, from: u64, rtt: Duration, rate: Option<f64>) -> Self {
         Self {
             total,
@@ -112,9 +114,9 @@ impl Upload {
     }
 
     /// An acknowledgement arrived at `now` (any clock, used only for differences).
-    pub fn on_ack(&mut self, offset: u64, now: Duration) -> Result<(), UploadError> {
+    pub fn on_ack(&mut self, offset: u64, now: Duration) -> Result<(), WindowError> {
         if offset < self.acked || offset > self.next {
-            return Err(UploadError::BadAck {
+            return Err(WindowError::BadAck {
                 ack: offset,
                 acked: self.acked,
                 sent: self.next,
@@ -155,7 +157,7 @@ mod tests {
 
     #[test]
     fn sends_in_frames_up_to_the_window_then_waits_for_acks() {
-        let mut u = Upload::new(5 << 20, 0, secs(0.05), None);
+        let mut u = Window::new(5 << 20, 0, secs(0.05), None);
         let mut sent = 0;
         while let Some((a, b)) = u.next_frame(u64::MAX) {
             assert_eq!(a, sent);
@@ -170,7 +172,7 @@ mod tests {
 
     #[test]
     fn resumes_where_the_receiver_is() {
-        let mut u = Upload::new(10_000, 6_000, secs(1.0), None);
+        let mut u = Window::new(10_000, 6_000, secs(1.0), None);
         assert_eq!(u.next_frame(u64::MAX), Some((6_000, 10_000)));
         assert!(u.all_sent());
         assert_eq!(u.next_frame(u64::MAX), None);
@@ -178,7 +180,7 @@ mod tests {
 
     #[test]
     fn a_limit_stops_sending_mid_pack() {
-        let mut u = Upload::new(100_000, 0, secs(1.0), None);
+        let mut u = Window::new(100_000, 0, secs(1.0), None);
         let mut last = 0;
         while let Some((_, b)) = u.next_frame(10_000) {
             last = b;
@@ -188,7 +190,7 @@ mod tests {
 
     #[test]
     fn acks_that_go_backwards_or_ahead_are_refused() {
-        let mut u = Upload::new(100_000, 0, secs(1.0), None);
+        let mut u = Window::new(100_000, 0, secs(1.0), None);
         u.next_frame(u64::MAX);
         assert!(u.on_ack(5_000, secs(0.0)).is_err());
         u.on_ack(4_096, secs(0.0)).unwrap();
@@ -198,7 +200,7 @@ mod tests {
     #[test]
     fn the_window_covers_the_link_once_the_rate_is_known() {
         // 10 Mbit/s, 50 ms: acknowledgements every 256 KiB (0.21 s).
-        let mut u = Upload::new(u64::MAX / 2, 0, secs(0.05), None);
+        let mut u = Window::new(u64::MAX / 2, 0, secs(0.05), None);
         for _ in 0..400 {
             u.next_frame(u64::MAX);
         }
@@ -210,7 +212,7 @@ mod tests {
         assert!(u.window() as f64 >= bdp, "{} < {bdp}", u.window());
         assert_eq!(u.frame_size(), MAX_FRAME);
         // 9.6 kbit/s: four seconds of link per frame.
-        let slow = Upload::new(1, 0, secs(1.0), Some(1_200.0));
+        let slow = Window::new(1, 0, secs(1.0), Some(1_200.0));
         assert_eq!(slow.frame_size(), 4_800);
         assert_eq!(slow.window(), MIN_WINDOW);
     }
