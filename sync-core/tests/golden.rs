@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use sync_core::delta::{rsync, zstd_ref};
 use sync_core::id::{ContentId, ManifestId, NodeId, PackId};
 use sync_core::manifest::{Entry, EntryKind, Manifest, SkipReason, Skipped};
-use sync_core::pack::format::{FIXED_LEN, PrefixPart};
+use sync_core::pack::format::{FIXED_LEN, FixedHeader, PrefixPart};
 use sync_core::pack::{
     BaseReader, ContentProvider, Limits, ObjectSink, PackError, PackHeader, Plan, decode_pack,
     read_header,
@@ -296,7 +296,11 @@ fn encode_pack(case: &PackCase) -> Vec<u8> {
 
 /// What a pack says, independent of how zstd compressed it: the fixed part but the header
 /// length, the header with frame lengths cleared, and each segment's decompressed payload.
-fn pack_layout(pack: &[u8], base: &Manifest, receiver: &Blobs) -> (Vec<u8>, PackHeader, Vec<u8>) {
+fn pack_layout(
+    pack: &[u8],
+    base: &Manifest,
+    receiver: &Blobs,
+) -> (FixedHeader, PackHeader, Vec<u8>) {
     let mut r = pack;
     let mut header = read_header(&mut r, base, &Limits::default()).expect("header reads");
     let mut payloads = Vec::new();
@@ -326,7 +330,17 @@ fn pack_layout(pack: &[u8], base: &Manifest, receiver: &Blobs) -> (Vec<u8>, Pack
     for seg in &mut header.segments {
         seg.frame_len = 0;
     }
-    (pack[..FIXED_LEN - 4].to_vec(), header, payloads)
+    let fixed = pack[..FIXED_LEN].try_into().expect("a fixed part");
+    let fixed = FixedHeader::decode(fixed, &base.root()).expect("fixed part decodes");
+    // The header's length depends on how zstd compressed it.
+    (
+        FixedHeader {
+            header_len: 0,
+            ..fixed
+        },
+        header,
+        payloads,
+    )
 }
 
 /// The pack's bytes are compared exactly only when the zstd library that compresses its header

@@ -13,7 +13,7 @@ use sync_core::delta::zstd_ref;
 use sync_core::id::{ContentId, ManifestId, PackId};
 use sync_core::link::Link;
 use sync_core::manifest::{Entry, EntryKind, Manifest};
-use sync_core::pack::format::{FIXED_LEN, HeaderBody, MAGIC, VERSION};
+use sync_core::pack::format::{FIXED_LEN, FixedHeader, HeaderBody};
 use sync_core::pack::{Encoding, Item, Limits, Plan, SegmentSpec};
 use sync_core::path::{PodName, VolumePath};
 use sync_core::wire::{ErrorKind, LinkKey, ManifestBody, Message};
@@ -287,12 +287,13 @@ async fn next(link: &mut Link<TcpStream>) -> Option<Message> {
 
 /// Magic, version, base root, no header dictionary, then the header frame and the segments.
 fn pack_bytes(base: &Manifest, header_frame: &[u8], segments: &[u8]) -> Vec<u8> {
+    let fixed = FixedHeader {
+        base_root: base.root(),
+        dictionary: false,
+        header_len: header_frame.len() as u32,
+    };
     let mut out = Vec::with_capacity(FIXED_LEN + header_frame.len() + segments.len());
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    out.extend_from_slice(&base.root().0);
-    out.push(0);
-    out.extend_from_slice(&(header_frame.len() as u32).to_le_bytes());
+    out.extend_from_slice(&fixed.encode());
     out.extend_from_slice(header_frame);
     out.extend_from_slice(segments);
     out

@@ -287,12 +287,12 @@ fn decompression_bomb_header_is_refused() {
     let mut frame = Vec::new();
     crate::delta::zstd_ref::compress(&[], &mut &zeros[..], zeros.len() as u64, &mut frame).unwrap();
     let base = Manifest::default();
-    let mut pack = b"OSPK".to_vec();
-    pack.push(super::format::VERSION);
-    pack.extend_from_slice(&base.root().0);
-    pack.push(0);
-    pack.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-    pack.extend_from_slice(&frame);
+    let fixed = format::FixedHeader {
+        base_root: base.root(),
+        dictionary: false,
+        header_len: frame.len() as u32,
+    };
+    let pack = [&fixed.encode()[..], &frame].concat();
     let limits = Limits {
         max_header_bytes: 1 << 20,
         ..Limits::default()
