@@ -19,7 +19,8 @@ use sync_core::id::ContentId;
 use sync_core::manifest::ManifestError;
 use sync_core::pack::format::{FIXED_LEN, FixedHeader, HeaderBody};
 use sync_core::pack::{DecodedPack, Encoding, PackError, PrefixPart, decode_pack, read_header};
-use sync_core_fuzz::{Blobs, FIXTURE, Sink, compress_with_prefix, limits, receiver_blobs};
+use sync_core::testing::Blobs;
+use sync_core_fuzz::{FIXTURE, Sink, compress_with_prefix, limits, receiver_blobs};
 
 static RECEIVER: LazyLock<Blobs> = LazyLock::new(|| receiver_blobs(&FIXTURE));
 

@@ -7,6 +7,8 @@ pub mod pack;
 pub mod path;
 pub mod session;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod units;
 pub mod volume;
 pub mod wire;

@@ -5,9 +5,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use sync_tests::{
-    Onboard, Throttle, Value, assert_same_tree, ground_bin, num, random_bytes, write,
-};
+use sync_core::testing::random_bytes;
+use sync_tests::{Onboard, Throttle, Value, assert_same_tree, ground_bin, num, write};
 
 /// `sync-ground status --json` on a ground state folder (no link involved).
 fn ground_status(state: &Path) -> Value {
@@ -34,7 +33,7 @@ fn queued(status: &Value) -> Vec<&Value> {
 fn a_push_over_its_budget_exits_75_and_a_pass_finishes_it() {
     let ob = Onboard::start();
     let src = tempfile::tempdir().unwrap();
-    write(src.path(), "model.bin", random_bytes(1, 600_000));
+    write(src.path(), "model.bin", random_bytes(600_000, 1));
     write(src.path(), "conf/run.toml", "steps = 10\n");
     let folder = src.path().to_str().unwrap();
 
@@ -77,8 +76,8 @@ fn a_push_over_its_budget_exits_75_and_a_pass_finishes_it() {
 fn a_pass_sends_the_higher_priority_push_first() {
     let ob = Onboard::start();
     let (low, high) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    write(low.path(), "low.bin", random_bytes(2, 300_000));
-    write(high.path(), "high.bin", random_bytes(3, 300_000));
+    write(low.path(), "low.bin", random_bytes(300_000, 2));
+    write(high.path(), "high.bin", random_bytes(300_000, 3));
     // Queue both without sending (a budget too small for any content).
     for (dir, pod, prio) in [(&low, "p-low", "1"), (&high, "p-high", "9")] {
         let r = ob.ground(&[
@@ -130,7 +129,7 @@ fn regression_a_long_encode_keeps_the_link_alive() {
     let ob = Onboard::start_in(dir, &["--idle-timeout", "4"]);
     let src = tempfile::tempdir().unwrap();
     // Incompressible, so encoding at zstd level 19 takes several seconds here.
-    write(src.path(), "big.bin", random_bytes(9, 24_000_000));
+    write(src.path(), "big.bin", random_bytes(24_000_000, 9));
     let r = ob.ground(&["push", src.path().to_str().unwrap(), "--pod", "p", "--json"]);
     assert_eq!(r.code, 0, "{r:#?}\n{}", ob.log());
     assert_same_tree(&ob.volume_path("p"), src.path());
@@ -144,7 +143,7 @@ fn regression_a_long_encode_keeps_the_link_alive() {
 fn identical_folders_pushed_to_two_pods_are_two_queued_pushes() {
     let ob = Onboard::start();
     let src = tempfile::tempdir().unwrap();
-    write(src.path(), "model.bin", random_bytes(41, 300_000));
+    write(src.path(), "model.bin", random_bytes(300_000, 41));
     write(src.path(), "run.toml", "steps = 3\n");
     let folder = src.path().to_str().unwrap();
     for pod in ["twin-a", "twin-b"] {
@@ -188,9 +187,9 @@ fn identical_folders_pushed_to_two_pods_are_two_queued_pushes() {
 fn pushes_into_two_folders_of_a_pod_both_stay_queued_and_arrive() {
     let ob = Onboard::start();
     let (inputs, config) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    write(inputs.path(), "data.bin", random_bytes(42, 200_000));
+    write(inputs.path(), "data.bin", random_bytes(200_000, 42));
     write(config.path(), "run.toml", "steps = 3\n");
-    write(config.path(), "weights.bin", random_bytes(48, 100_000));
+    write(config.path(), "weights.bin", random_bytes(100_000, 48));
     for (dir, dest) in [(&inputs, "inputs"), (&config, "config")] {
         let r = ob.ground(&[
             "push",
@@ -220,7 +219,7 @@ fn pushes_into_two_folders_of_a_pod_both_stay_queued_and_arrive() {
 fn newer_changes_a_note_promises_are_delivered_by_the_next_pass() {
     let ob = Onboard::start();
     let src = tempfile::tempdir().unwrap();
-    write(src.path(), "model.bin", random_bytes(43, 600_000));
+    write(src.path(), "model.bin", random_bytes(600_000, 43));
     let folder = src.path().to_str().unwrap();
     let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "200KB"]);
     assert_eq!(r.code, 75, "{r:#?}");
@@ -231,7 +230,7 @@ fn newer_changes_a_note_promises_are_delivered_by_the_next_pass() {
         "notes/new.txt",
         "added while the first push was queued\n",
     );
-    write(src.path(), "model.bin", random_bytes(44, 600_000));
+    write(src.path(), "model.bin", random_bytes(600_000, 44));
     let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "150KB"]);
     assert_eq!(r.code, 75, "{r:#?}");
     assert!(
@@ -259,7 +258,7 @@ fn newer_changes_a_note_promises_are_delivered_by_the_next_pass() {
 fn a_pass_uses_its_whole_budget_whatever_rate_it_planned_with() {
     let ob = Onboard::start();
     let src = tempfile::tempdir().unwrap();
-    write(src.path(), "model.bin", random_bytes(45, 4_000_000));
+    write(src.path(), "model.bin", random_bytes(4_000_000, 45));
     let folder = src.path().to_str().unwrap();
     let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "2KB"]);
     assert_eq!(r.code, 75, "{r:#?}");
@@ -290,7 +289,7 @@ fn the_measured_rate_is_the_links_not_the_encoders() {
     let ob = Onboard::start();
     let src = tempfile::tempdir().unwrap();
     // Seconds of zstd at level 19, then a few hundred KB on loopback.
-    write(src.path(), "model.bin", random_bytes(46, 8_000_000));
+    write(src.path(), "model.bin", random_bytes(8_000_000, 46));
     let folder = src.path().to_str().unwrap();
     let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "600KB"]);
     assert_eq!(r.code, 75, "{r:#?}");
@@ -324,7 +323,7 @@ fn a_pass_delivers_what_its_plan_promises_through_a_slow_link() {
     let ob = Onboard::start();
     let link = Throttle::start_at(&ob.addr, 1_000_000.0);
     let src = tempfile::tempdir().unwrap();
-    write(src.path(), "model.bin", random_bytes(47, 6_000_000));
+    write(src.path(), "model.bin", random_bytes(6_000_000, 47));
     let folder = src.path().to_str().unwrap();
     let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "2KB"]);
     assert_eq!(r.code, 75, "{r:#?}");

@@ -13,8 +13,9 @@ use sync_core::manifest::Manifest;
 use sync_core::pack::format::HeaderBody;
 use sync_core::pack::{Limits, Plan, read_header};
 use sync_core::path::{PodName, VolumePath};
+use sync_core::testing::Blobs;
 use sync_core::wire::{ErrorKind, ManifestBody, Message, encode_message};
-use sync_core_fuzz::{Blobs, FIXTURE, Fixture, limits, receiver_blobs};
+use sync_core_fuzz::{FIXTURE, Fixture, limits, receiver_blobs};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new("corpus").join(target);
