@@ -265,7 +265,32 @@ fn a_pull_stopped_by_its_budget_resumes_where_it_stopped() {
 fn bad_patterns_are_refused_before_connecting() {
     let ob = Onboard::start();
     let copy = tempfile::tempdir().unwrap();
-    let r = pull(&ob, copy.path(), &["--path", "../etc/*"]);
+    // The ground is sent to a listener nobody answers on: a connection it made would wait in
+    // the listener's queue (the kernel completes it), where the test looks once it has exited.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let into = copy.path().to_str().unwrap();
+    // A short link timeout: a ground that did connect gives up on the silent listener soon.
+    let r = ob.ground_to(
+        &addr,
+        &[
+            "pull",
+            "--pod",
+            "p1",
+            "--into",
+            into,
+            "--json",
+            "--path",
+            "../etc/*",
+            "--timeout",
+            "2",
+        ],
+    );
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the ground connected before refusing its patterns: {other:?}\n{r:#?}"),
+    }
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(r.stderr.contains("--path"), "{}", r.stderr);
 }
