@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::io::Read;
 
 use crate::id::ContentId;
-use crate::manifest::Entry;
-use crate::pack::{BaseReader, ContentProvider, ObjectSink, PackError};
+use crate::manifest::{Entry, Manifest};
+use crate::pack::{BaseReader, ContentProvider, ObjectSink, PackError, PrefixPart};
 use crate::path::VolumePath;
 
 /// Content by id, on either end of a pack: what the sender encodes from and the receiver's bases.
@@ -32,6 +32,23 @@ impl Blobs {
         let id = ContentId::of(body);
         self.0.insert(id, body.to_vec());
         id
+    }
+
+    /// The reference prefix a segment names (`parts` of `base`), from the bases held here,
+    /// unchecked: to look inside a pack the test made. Panics on a part outside `base`.
+    pub fn prefix(&self, base: &Manifest, parts: &[PrefixPart]) -> Vec<u8> {
+        let mut prefix = Vec::new();
+        for part in parts {
+            let entry = &base.entries()[part.base() as usize];
+            let bytes = self.read_base(entry).expect("held in memory");
+            match *part {
+                PrefixPart::Entry(_) => prefix.extend_from_slice(&bytes),
+                PrefixPart::Range { from, len, .. } => {
+                    prefix.extend_from_slice(&bytes[from as usize..(from + len) as usize])
+                }
+            }
+        }
+        prefix
     }
 }
 

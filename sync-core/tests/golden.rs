@@ -238,21 +238,7 @@ fn pack_layout(
     let mut header = read_header(&mut r, base, &Limits::default()).expect("header reads");
     let mut payloads = Vec::new();
     for seg in &header.segments {
-        let prefix: Vec<u8> = seg
-            .prefix
-            .iter()
-            .flat_map(|part| {
-                let bytes = receiver
-                    .read_base(&base.entries()[part.base() as usize])
-                    .unwrap();
-                match *part {
-                    PrefixPart::Entry(_) => bytes,
-                    PrefixPart::Range { from, len, .. } => {
-                        bytes[from as usize..(from + len) as usize].to_vec()
-                    }
-                }
-            })
-            .collect();
+        let prefix = receiver.prefix(base, &seg.prefix);
         let (frame, rest) = r.split_at(seg.frame_len as usize);
         r = rest;
         zstd_ref::decoder(frame, &prefix, seg.window_log.into())

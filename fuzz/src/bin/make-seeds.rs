@@ -172,13 +172,7 @@ fn structured(fx: &Fixture, pack: &[u8]) -> Vec<u8> {
     })
     .expect("header serializes");
     for seg in &h.segments {
-        let prefix: Vec<u8> = seg
-            .prefix
-            .iter()
-            .flat_map(|&b| {
-                receiver.0[&fx.base.entries()[b as usize].file_id().expect("a file")].clone()
-            })
-            .collect();
+        let prefix = receiver.prefix(&fx.base, &seg.prefix);
         let (frame, rest) = r.split_at(seg.frame_len as usize);
         r = rest;
         zstd_ref::decoder(frame, &prefix, u32::from(seg.window_log))
