@@ -344,6 +344,31 @@ impl Work {
         Ok(w)
     }
 
+    /// How the object travels in its segment, counted in `stats`.
+    fn encoding(&self, stats: &mut PlanStats) -> Encoding {
+        match (&self.rsync, self.append) {
+            (Some((b, delta)), _) => {
+                stats.rsynced += 1;
+                Encoding::Rsync {
+                    base: *b,
+                    delta_len: delta.len() as u64,
+                }
+            }
+            (None, Some((base, keep))) => {
+                stats.prefixed += 1;
+                Encoding::Append { base, keep }
+            }
+            (None, None) => {
+                if self.prefix.is_some() {
+                    stats.prefixed += 1;
+                } else {
+                    stats.literal += 1;
+                }
+                Encoding::Literal
+            }
+        }
+    }
+
     fn payload(&self) -> &[u8] {
         match (&self.rsync, self.append) {
             (Some((_, delta)), _) => delta,
@@ -401,6 +426,8 @@ fn sort_key(path: &VolumePath) -> (String, String) {
     (ext.to_string(), path.to_string())
 }
 
+/// Encodes one segment: its whole prefix entries and items, then its frame, with prefix ranges
+/// where they make the frame smaller.
 fn encode_segment(
     work: Vec<Work>,
     limits: &Limits,
@@ -418,31 +445,10 @@ fn encode_segment(
             parts.push(PrefixPart::Entry(*b));
             prefix.extend_from_slice(bytes);
         }
-        let encoding = match (&w.rsync, w.append) {
-            (Some((b, delta)), _) => {
-                stats.rsynced += 1;
-                Encoding::Rsync {
-                    base: *b,
-                    delta_len: delta.len() as u64,
-                }
-            }
-            (None, Some((base, keep))) => {
-                stats.prefixed += 1;
-                Encoding::Append { base, keep }
-            }
-            (None, None) => {
-                if w.prefix.is_some() {
-                    stats.prefixed += 1;
-                } else {
-                    stats.literal += 1;
-                }
-                Encoding::Literal
-            }
-        };
         content.extend_from_slice(w.payload());
         items.push(Item {
             object: w.object,
-            encoding,
+            encoding: w.encoding(stats),
         });
     }
     let compress = |prefix: &[u8]| -> Result<(Vec<u8>, u32), PackError> {
@@ -462,30 +468,7 @@ fn encode_segment(
     // from them that cost more than literals (decimal text compresses worse with a prefix of
     // more decimal text), so they stay only where they make the frame smaller.
     let unranged = parts.len();
-    let has_context = work.iter().any(|w| !w.context.is_empty());
-    // Only rsync segments have context, and they carry no whole entries: this copies nothing
-    // there, and other segments skip it.
-    let mut ranged = if has_context {
-        prefix.clone()
-    } else {
-        Vec::new()
-    };
-    for w in &work {
-        let Some((b, _)) = &w.rsync else { continue };
-        for (from, bytes) in &w.context {
-            if (ranged.len() + bytes.len()) as u64 > limits.max_prefix_bytes
-                || parts.len() - unranged >= MAX_RANGES_PER_SEGMENT
-            {
-                break;
-            }
-            parts.push(PrefixPart::Range {
-                base: *b,
-                from: *from,
-                len: bytes.len() as u64,
-            });
-            ranged.extend_from_slice(bytes);
-        }
-    }
+    let ranged = add_ranges(&work, &prefix, &mut parts, limits);
     if parts.len() > unranged {
         let (with, wl) = compress(&ranged)?;
         if with.len() < frame.len() {
@@ -503,6 +486,42 @@ fn encode_segment(
         },
         frame,
     ))
+}
+
+/// Appends to `parts` the ranges of the segment's rsync deltas' context, as many as the caps
+/// allow, and returns `prefix` followed by their bytes.
+fn add_ranges(
+    work: &[Work],
+    prefix: &[u8],
+    parts: &mut Vec<PrefixPart>,
+    limits: &Limits,
+) -> Vec<u8> {
+    let unranged = parts.len();
+    let has_context = work.iter().any(|w| !w.context.is_empty());
+    // Only rsync segments have context, and they carry no whole entries: this copies nothing
+    // there, and other segments skip it.
+    let mut ranged = if has_context {
+        prefix.to_vec()
+    } else {
+        Vec::new()
+    };
+    for w in work {
+        let Some((b, _)) = &w.rsync else { continue };
+        for (from, bytes) in &w.context {
+            if (ranged.len() + bytes.len()) as u64 > limits.max_prefix_bytes
+                || parts.len() - unranged >= MAX_RANGES_PER_SEGMENT
+            {
+                break;
+            }
+            parts.push(PrefixPart::Range {
+                base: *b,
+                from: *from,
+                len: bytes.len() as u64,
+            });
+            ranged.extend_from_slice(bytes);
+        }
+    }
+    ranged
 }
 
 fn choose_base(

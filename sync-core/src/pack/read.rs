@@ -400,62 +400,7 @@ pub fn decode_pack(
     validate(&header, base, limits)?;
     let mut objects = vec![(ContentId::empty(), 0u64); header.objects.len()];
     for seg in &header.segments {
-        // Ranges of one base and the rsync delta against it read the base once.
-        let mut held = HeldBase::default();
-        let mut prefix = Vec::new();
-        for part in &seg.prefix {
-            match *part {
-                PrefixPart::Entry(b) => {
-                    prefix.extend_from_slice(&verified_base(bases, &base.entries()[b as usize])?)
-                }
-                PrefixPart::Range { base: b, from, len } => {
-                    let bytes = held.get(bases, base, b)?;
-                    prefix.extend_from_slice(&bytes[from as usize..(from + len) as usize])
-                }
-            }
-        }
-        let mut frame = BufReader::new(r.take(seg.frame_len));
-        {
-            let dec = zstd_ref::decoder(&mut frame, &prefix, seg.window_log as u32)?;
-            // A frame that does not decode is bad data from the sender, not a storage failure.
-            let mut dec = FrameReader(dec);
-            for item in &seg.items {
-                let size = header.objects[item.object as usize];
-                let hashed = match item.encoding {
-                    Encoding::Literal => put_object(sink, item.object, size, &mut dec)?,
-                    Encoding::Append { base: b, keep } => {
-                        held = HeldBase::default(); // one base in memory at a time
-                        let base_bytes = verified_base(bases, &base.entries()[b as usize])?;
-                        let mut joined =
-                            std::io::Read::chain(&base_bytes[..keep as usize], &mut dec);
-                        put_object(sink, item.object, size, &mut joined)?
-                    }
-                    Encoding::Rsync { base: b, delta_len } => {
-                        let mut delta = Vec::new();
-                        (&mut dec).take(delta_len).read_to_end(&mut delta)?;
-                        if delta.len() as u64 != delta_len {
-                            return Err(PackError::Truncated);
-                        }
-                        let out = rsync::apply(held.get(bases, base, b)?, &delta, size)?;
-                        put_object(sink, item.object, size, &mut &out[..])?
-                    }
-                };
-                objects[item.object as usize] = hashed;
-            }
-            let mut probe = [0u8; 1];
-            if dec.read(&mut probe)? != 0 {
-                return Err(PackError::Trailing("segment"));
-            }
-        }
-        // The frame must end exactly where the header said.
-        let mut rest = Vec::new();
-        frame.read_to_end(&mut rest)?;
-        if !rest.is_empty() {
-            return Err(PackError::Trailing("segment frame"));
-        }
-        if frame.into_inner().limit() != 0 {
-            return Err(PackError::Truncated);
-        }
+        decode_segment(r, seg, &header.objects, base, bases, sink, &mut objects)?;
     }
     let mut probe = [0u8; 1];
     if r.read(&mut probe)? != 0 {
@@ -475,6 +420,75 @@ pub fn decode_pack(
         objects,
         target,
     })
+}
+
+/// Decodes one segment's frame from `r` into the sink, recording each object's id and size in
+/// `objects` (by index); the frame must end exactly where the header said.
+fn decode_segment(
+    r: &mut dyn Read,
+    seg: &SegmentSpec,
+    sizes: &[u64],
+    base: &Manifest,
+    bases: &dyn BaseReader,
+    sink: &mut dyn ObjectSink,
+    objects: &mut [(ContentId, u64)],
+) -> Result<(), PackError> {
+    // Ranges of one base and the rsync delta against it read the base once.
+    let mut held = HeldBase::default();
+    let mut prefix = Vec::new();
+    for part in &seg.prefix {
+        match *part {
+            PrefixPart::Entry(b) => {
+                prefix.extend_from_slice(&verified_base(bases, &base.entries()[b as usize])?)
+            }
+            PrefixPart::Range { base: b, from, len } => {
+                let bytes = held.get(bases, base, b)?;
+                prefix.extend_from_slice(&bytes[from as usize..(from + len) as usize])
+            }
+        }
+    }
+    let mut frame = BufReader::new(r.take(seg.frame_len));
+    {
+        let dec = zstd_ref::decoder(&mut frame, &prefix, seg.window_log as u32)?;
+        // A frame that does not decode is bad data from the sender, not a storage failure.
+        let mut dec = FrameReader(dec);
+        for item in &seg.items {
+            let size = sizes[item.object as usize];
+            let hashed = match item.encoding {
+                Encoding::Literal => put_object(sink, item.object, size, &mut dec)?,
+                Encoding::Append { base: b, keep } => {
+                    held = HeldBase::default(); // one base in memory at a time
+                    let base_bytes = verified_base(bases, &base.entries()[b as usize])?;
+                    let mut joined = std::io::Read::chain(&base_bytes[..keep as usize], &mut dec);
+                    put_object(sink, item.object, size, &mut joined)?
+                }
+                Encoding::Rsync { base: b, delta_len } => {
+                    let mut delta = Vec::new();
+                    (&mut dec).take(delta_len).read_to_end(&mut delta)?;
+                    if delta.len() as u64 != delta_len {
+                        return Err(PackError::Truncated);
+                    }
+                    let out = rsync::apply(held.get(bases, base, b)?, &delta, size)?;
+                    put_object(sink, item.object, size, &mut &out[..])?
+                }
+            };
+            objects[item.object as usize] = hashed;
+        }
+        let mut probe = [0u8; 1];
+        if dec.read(&mut probe)? != 0 {
+            return Err(PackError::Trailing("segment"));
+        }
+    }
+    // The frame must end exactly where the header said.
+    let mut rest = Vec::new();
+    frame.read_to_end(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(PackError::Trailing("segment frame"));
+    }
+    if frame.into_inner().limit() != 0 {
+        return Err(PackError::Truncated);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
