@@ -82,6 +82,8 @@ fn a_pull_never_overwrites_a_local_change_unless_forced() {
     let copy = tempfile::tempdir().unwrap();
     pull(&ob, copy.path(), &[]).ok();
     let read = |f: &str| std::fs::read_to_string(copy.path().join(f)).unwrap();
+    let a_txt = copy.path().join("a.txt");
+    let delivered = std::fs::metadata(&a_txt).unwrap().modified().unwrap();
 
     // Both sides change a.txt; only the user c.txt, only the pod b.txt.
     write(copy.path(), "a.txt", "my notes on a\n");
@@ -101,8 +103,15 @@ fn a_pull_never_overwrites_a_local_change_unless_forced() {
     assert!(r.stderr.contains("--force"), "{}", r.stderr);
     assert_eq!(tree_hash(copy.path()), before, "nothing was applied");
 
-    // The user puts a.txt back: the pull goes through, and keeps the user's c.txt.
+    // The user puts a.txt back, time included (a file's time is part of it: put back in
+    // another second, it would be a change): the pull goes through, and keeps the user's c.txt.
     write(copy.path(), "a.txt", "the pod's first a.txt\n");
+    std::fs::File::options()
+        .write(true)
+        .open(&a_txt)
+        .unwrap()
+        .set_modified(delivered)
+        .unwrap();
     let v = pull(&ob, copy.path(), &[]).ok().json();
     assert_eq!(v["complete"], true, "{v}");
     assert_eq!(read("a.txt"), "the pod's second a.txt\n");
