@@ -19,12 +19,13 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
-use sync_benches::{EPOCH, Pushed, Rig, generate_tree, random_bytes, scattered_edit, write_file};
+use sync_benches::{EPOCH, Pushed, Rig, generate_tree, scattered_edit, write_file};
 use sync_core::id::ContentId;
 use sync_core::manifest::{Entry, EntryKind, Manifest};
 use sync_core::pack::build::BaseChoice;
-use sync_core::pack::{ContentProvider, Limits, PackError, Plan};
+use sync_core::pack::{Limits, Plan};
 use sync_core::path::VolumePath;
+use sync_core::testing::{Blobs, random_bytes};
 
 const MB: usize = 1 << 20;
 /// The budget for a push that finds nothing to send.
@@ -171,21 +172,6 @@ fn small_edit_push(c: &mut Criterion) {
     group.finish();
 }
 
-/// Base and target content in memory.
-struct InMemory(HashMap<ContentId, Vec<u8>>);
-
-impl ContentProvider for InMemory {
-    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
-        self.0.get(id).cloned().ok_or(PackError::SourceChanged {
-            path: path.to_string(),
-        })
-    }
-
-    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
-        Ok(self.0.get(id).cloned())
-    }
-}
-
 /// A manifest of `data/` holding one file.
 fn one_file(path: &VolumePath, bytes: &[u8]) -> Manifest {
     let folder = Entry {
@@ -217,10 +203,7 @@ fn pack_encode(c: &mut Criterion) {
     let plan = Plan::new(&base, &target, &|id| *id == base_id);
     assert_eq!(plan.objects.len(), 1);
     assert!(matches!(plan.objects[0].base, BaseChoice::Prefix(_)));
-    let provider = InMemory(HashMap::from([
-        (base_id, base_bytes),
-        (ContentId::of(&target_bytes), target_bytes),
-    ]));
+    let provider = Blobs::of(&[&base_bytes, &target_bytes]);
     let limits = Limits::default();
     let signatures = HashMap::new();
     let printed = Cell::new(false);

@@ -234,10 +234,3 @@ pub fn scattered_edit(base: &[u8], fraction: f64, patch: usize, seed: u64) -> Ve
     }
     out
 }
-
-/// Deterministic random bytes.
-pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    StdRng::seed_from_u64(seed).fill_bytes(&mut out);
-    out
-}

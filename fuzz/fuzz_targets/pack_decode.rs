@@ -17,9 +17,10 @@ use libfuzzer_sys::fuzz_target;
 use sync_core::delta::zstd_ref::window_log_for;
 use sync_core::id::ContentId;
 use sync_core::manifest::ManifestError;
-use sync_core::pack::format::{FIXED_LEN, HeaderBody, MAGIC, VERSION};
+use sync_core::pack::format::{FIXED_LEN, FixedHeader, HeaderBody};
 use sync_core::pack::{DecodedPack, Encoding, PackError, PrefixPart, decode_pack, read_header};
-use sync_core_fuzz::{Blobs, FIXTURE, Sink, compress_with_prefix, limits, receiver_blobs};
+use sync_core::testing::Blobs;
+use sync_core_fuzz::{FIXTURE, Sink, compress_with_prefix, limits, receiver_blobs};
 
 static RECEIVER: LazyLock<Blobs> = LazyLock::new(|| receiver_blobs(&FIXTURE));
 
@@ -138,12 +139,13 @@ fn assemble(body: &HeaderBody, frames: &[Vec<u8>], dict: bool) -> Vec<u8> {
     let prefix = if dict { fx.base.encode() } else { Vec::new() };
     let wl = window_log_for(prefix.len() as u64, raw.len() as u64).min(21);
     let packed = compress_with_prefix(&prefix, &raw, wl);
+    let fixed = FixedHeader {
+        base_root: fx.base.root(),
+        dictionary: dict,
+        header_len: packed.len() as u32,
+    };
     let mut out = Vec::with_capacity(FIXED_LEN + packed.len());
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    out.extend_from_slice(&fx.base.root().0);
-    out.push(dict as u8);
-    out.extend_from_slice(&(packed.len() as u32).to_le_bytes());
+    out.extend_from_slice(&fixed.encode());
     out.extend_from_slice(&packed);
     for f in frames {
         out.extend_from_slice(f);

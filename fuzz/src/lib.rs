@@ -1,6 +1,7 @@
 //! What the fuzz targets and the seed generator share: a deterministic chunker (so one input also
 //! chooses how the stream is split), and a small fixed volume on both ends of a pack (the base
-//! manifest and its content, a target, readers and a sink that checks the decoder's limits).
+//! manifest and its content, a target, and a sink that checks the decoder's limits; content is
+//! held in `sync_core::testing::Blobs`, made with its generators).
 //!
 //! The seeds in `corpus/pack_decode` are packs against [`base`]; changing the base makes them
 //! stale (they then only exercise the "wrong base" refusal): rerun `make-seeds`.
@@ -11,8 +12,9 @@ use std::sync::LazyLock;
 
 use sync_core::id::ContentId;
 use sync_core::manifest::{Entry, EntryKind, Manifest};
-use sync_core::pack::{BaseReader, ContentProvider, Limits, ObjectSink, PackError};
+use sync_core::pack::{Limits, ObjectSink, PackError};
 use sync_core::path::VolumePath;
+use sync_core::testing::{Blobs, noise, text};
 
 /// Splits `data` into chunks whose lengths follow a xorshift sequence seeded by `seed`: runs of
 /// single bytes, short pieces, and long ones, so record and message boundaries fall everywhere.
@@ -47,39 +49,6 @@ pub fn limits() -> Limits {
         max_prefix_bytes: 1 << 20,
         max_window_log: 21,
         max_changes: 10_000,
-    }
-}
-
-/// Content by id, on either end.
-#[derive(Default, Clone)]
-pub struct Blobs(pub HashMap<ContentId, Vec<u8>>);
-
-impl Blobs {
-    pub fn add(&mut self, body: &[u8]) -> ContentId {
-        let id = ContentId::of(body);
-        self.0.insert(id, body.to_vec());
-        id
-    }
-}
-
-impl BaseReader for Blobs {
-    fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError> {
-        // An unknown id reads as nothing: the decoder's own BLAKE3 check must catch it.
-        Ok(entry
-            .file_id()
-            .and_then(|id| self.0.get(&id).cloned())
-            .unwrap_or_default())
-    }
-}
-
-impl ContentProvider for Blobs {
-    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
-        self.0.get(id).cloned().ok_or(PackError::SourceChanged {
-            path: path.to_string(),
-        })
-    }
-    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
-        Ok(self.0.get(id).cloned())
     }
 }
 
@@ -122,25 +91,6 @@ impl ObjectSink for Sink {
         );
         Ok(())
     }
-}
-
-fn text(lines: usize, seed: u32) -> Vec<u8> {
-    (0..lines)
-        .map(|i| format!("line {} of file {seed}\n", i * 7 + seed as usize))
-        .collect::<String>()
-        .into_bytes()
-}
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn entry(path: &str, kind: EntryKind, mode: u32, mtime: i64) -> Entry {

@@ -8,6 +8,8 @@ pub mod onboard;
 pub mod pack;
 pub mod path;
 pub mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod units;
 pub mod volume;
 pub mod window;

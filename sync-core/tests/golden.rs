@@ -14,12 +14,10 @@ use std::path::PathBuf;
 use sync_core::delta::{rsync, zstd_ref};
 use sync_core::id::{ContentId, ManifestId, NodeId, PackId};
 use sync_core::manifest::{Entry, EntryKind, Manifest, SkipReason, Skipped};
-use sync_core::pack::format::{FIXED_LEN, PrefixPart};
-use sync_core::pack::{
-    BaseReader, ContentProvider, Limits, ObjectSink, PackError, PackHeader, Plan, decode_pack,
-    read_header,
-};
+use sync_core::pack::format::{FIXED_LEN, FixedHeader, PrefixPart};
+use sync_core::pack::{BaseReader, Limits, PackHeader, Plan, decode_pack, read_header};
 use sync_core::path::{PodName, VolumePath};
+use sync_core::testing::{Blobs, Collect, noise, text};
 use sync_core::wire::{ErrorKind, ManifestBody, Message, MessageDecoder, encode_message};
 
 fn golden_path(name: &str) -> PathBuf {
@@ -96,27 +94,6 @@ fn link(path: &str, target: &str) -> Entry {
     entry(path, kind, 0o777, 0)
 }
 
-/// Deterministic text of about `lines` × 25 bytes.
-fn text(lines: usize, seed: u32) -> Vec<u8> {
-    (0..lines)
-        .map(|i| format!("line {} of file {seed}\n", i * 7 + seed as usize))
-        .collect::<String>()
-        .into_bytes()
-}
-
-/// Deterministic bytes that do not compress.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 // ---- manifest ------------------------------------------------------------------------------
 
 /// Files (one executable, one empty, one older than the epoch), nested folders and a symlink.
@@ -168,50 +145,6 @@ fn manifest_encoding_and_root_are_unchanged() {
 }
 
 // ---- pack ----------------------------------------------------------------------------------
-
-/// Content by id, on either end.
-#[derive(Default, Clone)]
-struct Blobs(HashMap<ContentId, Vec<u8>>);
-
-impl Blobs {
-    fn of(bodies: &[&[u8]]) -> Self {
-        Self(
-            bodies
-                .iter()
-                .map(|b| (ContentId::of(b), b.to_vec()))
-                .collect(),
-        )
-    }
-}
-
-impl ContentProvider for Blobs {
-    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
-        self.0.get(id).cloned().ok_or(PackError::SourceChanged {
-            path: path.to_string(),
-        })
-    }
-    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
-        Ok(self.0.get(id).cloned())
-    }
-}
-
-impl BaseReader for Blobs {
-    fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError> {
-        Ok(self.0[&entry.file_id().unwrap()].clone())
-    }
-}
-
-#[derive(Default)]
-struct Collect(HashMap<u32, Vec<u8>>);
-
-impl ObjectSink for Collect {
-    fn put(&mut self, index: u32, data: &mut dyn Read) -> Result<(), PackError> {
-        let mut v = Vec::new();
-        data.read_to_end(&mut v)?;
-        self.0.insert(index, v);
-        Ok(())
-    }
-}
 
 struct PackCase {
     base: Manifest,
@@ -296,26 +229,16 @@ fn encode_pack(case: &PackCase) -> Vec<u8> {
 
 /// What a pack says, independent of how zstd compressed it: the fixed part but the header
 /// length, the header with frame lengths cleared, and each segment's decompressed payload.
-fn pack_layout(pack: &[u8], base: &Manifest, receiver: &Blobs) -> (Vec<u8>, PackHeader, Vec<u8>) {
+fn pack_layout(
+    pack: &[u8],
+    base: &Manifest,
+    receiver: &Blobs,
+) -> (FixedHeader, PackHeader, Vec<u8>) {
     let mut r = pack;
     let mut header = read_header(&mut r, base, &Limits::default()).expect("header reads");
     let mut payloads = Vec::new();
     for seg in &header.segments {
-        let prefix: Vec<u8> = seg
-            .prefix
-            .iter()
-            .flat_map(|part| {
-                let bytes = receiver
-                    .read_base(&base.entries()[part.base() as usize])
-                    .unwrap();
-                match *part {
-                    PrefixPart::Entry(_) => bytes,
-                    PrefixPart::Range { from, len, .. } => {
-                        bytes[from as usize..(from + len) as usize].to_vec()
-                    }
-                }
-            })
-            .collect();
+        let prefix = receiver.prefix(base, &seg.prefix);
         let (frame, rest) = r.split_at(seg.frame_len as usize);
         r = rest;
         zstd_ref::decoder(frame, &prefix, seg.window_log.into())
@@ -326,7 +249,17 @@ fn pack_layout(pack: &[u8], base: &Manifest, receiver: &Blobs) -> (Vec<u8>, Pack
     for seg in &mut header.segments {
         seg.frame_len = 0;
     }
-    (pack[..FIXED_LEN - 4].to_vec(), header, payloads)
+    let fixed = pack[..FIXED_LEN].try_into().expect("a fixed part");
+    let fixed = FixedHeader::decode(fixed, &base.root()).expect("fixed part decodes");
+    // The header's length depends on how zstd compressed it.
+    (
+        FixedHeader {
+            header_len: 0,
+            ..fixed
+        },
+        header,
+        payloads,
+    )
 }
 
 /// The pack's bytes are compared exactly only when the zstd library that compresses its header

@@ -4,6 +4,7 @@
 use std::fs;
 use std::path::Path;
 
+use sync_core::testing::random_bytes;
 use sync_tests::*;
 
 const MB: usize = 1 << 20;
@@ -20,7 +21,7 @@ fn sample_tree(root: &Path) {
     write(root, "private/secret.txt", "s3cret\n");
     chmod(root, "private/secret.txt", 0o600);
     chmod(root, "private", 0o750);
-    write(root, "big.bin", random_bytes(1, MB));
+    write(root, "big.bin", random_bytes(MB, 1));
     symlink(root, "link", "a/readme.md");
     symlink(root, "a/b/up", "../readme.md");
     symlink(root, "dirlink", "a/b");
@@ -144,7 +145,7 @@ fn unchanged_push_costs_under_1kb_on_the_wire() {
 fn small_edit_of_large_file_sends_a_delta() {
     let ob = Onboard::start();
     let src = local();
-    let mut data = random_bytes(42, 2 * MB);
+    let mut data = random_bytes(2 * MB, 42);
     write(src.path(), "data.bin", &data);
     let r = ob.push(src.path(), "p", &[]);
     assert!(

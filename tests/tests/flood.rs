@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use sync_core::testing::random_bytes;
 use sync_tests::*;
 
 /// The daemon's default caps (`--max-connections`, `--max-unauthenticated`).
@@ -29,7 +30,7 @@ fn local() -> tempfile::TempDir {
 
 fn tree(root: &Path) {
     write(root, "a/readme.md", "# hello\n");
-    write(root, "bin/tool", random_bytes(7, 1 << 20));
+    write(root, "bin/tool", random_bytes(1 << 20, 7));
     write(root, "data/log.csv", "t,x\n".repeat(20_000));
 }
 

@@ -12,12 +12,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use sync_tests::{Onboard, Throttle, assert_same_tree, ground_bin, random_bytes, write};
+use sync_core::testing::random_bytes;
+use sync_tests::{Onboard, Throttle, assert_same_tree, ground_bin, write};
 
 /// Six MB of incompressible files and two thousand small ones (so the apply takes a while too).
 fn make_tree(root: &Path) {
     for i in 0..3 {
-        write(root, &format!("big/b{i}.bin"), random_bytes(i, 2_000_000));
+        write(root, &format!("big/b{i}.bin"), random_bytes(2_000_000, i));
     }
     for i in 0..2_000u64 {
         write(

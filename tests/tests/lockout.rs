@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use sync_core::testing::random_bytes;
 use sync_tests::*;
 
 fn local() -> tempfile::TempDir {
@@ -14,7 +15,7 @@ fn local() -> tempfile::TempDir {
 
 fn small_tree(root: &Path) {
     write(root, "a/readme.md", "# hello\n");
-    write(root, "bin/tool", random_bytes(7, 256 << 10));
+    write(root, "bin/tool", random_bytes(256 << 10, 7));
 }
 
 /// A push from a ground of its own succeeds and leaves the local tree in the volume.

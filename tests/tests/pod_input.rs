@@ -6,7 +6,8 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use sync_tests::{Onboard, Run, Value, chmod, random_bytes, write};
+use sync_core::testing::random_bytes;
+use sync_tests::{Onboard, Run, Value, chmod, write};
 
 fn pull(ob: &Onboard, into: &Path, extra: &[&str]) -> Run {
     ob.pull(into, extra)
@@ -51,7 +52,7 @@ const MB: u64 = 1 << 20;
 fn a_5_gib_sparse_file_is_left_out_of_the_pull_and_the_daemon_stays_small() {
     let mut ob = Onboard::start();
     let vol = ob.volume_path("p1");
-    write(&vol, "out/model.bin", random_bytes(1, 2_000_000));
+    write(&vol, "out/model.bin", random_bytes(2_000_000, 1));
     write(&vol, "out/r.csv", "id,v\n1,2\n");
     // Left there a minute ago: the node's stat cache then vouches for it after one read (a
     // file written within the last two seconds is read again at every scan), so the test
@@ -115,12 +116,12 @@ fn a_5_gib_sparse_file_is_left_out_of_the_pull_and_the_daemon_stays_small() {
 fn a_file_over_the_nodes_pull_cap_is_left_out_and_reported() {
     let ob = Onboard::start_in(tempfile::tempdir().unwrap(), &["--max-pull-pack", "1MB"]);
     let vol = ob.volume_path("p1");
-    write(&vol, "big/raw.bin", random_bytes(2, 3_000_000));
+    write(&vol, "big/raw.bin", random_bytes(3_000_000, 2));
     for i in 0..4 {
         write(
             &vol,
             &format!("out/part-{i}.bin"),
-            random_bytes(10 + i, 400_000),
+            random_bytes(400_000, 10 + i),
         );
     }
     let copy = tempfile::tempdir().unwrap();
@@ -164,7 +165,7 @@ fn a_name_that_is_not_utf8_or_a_path_over_the_limit_stops_nothing_else() {
     let ob = Onboard::start();
     let vol = ob.volume_path("p1");
     write(&vol, "out/good.csv", "id,v\n1,2\n");
-    write(&vol, "out/model.bin", random_bytes(3, 200_000));
+    write(&vol, "out/model.bin", random_bytes(200_000, 3));
     std::fs::write(
         vol.join("out").join(OsStr::from_bytes(b"caf\xe9.txt")),
         "latin-1",
@@ -250,7 +251,7 @@ fn a_file_the_daemon_cannot_read_stops_nothing_else() {
     let ob = Onboard::start_unprivileged();
     let vol = ob.volume_path("p1");
     write(&vol, "out/good.csv", "id,v\n1,2\n");
-    write(&vol, "out/secret.bin", random_bytes(4, 10_000));
+    write(&vol, "out/secret.bin", random_bytes(10_000, 4));
     chmod(&vol, "out/secret.bin", 0o000);
     write(&vol, "locked/inside.txt", "behind a folder nobody may open");
     chmod(&vol, "locked", 0o000);

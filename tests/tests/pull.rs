@@ -5,7 +5,8 @@
 
 use std::path::Path;
 
-use sync_tests::{Onboard, Run, Value, assert_same_tree, num, random_bytes, tree_hash, write};
+use sync_core::testing::random_bytes;
+use sync_tests::{Onboard, Run, Value, assert_same_tree, num, tree_hash, write};
 
 fn pull(ob: &Onboard, into: &Path, extra: &[&str]) -> Run {
     ob.pull(into, extra)
@@ -22,7 +23,7 @@ fn pod_results_come_back_and_then_only_what_changed() {
     let ob = Onboard::start();
     let vol = ob.volume_path("p1");
     write(&vol, "logs/train.log", log_text(0, 100_000));
-    write(&vol, "out/model.bin", random_bytes(1, 300_000));
+    write(&vol, "out/model.bin", random_bytes(300_000, 1));
     for i in 0..30 {
         write(
             &vol,
@@ -81,6 +82,8 @@ fn a_pull_never_overwrites_a_local_change_unless_forced() {
     let copy = tempfile::tempdir().unwrap();
     pull(&ob, copy.path(), &[]).ok();
     let read = |f: &str| std::fs::read_to_string(copy.path().join(f)).unwrap();
+    let a_txt = copy.path().join("a.txt");
+    let delivered = std::fs::metadata(&a_txt).unwrap().modified().unwrap();
 
     // Both sides change a.txt; only the user c.txt, only the pod b.txt.
     write(copy.path(), "a.txt", "my notes on a\n");
@@ -100,8 +103,15 @@ fn a_pull_never_overwrites_a_local_change_unless_forced() {
     assert!(r.stderr.contains("--force"), "{}", r.stderr);
     assert_eq!(tree_hash(copy.path()), before, "nothing was applied");
 
-    // The user puts a.txt back: the pull goes through, and keeps the user's c.txt.
+    // The user puts a.txt back, time included (a file's time is part of it: put back in
+    // another second, it would be a change): the pull goes through, and keeps the user's c.txt.
     write(copy.path(), "a.txt", "the pod's first a.txt\n");
+    std::fs::File::options()
+        .write(true)
+        .open(&a_txt)
+        .unwrap()
+        .set_modified(delivered)
+        .unwrap();
     let v = pull(&ob, copy.path(), &[]).ok().json();
     assert_eq!(v["complete"], true, "{v}");
     assert_eq!(read("a.txt"), "the pod's second a.txt\n");
@@ -155,7 +165,7 @@ fn a_first_pull_does_not_overwrite_files_the_folder_already_had() {
 fn local_changes_stay_the_users_through_later_pulls_and_copies() {
     let ob = Onboard::start();
     let vol = ob.volume_path("p1");
-    let data = random_bytes(61, 50_000);
+    let data = random_bytes(50_000, 61);
     write(&vol, "run1/config.yaml", "steps: 10\nlr: 0.1\n".repeat(50));
     write(&vol, "a.dat", &data);
     let copy = tempfile::tempdir().unwrap();
@@ -209,7 +219,7 @@ fn delete_and_path_select_what_the_copy_holds() {
     write(&vol, "logs/a.log", "a\n");
     write(&vol, "logs/old/b.log", "b\n");
     write(&vol, "out/r.csv", "1\n");
-    write(&vol, "out/big.bin", random_bytes(2, 50_000));
+    write(&vol, "out/big.bin", random_bytes(50_000, 2));
     let copy = tempfile::tempdir().unwrap();
     pull(&ob, copy.path(), &["--path", "logs/**", "--path", "*.csv"]).ok();
     let got = tree_hash(copy.path());
@@ -239,7 +249,7 @@ fn delete_and_path_select_what_the_copy_holds() {
 fn a_pull_stopped_by_its_budget_resumes_where_it_stopped() {
     let ob = Onboard::start();
     let vol = ob.volume_path("p1");
-    write(&vol, "data/blob.bin", random_bytes(3, 900_000));
+    write(&vol, "data/blob.bin", random_bytes(900_000, 3));
     let copy = tempfile::tempdir().unwrap();
     let r = pull(&ob, copy.path(), &["--budget", "300KB"]);
     assert_eq!(r.code, 75, "{r:#?}");
@@ -264,7 +274,32 @@ fn a_pull_stopped_by_its_budget_resumes_where_it_stopped() {
 fn bad_patterns_are_refused_before_connecting() {
     let ob = Onboard::start();
     let copy = tempfile::tempdir().unwrap();
-    let r = pull(&ob, copy.path(), &["--path", "../etc/*"]);
+    // The ground is sent to a listener nobody answers on: a connection it made would wait in
+    // the listener's queue (the kernel completes it), where the test looks once it has exited.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let into = copy.path().to_str().unwrap();
+    // A short link timeout: a ground that did connect gives up on the silent listener soon.
+    let r = ob.ground_to(
+        &addr,
+        &[
+            "pull",
+            "--pod",
+            "p1",
+            "--into",
+            into,
+            "--json",
+            "--path",
+            "../etc/*",
+            "--timeout",
+            "2",
+        ],
+    );
+    match listener.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the ground connected before refusing its patterns: {other:?}\n{r:#?}"),
+    }
     assert_eq!(r.code, 1, "{r:#?}");
     assert!(r.stderr.contains("--path"), "{}", r.stderr);
 }
@@ -331,8 +366,8 @@ fn a_database_updated_in_place_comes_back_as_its_changed_pages() {
 fn a_pull_cut_in_the_middle_resumes_and_completes() {
     let ob = Onboard::start();
     let vol = ob.volume_path("p1");
-    write(&vol, "data/a.bin", random_bytes(11, 3_000_000));
-    write(&vol, "data/b.bin", random_bytes(12, 3_000_000));
+    write(&vol, "data/a.bin", random_bytes(3_000_000, 11));
+    write(&vol, "data/b.bin", random_bytes(3_000_000, 12));
     let link = sync_tests::Throttle::start(&ob.addr);
     let copy = tempfile::tempdir().unwrap();
     let into = copy.path().to_str().unwrap();
@@ -370,7 +405,7 @@ fn a_pull_cut_in_the_middle_resumes_and_completes() {
 fn a_cut_pull_keeps_every_byte_that_arrived_before_the_cut() {
     let ob = Onboard::start();
     let vol = ob.volume_path("p1");
-    write(&vol, "data/a.bin", random_bytes(14, 2_000_000));
+    write(&vol, "data/a.bin", random_bytes(2_000_000, 14));
     let link = sync_tests::Throttle::start(&ob.addr);
     let copy = tempfile::tempdir().unwrap();
     let into = copy.path().to_str().unwrap();
@@ -400,7 +435,7 @@ fn a_file_being_rewritten_during_a_pull_is_never_delivered_torn() {
     let vol = ob.volume_path("p1");
     let version = |n: u64| format!("version {n:08}\n").repeat(200_000);
     write(&vol, "live/state.txt", version(0));
-    write(&vol, "other.bin", random_bytes(13, 2_000_000));
+    write(&vol, "other.bin", random_bytes(2_000_000, 13));
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let writer = {
         let (stop, path) = (stop.clone(), vol.join("live/state.txt"));
@@ -454,7 +489,7 @@ fn a_symlink_that_points_outside_the_volume_is_left_out_of_pulls() {
 fn a_pull_asked_differently_does_not_resume_the_cut_one() {
     let ob = Onboard::start();
     let vol = ob.volume_path("p1");
-    write(&vol, "logs/big.bin", random_bytes(21, 800_000));
+    write(&vol, "logs/big.bin", random_bytes(800_000, 21));
     write(&vol, "results/r.csv", "1,2\n");
     let copy = tempfile::tempdir().unwrap();
     let r = pull(
@@ -499,13 +534,13 @@ fn pull_while_editing(ob: &Onboard, copy: &Path, edit: impl FnOnce()) -> Run {
 /// takes seconds over the slow link.
 fn copy_behind_the_pod(ob: &Onboard) -> tempfile::TempDir {
     let vol = ob.volume_path("p1");
-    write(&vol, "data/big.bin", random_bytes(31, 600_000));
+    write(&vol, "data/big.bin", random_bytes(600_000, 31));
     write(&vol, "notes.txt", "the pod's first notes\n");
     write(&vol, "keep.txt", "left alone by the pod\n");
     let copy = tempfile::tempdir().unwrap();
     pull(ob, copy.path(), &[]).ok();
     assert_same_tree(&vol, copy.path());
-    write(&vol, "data/big.bin", random_bytes(32, 600_000));
+    write(&vol, "data/big.bin", random_bytes(600_000, 32));
     write(&vol, "notes.txt", "the pod's second notes\n");
     copy
 }
@@ -543,7 +578,7 @@ fn an_edit_to_a_file_the_pull_changes_is_kept_and_the_pull_exits_6() {
     // Nothing else of the pull was applied, and nothing of it is left in the copy.
     assert_eq!(
         std::fs::read(copy.path().join("data/big.bin")).unwrap(),
-        random_bytes(31, 600_000)
+        random_bytes(600_000, 31)
     );
     assert_eq!(engine_temporaries(copy.path()), Vec::<String>::new());
     // Run again, the pull finds the edit a local change and does not overwrite it (exit 7);
@@ -599,10 +634,10 @@ fn a_selection_larger_than_one_pull_pack_comes_as_several() {
         write(
             &vol,
             &format!("out/part-{i:02}.bin"),
-            random_bytes(100 + i, 100_000),
+            random_bytes(100_000, 100 + i),
         );
     }
-    write(&vol, "out/whole.bin", random_bytes(7, 400_000));
+    write(&vol, "out/whole.bin", random_bytes(400_000, 7));
     let copy = tempfile::tempdir().unwrap();
 
     // A budget for about two packs: what came is applied, the rest waits.
@@ -655,7 +690,7 @@ fn a_file_a_pod_keeps_writing_does_not_hold_back_a_capped_pull() {
         write(
             &vol,
             &format!("b-out/part-{i}.bin"),
-            random_bytes(40 + i, 600_000),
+            random_bytes(600_000, 40 + i),
         );
     }
     let stop = std::sync::Arc::new(AtomicBool::new(false));
@@ -730,7 +765,7 @@ fn a_file_that_never_settles_while_the_node_reads_it_does_not_fail_the_pull() {
         .collect();
     write(&vol, "a-live/frames.bin", &body);
     write(&vol, "b-out/result.csv", "id,v\n1,2\n");
-    write(&vol, "b-out/model.bin", random_bytes(51, 500_000));
+    write(&vol, "b-out/model.bin", random_bytes(500_000, 51));
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let writer = {
         let (stop, path) = (stop.clone(), vol.join("a-live/frames.bin"));

@@ -2,11 +2,20 @@
 //! budget exits 75 and says what is left, `status` shows the queue from the ground's state
 //! alone, and `pass` finishes queued pushes in priority order.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
+use sync_core::id::ContentId;
+use sync_core::manifest::{Entry, EntryKind, Manifest};
+use sync_core::pack::{Limits, Plan};
+use sync_core::path::VolumePath;
+use sync_core::testing::Blobs;
+
+use sync_core::testing::random_bytes;
 use sync_tests::{
-    Onboard, Throttle, Value, assert_same_tree, ground_bin, num, random_bytes, write,
+    CountingProxy, Onboard, Throttle, Value, assert_same_tree, ground_bin, num, write,
 };
 
 /// `sync-ground status --json` on a ground state folder (no link involved).
@@ -34,7 +43,7 @@ fn queued(status: &Value) -> Vec<&Value> {
 fn a_push_over_its_budget_exits_75_and_a_pass_finishes_it() {
     let ob = Onboard::start();
     let src = tempfile::tempdir().unwrap();
-    write(src.path(), "model.bin", random_bytes(1, 600_000));
+    write(src.path(), "model.bin", random_bytes(600_000, 1));
     write(src.path(), "conf/run.toml", "steps = 10\n");
     let folder = src.path().to_str().unwrap();
 
@@ -77,8 +86,8 @@ fn a_push_over_its_budget_exits_75_and_a_pass_finishes_it() {
 fn a_pass_sends_the_higher_priority_push_first() {
     let ob = Onboard::start();
     let (low, high) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    write(low.path(), "low.bin", random_bytes(2, 300_000));
-    write(high.path(), "high.bin", random_bytes(3, 300_000));
+    write(low.path(), "low.bin", random_bytes(300_000, 2));
+    write(high.path(), "high.bin", random_bytes(300_000, 3));
     // Queue both without sending (a budget too small for any content).
     for (dir, pod, prio) in [(&low, "p-low", "1"), (&high, "p-high", "9")] {
         let r = ob.ground(&[
@@ -124,16 +133,123 @@ fn bad_budgets_and_rates_are_refused_with_a_hint() {
 /// Regression: the ground encoded a pack on the link's own thread, sending nothing meanwhile,
 /// so a large first push outlasted the onboard side's idle timeout and was cut ("the other side
 /// closed the link"). Encoding now runs aside while keep-alives go out.
+///
+/// The encode is made long by construction: the file is sized from how fast this machine
+/// encodes, to take about [`ENCODE_FOR`], whatever the machine. A proxy watches the ground's
+/// side of the link meanwhile: the test checks that the encode did outlast the idle timeout
+/// (or it proves nothing) and that the ground was never silent that long.
 #[test]
 fn regression_a_long_encode_keeps_the_link_alive() {
+    const IDLE: Duration = Duration::from_secs(4);
     let dir = tempfile::tempdir().unwrap();
     let ob = Onboard::start_in(dir, &["--idle-timeout", "4"]);
     let src = tempfile::tempdir().unwrap();
-    // Incompressible, so encoding at zstd level 19 takes several seconds here.
-    write(src.path(), "big.bin", random_bytes(9, 24_000_000));
-    let r = ob.ground(&["push", src.path().to_str().unwrap(), "--pod", "p", "--json"]);
+    // Incompressible, so encoding takes zstd level 19 its longest.
+    let len = bytes_encoded_in(ENCODE_FOR);
+    write(src.path(), "big.bin", random_bytes(len, 9));
+    let proxy = CountingProxy::start(&ob.addr);
+    let args = ["push", src.path().to_str().unwrap(), "--pod", "p", "--json"];
+    let (r, watch) = std::thread::scope(|s| {
+        let ground = s.spawn(|| ob.ground_to(&proxy.addr, &args));
+        let watch = watch_the_encode(&proxy, || ground.is_finished());
+        (ground.join().unwrap(), watch)
+    });
     assert_eq!(r.code, 0, "{r:#?}\n{}", ob.log());
     assert_same_tree(&ob.volume_path("p"), src.path());
+    let encode = watch.encode.expect("the pack went up");
+    eprintln!(
+        "{len} B: encoded for {encode:?}, the ground silent for {:?} at most",
+        watch.longest_silence
+    );
+    assert!(
+        encode > IDLE + Duration::from_secs(1),
+        "the encode of {len} B took {encode:?}, not longer than the idle timeout: the test \
+         proves nothing"
+    );
+    assert!(
+        watch.longest_silence < IDLE,
+        "the ground fell silent for {:?} while it encoded (for {encode:?})",
+        watch.longest_silence
+    );
+}
+
+/// How long the ground's encode in [`regression_a_long_encode_keeps_the_link_alive`] should
+/// take: twice the idle timeout.
+const ENCODE_FOR: Duration = Duration::from_secs(8);
+
+/// The size of an incompressible file the ground would take about `time` to encode into a
+/// pack on this machine: measured by encoding 1 MiB the way it does (a first push: literal,
+/// zstd level 19), a few times over, taking the fastest.
+fn bytes_encoded_in(time: Duration) -> usize {
+    const SAMPLE: usize = 1 << 20;
+    let data = random_bytes(SAMPLE, 8);
+    let path = VolumePath::new("big.bin").unwrap();
+    let target = Manifest::new(vec![Entry {
+        path,
+        kind: EntryKind::File {
+            id: ContentId::of(&data),
+            size: SAMPLE as u64,
+        },
+        mode: 0o644,
+        mtime: 1_700_000_000,
+    }])
+    .unwrap();
+    let base = Manifest::default();
+    let plan = Plan::new(&base, &target, &|_| false);
+    let blobs = Blobs::of(&[&data]);
+    let fastest = (0..3)
+        .map(|_| {
+            let t0 = Instant::now();
+            let mut out = Vec::new();
+            plan.encode(&base, &blobs, &HashMap::new(), &Limits::default(), &mut out)
+                .unwrap();
+            t0.elapsed()
+        })
+        .min()
+        .unwrap();
+    let len = SAMPLE as f64 * time.as_secs_f64() / fastest.as_secs_f64();
+    // Bounds for a machine far slower or faster than any seen: a few seconds of encode at
+    // least, and no more than the disk comfortably holds four times (source, queued pack,
+    // staging, volume).
+    (len as usize).clamp(4 << 20, 256 << 20)
+}
+
+/// What the proxy saw of the ground's side of a push.
+struct EncodeWatch {
+    /// From the connection's start to the pack's first bytes (64 KiB sent up): the manifest
+    /// exchange, then the encode.
+    encode: Option<Duration>,
+    /// The longest the ground sent nothing, over the same stretch.
+    longest_silence: Duration,
+}
+
+/// Watches the bytes the ground sends through `proxy` until `done`.
+fn watch_the_encode(proxy: &CountingProxy, done: impl Fn() -> bool) -> EncodeWatch {
+    let mut opened: Option<Instant> = None;
+    let mut last = (0u64, Instant::now());
+    let mut watch = EncodeWatch {
+        encode: None,
+        longest_silence: Duration::ZERO,
+    };
+    while !done() && watch.encode.is_none() {
+        let now = Instant::now();
+        let (up, _) = proxy.counts();
+        if opened.is_none() && proxy.connections().0 > 0 {
+            opened = Some(now);
+            last = (up, now);
+        }
+        if let Some(start) = opened {
+            if up != last.0 {
+                watch.longest_silence = watch.longest_silence.max(now - last.1);
+                last = (up, now);
+            }
+            if up >= 64 << 10 {
+                watch.encode = Some(now - start);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    watch
 }
 
 /// Regression: identical folders give identical packs, and the queue kept one row per pack, so
@@ -144,7 +260,7 @@ fn regression_a_long_encode_keeps_the_link_alive() {
 fn identical_folders_pushed_to_two_pods_are_two_queued_pushes() {
     let ob = Onboard::start();
     let src = tempfile::tempdir().unwrap();
-    write(src.path(), "model.bin", random_bytes(41, 300_000));
+    write(src.path(), "model.bin", random_bytes(300_000, 41));
     write(src.path(), "run.toml", "steps = 3\n");
     let folder = src.path().to_str().unwrap();
     for pod in ["twin-a", "twin-b"] {
@@ -188,9 +304,9 @@ fn identical_folders_pushed_to_two_pods_are_two_queued_pushes() {
 fn pushes_into_two_folders_of_a_pod_both_stay_queued_and_arrive() {
     let ob = Onboard::start();
     let (inputs, config) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    write(inputs.path(), "data.bin", random_bytes(42, 200_000));
+    write(inputs.path(), "data.bin", random_bytes(200_000, 42));
     write(config.path(), "run.toml", "steps = 3\n");
-    write(config.path(), "weights.bin", random_bytes(48, 100_000));
+    write(config.path(), "weights.bin", random_bytes(100_000, 48));
     for (dir, dest) in [(&inputs, "inputs"), (&config, "config")] {
         let r = ob.ground(&[
             "push",
@@ -220,7 +336,7 @@ fn pushes_into_two_folders_of_a_pod_both_stay_queued_and_arrive() {
 fn newer_changes_a_note_promises_are_delivered_by_the_next_pass() {
     let ob = Onboard::start();
     let src = tempfile::tempdir().unwrap();
-    write(src.path(), "model.bin", random_bytes(43, 600_000));
+    write(src.path(), "model.bin", random_bytes(600_000, 43));
     let folder = src.path().to_str().unwrap();
     let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "200KB"]);
     assert_eq!(r.code, 75, "{r:#?}");
@@ -231,7 +347,7 @@ fn newer_changes_a_note_promises_are_delivered_by_the_next_pass() {
         "notes/new.txt",
         "added while the first push was queued\n",
     );
-    write(src.path(), "model.bin", random_bytes(44, 600_000));
+    write(src.path(), "model.bin", random_bytes(600_000, 44));
     let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "150KB"]);
     assert_eq!(r.code, 75, "{r:#?}");
     assert!(
@@ -259,7 +375,7 @@ fn newer_changes_a_note_promises_are_delivered_by_the_next_pass() {
 fn a_pass_uses_its_whole_budget_whatever_rate_it_planned_with() {
     let ob = Onboard::start();
     let src = tempfile::tempdir().unwrap();
-    write(src.path(), "model.bin", random_bytes(45, 4_000_000));
+    write(src.path(), "model.bin", random_bytes(4_000_000, 45));
     let folder = src.path().to_str().unwrap();
     let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "2KB"]);
     assert_eq!(r.code, 75, "{r:#?}");
@@ -290,7 +406,7 @@ fn the_measured_rate_is_the_links_not_the_encoders() {
     let ob = Onboard::start();
     let src = tempfile::tempdir().unwrap();
     // Seconds of zstd at level 19, then a few hundred KB on loopback.
-    write(src.path(), "model.bin", random_bytes(46, 8_000_000));
+    write(src.path(), "model.bin", random_bytes(8_000_000, 46));
     let folder = src.path().to_str().unwrap();
     let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "600KB"]);
     assert_eq!(r.code, 75, "{r:#?}");
@@ -324,7 +440,7 @@ fn a_pass_delivers_what_its_plan_promises_through_a_slow_link() {
     let ob = Onboard::start();
     let link = Throttle::start_at(&ob.addr, 1_000_000.0);
     let src = tempfile::tempdir().unwrap();
-    write(src.path(), "model.bin", random_bytes(47, 6_000_000));
+    write(src.path(), "model.bin", random_bytes(6_000_000, 47));
     let folder = src.path().to_str().unwrap();
     let r = ob.ground(&["push", folder, "--pod", "p", "--budget", "2KB"]);
     assert_eq!(r.code, 75, "{r:#?}");

@@ -13,9 +13,10 @@ use sync_core::delta::zstd_ref;
 use sync_core::id::{ContentId, ManifestId, PackId};
 use sync_core::link::Link;
 use sync_core::manifest::{Entry, EntryKind, Manifest};
-use sync_core::pack::format::{FIXED_LEN, HeaderBody, MAGIC, VERSION};
+use sync_core::pack::format::{FIXED_LEN, FixedHeader, HeaderBody};
 use sync_core::pack::{Encoding, Item, Limits, Plan, SegmentSpec};
 use sync_core::path::{PodName, VolumePath};
+use sync_core::testing::random_bytes;
 use sync_core::wire::{ErrorKind, LinkKey, ManifestBody, Message};
 use sync_tests::*;
 use tokio::net::TcpStream;
@@ -33,7 +34,7 @@ fn local() -> tempfile::TempDir {
 fn small_tree(root: &Path) {
     write(root, "a/readme.md", "# hello\n");
     write(root, "a/b/notes.txt", "some notes\n".repeat(50));
-    write(root, "bin/tool", random_bytes(7, 64 << 10));
+    write(root, "bin/tool", random_bytes(64 << 10, 7));
 }
 
 /// The reason a refused run gave: exactly one line on stderr, nothing on stdout.
@@ -101,7 +102,7 @@ fn a_file_over_max_object_bytes_is_refused_naming_the_limit_and_changes_nothing(
     ob.push(src.path(), "p", &[]);
     let before = tree_hash(&ob.volumes());
 
-    write(src.path(), "big.bin", random_bytes(2, 2 * MB));
+    write(src.path(), "big.bin", random_bytes(2 * MB, 2));
     write(src.path(), "a/readme.md", "# must not arrive either\n");
     let r = ob.ground(&["push", src.path().to_str().unwrap(), "--pod", "p", "--json"]);
     assert_eq!(
@@ -116,7 +117,7 @@ fn a_file_over_max_object_bytes_is_refused_naming_the_limit_and_changes_nothing(
     assert_nothing_changed(&mut ob, &before, "an oversized object");
 
     // A file of exactly the limit is accepted.
-    write(src.path(), "big.bin", random_bytes(3, MB));
+    write(src.path(), "big.bin", random_bytes(MB, 3));
     fresh_push(&ob, src.path(), "p");
     still_serves(&ob, src.path(), "p");
 }
@@ -130,8 +131,8 @@ fn a_push_over_max_total_bytes_is_refused_naming_the_limit_and_changes_nothing()
     let before = tree_hash(&ob.volumes());
 
     // Each file is small; together they are over the limit.
-    write(src.path(), "in/one.bin", random_bytes(4, 700 << 10));
-    write(src.path(), "in/two.bin", random_bytes(5, 700 << 10));
+    write(src.path(), "in/one.bin", random_bytes(700 << 10, 4));
+    write(src.path(), "in/two.bin", random_bytes(700 << 10, 5));
     let r = ob.ground(&["push", src.path().to_str().unwrap(), "--pod", "p", "--json"]);
     assert_eq!(
         r.code, 3,
@@ -156,13 +157,13 @@ fn the_ground_whose_push_was_refused_can_push_again() {
     let src = local();
     small_tree(src.path());
     ob.push(src.path(), "p", &[]);
-    write(src.path(), "big.bin", random_bytes(2, 2 * MB));
+    write(src.path(), "big.bin", random_bytes(2 * MB, 2));
     let folder = src.path().to_str().unwrap();
     let r = ob.ground(&["push", folder, "--pod", "p", "--json"]);
     assert_eq!(r.code, 3, "{r:#?}");
 
     // The operator makes the file fit and pushes again from the same ground.
-    write(src.path(), "big.bin", random_bytes(3, MB));
+    write(src.path(), "big.bin", random_bytes(MB, 3));
     let r = ob.ground(&["push", folder, "--pod", "p", "--json"]);
     assert_eq!(r.code, 0, "the refused pack blocks the pod: {r:#?}");
     assert_same_tree(&ob.volume_path("p"), src.path());
@@ -287,12 +288,13 @@ async fn next(link: &mut Link<TcpStream>) -> Option<Message> {
 
 /// Magic, version, base root, no header dictionary, then the header frame and the segments.
 fn pack_bytes(base: &Manifest, header_frame: &[u8], segments: &[u8]) -> Vec<u8> {
+    let fixed = FixedHeader {
+        base_root: base.root(),
+        dictionary: false,
+        header_len: header_frame.len() as u32,
+    };
     let mut out = Vec::with_capacity(FIXED_LEN + header_frame.len() + segments.len());
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    out.extend_from_slice(&base.root().0);
-    out.push(0);
-    out.extend_from_slice(&(header_frame.len() as u32).to_le_bytes());
+    out.extend_from_slice(&fixed.encode());
     out.extend_from_slice(header_frame);
     out.extend_from_slice(segments);
     out
@@ -368,7 +370,7 @@ fn attacked_onboard(extra: &[&str]) -> (Onboard, tempfile::TempDir, Vec<String>)
     let ob = Onboard::start_in(local(), extra);
     let src = local();
     small_tree(src.path());
-    write(src.path(), "big.bin", random_bytes(9, MB));
+    write(src.path(), "big.bin", random_bytes(MB, 9));
     ob.push(src.path(), "p", &[]);
     let before = tree_hash(&ob.volumes());
     (ob, src, before)
@@ -465,7 +467,7 @@ fn a_segment_frame_that_does_not_decode_is_refused_not_blamed_on_storage() {
     let id = ContentId::of(&vec![0u8; 2 * MB]);
     for (what, frame) in [
         ("a frame over its declared window", zeros_frame(size, 30)),
-        ("a frame of random bytes", random_bytes(41, 4096)),
+        ("a frame of random bytes", random_bytes(4096, 41)),
     ] {
         let answer = send_hostile_pack(&ob, "p", |base| {
             let plan = plan_adding(base, "bomb.bin", id, size);
@@ -589,7 +591,7 @@ fn a_full_state_disk_refuses_the_upload_and_leaves_the_volume_alone() {
     let before = tree_hash(&ob.volumes());
 
     // The pack cannot be staged: 6 MiB of random bytes on a 4 MiB disk.
-    write(src.path(), "big.bin", random_bytes(11, 6 * MB));
+    write(src.path(), "big.bin", random_bytes(6 * MB, 11));
     let r = push_run(&ob, gstate.path(), src.path());
     assert_no_space_refusal(&r);
     assert_eq!(tree_hash(&ob.volumes()), before, "log:\n{}", ob.log());
@@ -614,7 +616,7 @@ fn a_full_state_disk_frees_its_staging_space_after_a_refused_upload() {
     let free_before = disk.free();
     let before = tree_hash(&ob.volumes());
 
-    write(src.path(), "big.bin", random_bytes(11, 6 * MB));
+    write(src.path(), "big.bin", random_bytes(6 * MB, 11));
     assert_no_space_refusal(&push_run(&ob, gstate.path(), src.path()));
     assert_nothing_changed(&mut ob, &before, "an upload onto a full disk");
     assert!(
@@ -624,7 +626,7 @@ fn a_full_state_disk_frees_its_staging_space_after_a_refused_upload() {
     );
 
     // A push that fits works at once.
-    write(src.path(), "big.bin", random_bytes(12, MB));
+    write(src.path(), "big.bin", random_bytes(MB, 12));
     fresh_push(&ob, src.path(), "p");
 }
 
@@ -643,9 +645,9 @@ fn a_full_volume_disk_refuses_the_apply_and_leaves_the_volume_as_it_was() {
 
     // Staging (on the big disk) takes it all; the volume cannot: the first two files fit, the
     // third does not.
-    write(src.path(), "new/1.bin", random_bytes(21, MB));
-    write(src.path(), "new/2.bin", random_bytes(22, MB));
-    write(src.path(), "new/3.bin", random_bytes(23, 3 * MB / 2));
+    write(src.path(), "new/1.bin", random_bytes(MB, 21));
+    write(src.path(), "new/2.bin", random_bytes(MB, 22));
+    write(src.path(), "new/3.bin", random_bytes(3 * MB / 2, 23));
     let r = push_run(&ob, gstate.path(), src.path());
     assert_no_space_refusal(&r);
     assert_eq!(tree_hash(&ob.volumes()), before, "log:\n{}", ob.log());
@@ -659,7 +661,7 @@ fn a_full_volume_disk_refuses_the_apply_and_leaves_the_volume_as_it_was() {
     ob.restart();
     assert_eq!(tree_hash(&ob.volumes()), before);
     fs::remove_dir_all(src.path().join("new")).unwrap();
-    write(src.path(), "new/1.bin", random_bytes(24, MB));
+    write(src.path(), "new/1.bin", random_bytes(MB, 24));
     fresh_push(&ob, src.path(), "p");
 }
 
@@ -687,9 +689,9 @@ fn a_pack_held_up_by_a_full_volume_disk_is_applied_without_sending_it_again() {
     write(
         &ob.volume_path("p"),
         "scratch/junk.bin",
-        random_bytes(51, 3 * MB),
+        random_bytes(3 * MB, 51),
     );
-    write(src.path(), "new/model.bin", random_bytes(52, 3 * MB / 2));
+    write(src.path(), "new/model.bin", random_bytes(3 * MB / 2, 52));
     assert_no_space_refusal(&push(&[]));
     // The pod frees its scratch space; the retry sends next to nothing.
     fs::remove_dir_all(ob.volume_path("p").join("scratch")).unwrap();
@@ -718,7 +720,7 @@ fn a_note_after_a_full_state_disk_says_what_the_node_still_holds() {
     let src = local();
     small_tree(src.path());
     push_run(&ob, gstate.path(), src.path()).ok();
-    write(src.path(), "big.bin", random_bytes(53, 6 * MB));
+    write(src.path(), "big.bin", random_bytes(6 * MB, 53));
     assert_no_space_refusal(&push_run(&ob, gstate.path(), src.path()));
     disk.resize(32 << 20);
     let r = push_run(&ob, gstate.path(), src.path()).ok().json();
@@ -749,7 +751,7 @@ fn a_disk_too_full_to_stage_the_decoded_objects_refuses_the_pack_and_recovers() 
     let free = disk.free();
 
     let big = (free as usize) * 5 / 8;
-    write(src.path(), "big.bin", random_bytes(31, big));
+    write(src.path(), "big.bin", random_bytes(big, 31));
     let r = push_run(&ob, gstate.path(), src.path());
     assert_no_space_refusal(&r);
     assert_nothing_changed(&mut ob, &before, "a pack whose objects do not fit");
@@ -760,7 +762,7 @@ fn a_disk_too_full_to_stage_the_decoded_objects_refuses_the_pack_and_recovers() 
     );
 
     // A push that fits works, and so does a reboot.
-    write(src.path(), "big.bin", random_bytes(32, big / 3));
+    write(src.path(), "big.bin", random_bytes(big / 3, 32));
     fresh_push(&ob, src.path(), "p");
     ob.restart();
     assert_same_tree(&ob.volume_path("p"), src.path());

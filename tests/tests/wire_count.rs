@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use sync_core::testing::random_bytes;
 use sync_tests::*;
 
 /// The budget for a push that finds nothing to send (both directions).
@@ -60,8 +61,8 @@ fn reported_wire_bytes_equal_the_bytes_a_proxy_counts_on_the_socket() {
     let s = src.path();
     write(s, "readme.md", "# wire counts\n");
     write(s, "src/main.rs", "fn main() {}\n".repeat(40));
-    write(s, "data/blob.bin", random_bytes(7, 300 * 1024));
-    write(s, "data/small.bin", random_bytes(8, 3000));
+    write(s, "data/blob.bin", random_bytes(300 * 1024, 7));
+    write(s, "data/small.bin", random_bytes(3000, 8));
 
     let r = push_counted(&ob, &proxy, s, "first push");
     assert_eq!(field(&r, "up_to_date"), false, "{r}");
@@ -69,8 +70,8 @@ fn reported_wire_bytes_equal_the_bytes_a_proxy_counts_on_the_socket() {
     assert_same_tree(&ob.volume_path("p"), s);
 
     // A change to the large file and a new file: a pack with deltas and acknowledgements.
-    let mut blob = random_bytes(7, 300 * 1024);
-    blob[100_000..100_200].copy_from_slice(&random_bytes(9, 200));
+    let mut blob = random_bytes(300 * 1024, 7);
+    blob[100_000..100_200].copy_from_slice(&random_bytes(200, 9));
     write(s, "data/blob.bin", blob);
     write(s, "src/lib.rs", "pub fn f() {}\n");
     let r = push_counted(&ob, &proxy, s, "changed push");

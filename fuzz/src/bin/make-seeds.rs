@@ -13,8 +13,9 @@ use sync_core::manifest::Manifest;
 use sync_core::pack::format::HeaderBody;
 use sync_core::pack::{Limits, Plan, read_header};
 use sync_core::path::{PodName, VolumePath};
+use sync_core::testing::Blobs;
 use sync_core::wire::{ErrorKind, ManifestBody, Message, blob, encode_message};
-use sync_core_fuzz::{Blobs, FIXTURE, Fixture, limits, receiver_blobs};
+use sync_core_fuzz::{FIXTURE, Fixture, limits, receiver_blobs};
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
     let dir = Path::new("corpus").join(target);
@@ -201,13 +202,7 @@ fn structured(fx: &Fixture, pack: &[u8]) -> Vec<u8> {
     })
     .expect("header serializes");
     for seg in &h.segments {
-        let prefix: Vec<u8> = seg
-            .prefix
-            .iter()
-            .flat_map(|&b| {
-                receiver.0[&fx.base.entries()[b as usize].file_id().expect("a file")].clone()
-            })
-            .collect();
+        let prefix = receiver.prefix(&fx.base, &seg.prefix);
         let (frame, rest) = r.split_at(seg.frame_len as usize);
         r = rest;
         zstd_ref::decoder(frame, &prefix, u32::from(seg.window_log))

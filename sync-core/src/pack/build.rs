@@ -11,8 +11,8 @@ use std::io::Write;
 
 use super::PackError;
 use super::format::{
-    Encoding, FIXED_LEN, HeaderBody, Item, Limits, MAGIC, MAX_HEADER_DICT, PrefixPart, SegmentSpec,
-    VERSION,
+    Encoding, FIXED_LEN, FixedHeader, HeaderBody, Item, Limits, MAX_HEADER_DICT, PrefixPart,
+    SegmentSpec,
 };
 use crate::delta::{rsync, zstd_ref};
 use crate::id::{ContentId, ManifestId};
@@ -166,87 +166,49 @@ impl Plan {
             object_bytes: self.object_bytes(),
             ..Default::default()
         };
-        // Resolve each object's final encoding; rsync deltas are computed here because whether
-        // they beat a literal is only known once they exist.
+        let work = self.resolve(base, provider, signatures, limits)?;
+        let segments = encode_segments(work, limits, &mut stats)?;
+        let (fixed, header) = self.header(base, &segments)?;
+        out.write_all(&fixed.encode())?;
+        out.write_all(&header)?;
+        stats.pack_bytes = (FIXED_LEN + header.len()) as u64;
+        for (_, frame) in &segments {
+            out.write_all(frame)?;
+            stats.pack_bytes += frame.len() as u64;
+        }
+        Ok(stats)
+    }
+
+    /// Reads every object and settles how it travels, in the order the segments take them:
+    /// prefixed objects first, in path order so prefix and content run in step; then literals
+    /// clustered by file type; then rsync deltas.
+    fn resolve(
+        &self,
+        base: &Manifest,
+        provider: &dyn ContentProvider,
+        signatures: &HashMap<u32, Vec<u8>>,
+        limits: &Limits,
+    ) -> Result<Vec<Work>, PackError> {
         let mut work: Vec<Work> = Vec::with_capacity(self.objects.len());
         for (i, o) in self.objects.iter().enumerate() {
-            let data = provider.target(&o.path, &o.id)?;
-            let mut w = Work {
-                object: i as u32,
-                data,
-                prefix: None,
-                rsync: None,
-                context: Vec::new(),
-                append: None,
-                order: sort_key(&o.path),
-            };
-            match o.base {
-                BaseChoice::Prefix(b) => {
-                    let id = base.entries()[b as usize]
-                        .file_id()
-                        .expect("planned on a file");
-                    if let Some(bytes) = provider.base(&id)? {
-                        if bytes.len() as u64 >= APPEND_MIN_BYTES
-                            && bytes.len() as u64 <= limits.max_prefix_bytes
-                            && w.data.starts_with(&bytes)
-                        {
-                            // Grew at the end only: send the new part, not a match of the old.
-                            w.append = Some((b, bytes.len() as u64));
-                        } else {
-                            w.prefix = Some((b, bytes));
-                        }
-                    }
-                }
-                BaseChoice::Rsync(b) => {
-                    let cap = limits.max_rsync_bytes();
-                    let fits = o.size <= cap && base.entries()[b as usize].size() <= cap;
-                    if let Some(sig) = signatures.get(&b).filter(|_| fits) {
-                        let delta = rsync::diff(sig, &w.data)?;
-                        if (delta.len() as u64) < o.size - o.size / 8 {
-                            w.context = context(&rsync::copies(&delta)?, &w.data, CONTEXT_BYTES);
-                            w.rsync = Some((b, delta));
-                        }
-                    }
-                }
-                BaseChoice::None => {}
-            }
-            work.push(w);
+            work.push(Work::resolve(
+                i as u32, o, base, provider, signatures, limits,
+            )?);
         }
-        // Prefixed objects first, in path order so prefix and content run in step; then literals
-        // clustered by file type; then rsync deltas.
         work.sort_by(|a, b| {
             let class = |w: &Work| (w.prefix.is_none() as u8) + 2 * (w.rsync.is_some() as u8);
             (class(a), &a.order).cmp(&(class(b), &b.order))
         });
+        Ok(work)
+    }
 
-        let budget = SEGMENT_TARGET_BYTES
-            .min(1u64 << limits.max_window_log.min(zstd_ref::MAX_WINDOW_LOG as u8))
-            .max(1);
-        let mut segments: Vec<(SegmentSpec, Vec<u8>)> = Vec::new();
-        let mut current: Vec<Work> = Vec::new();
-        let mut current_bytes = 0u64;
-        for w in work {
-            let cost = w.cost();
-            // Rsync deltas get segments of their own: their prefix (the unchanged neighbours of
-            // changed stretches) only helps them, and may hurt other content (see below).
-            let family_changes = current
-                .first()
-                .is_some_and(|f| f.rsync.is_some() != w.rsync.is_some());
-            if !current.is_empty() && (current_bytes + cost > budget || family_changes) {
-                segments.push(encode_segment(
-                    std::mem::take(&mut current),
-                    limits,
-                    &mut stats,
-                )?);
-                current_bytes = 0;
-            }
-            current_bytes += cost;
-            current.push(w);
-        }
-        if !current.is_empty() {
-            segments.push(encode_segment(current, limits, &mut stats)?);
-        }
-
+    /// The header frame (compressed against the base manifest when it can be) and the fixed
+    /// part that leads it.
+    fn header(
+        &self,
+        base: &Manifest,
+        segments: &[(SegmentSpec, Vec<u8>)],
+    ) -> Result<(FixedHeader, Vec<u8>), PackError> {
         let body = HeaderBody {
             target_root: self.target_root,
             changes: self.changes.clone(),
@@ -267,19 +229,46 @@ impl Plan {
             value: packed.len() as u64,
             limit: u32::MAX as u64,
         })?;
-        out.write_all(MAGIC)?;
-        out.write_all(&[VERSION])?;
-        out.write_all(&self.base_root.0)?;
-        out.write_all(&[dict.is_some() as u8])?;
-        out.write_all(&header_len.to_le_bytes())?;
-        out.write_all(&packed)?;
-        stats.pack_bytes = (FIXED_LEN + packed.len()) as u64;
-        for (_, frame) in &segments {
-            out.write_all(frame)?;
-            stats.pack_bytes += frame.len() as u64;
-        }
-        Ok(stats)
+        let fixed = FixedHeader {
+            base_root: self.base_root,
+            dictionary: dict.is_some(),
+            header_len,
+        };
+        Ok((fixed, packed))
     }
+}
+
+/// Groups resolved objects into segments of about [`SEGMENT_TARGET_BYTES`] (less when the
+/// receiver's window is smaller) and compresses each.
+fn encode_segments(
+    work: Vec<Work>,
+    limits: &Limits,
+    stats: &mut PlanStats,
+) -> Result<Vec<(SegmentSpec, Vec<u8>)>, PackError> {
+    let budget = SEGMENT_TARGET_BYTES
+        .min(1u64 << limits.max_window_log.min(zstd_ref::MAX_WINDOW_LOG as u8))
+        .max(1);
+    let mut segments: Vec<(SegmentSpec, Vec<u8>)> = Vec::new();
+    let mut current: Vec<Work> = Vec::new();
+    let mut current_bytes = 0u64;
+    for w in work {
+        let cost = w.cost();
+        // Rsync deltas get segments of their own: their prefix (the unchanged neighbours of
+        // changed stretches) only helps them, and may hurt other content (see `encode_segment`).
+        let family_changes = current
+            .first()
+            .is_some_and(|f| f.rsync.is_some() != w.rsync.is_some());
+        if !current.is_empty() && (current_bytes + cost > budget || family_changes) {
+            segments.push(encode_segment(std::mem::take(&mut current), limits, stats)?);
+            current_bytes = 0;
+        }
+        current_bytes += cost;
+        current.push(w);
+    }
+    if !current.is_empty() {
+        segments.push(encode_segment(current, limits, stats)?);
+    }
+    Ok(segments)
 }
 
 /// The base manifest's canonical encoding, which both ends hold, as the header's dictionary.
@@ -302,6 +291,84 @@ struct Work {
 }
 
 impl Work {
+    /// Object `object` (planned as `o`) with its final encoding. Rsync deltas are computed here
+    /// because whether they beat a literal is only known once they exist.
+    fn resolve(
+        object: u32,
+        o: &PlannedObject,
+        base: &Manifest,
+        provider: &dyn ContentProvider,
+        signatures: &HashMap<u32, Vec<u8>>,
+        limits: &Limits,
+    ) -> Result<Work, PackError> {
+        let data = provider.target(&o.path, &o.id)?;
+        let mut w = Work {
+            object,
+            data,
+            prefix: None,
+            rsync: None,
+            context: Vec::new(),
+            append: None,
+            order: sort_key(&o.path),
+        };
+        match o.base {
+            BaseChoice::Prefix(b) => {
+                let id = base.entries()[b as usize]
+                    .file_id()
+                    .expect("planned on a file");
+                if let Some(bytes) = provider.base(&id)? {
+                    if bytes.len() as u64 >= APPEND_MIN_BYTES
+                        && bytes.len() as u64 <= limits.max_prefix_bytes
+                        && w.data.starts_with(&bytes)
+                    {
+                        // Grew at the end only: send the new part, not a match of the old.
+                        w.append = Some((b, bytes.len() as u64));
+                    } else {
+                        w.prefix = Some((b, bytes));
+                    }
+                }
+            }
+            BaseChoice::Rsync(b) => {
+                let cap = limits.max_rsync_bytes();
+                let fits = o.size <= cap && base.entries()[b as usize].size() <= cap;
+                if let Some(sig) = signatures.get(&b).filter(|_| fits) {
+                    let delta = rsync::diff(sig, &w.data)?;
+                    if (delta.len() as u64) < o.size - o.size / 8 {
+                        w.context = context(&rsync::copies(&delta)?, &w.data, CONTEXT_BYTES);
+                        w.rsync = Some((b, delta));
+                    }
+                }
+            }
+            BaseChoice::None => {}
+        }
+        Ok(w)
+    }
+
+    /// How the object travels in its segment, counted in `stats`.
+    fn encoding(&self, stats: &mut PlanStats) -> Encoding {
+        match (&self.rsync, self.append) {
+            (Some((b, delta)), _) => {
+                stats.rsynced += 1;
+                Encoding::Rsync {
+                    base: *b,
+                    delta_len: delta.len() as u64,
+                }
+            }
+            (None, Some((base, keep))) => {
+                stats.prefixed += 1;
+                Encoding::Append { base, keep }
+            }
+            (None, None) => {
+                if self.prefix.is_some() {
+                    stats.prefixed += 1;
+                } else {
+                    stats.literal += 1;
+                }
+                Encoding::Literal
+            }
+        }
+    }
+
     fn payload(&self) -> &[u8] {
         match (&self.rsync, self.append) {
             (Some((_, delta)), _) => delta,
@@ -359,6 +426,8 @@ fn sort_key(path: &VolumePath) -> (String, String) {
     (ext.to_string(), path.to_string())
 }
 
+/// Encodes one segment: its whole prefix entries and items, then its frame, with prefix ranges
+/// where they make the frame smaller.
 fn encode_segment(
     work: Vec<Work>,
     limits: &Limits,
@@ -376,31 +445,10 @@ fn encode_segment(
             parts.push(PrefixPart::Entry(*b));
             prefix.extend_from_slice(bytes);
         }
-        let encoding = match (&w.rsync, w.append) {
-            (Some((b, delta)), _) => {
-                stats.rsynced += 1;
-                Encoding::Rsync {
-                    base: *b,
-                    delta_len: delta.len() as u64,
-                }
-            }
-            (None, Some((base, keep))) => {
-                stats.prefixed += 1;
-                Encoding::Append { base, keep }
-            }
-            (None, None) => {
-                if w.prefix.is_some() {
-                    stats.prefixed += 1;
-                } else {
-                    stats.literal += 1;
-                }
-                Encoding::Literal
-            }
-        };
         content.extend_from_slice(w.payload());
         items.push(Item {
             object: w.object,
-            encoding,
+            encoding: w.encoding(stats),
         });
     }
     let compress = |prefix: &[u8]| -> Result<(Vec<u8>, u32), PackError> {
@@ -420,30 +468,7 @@ fn encode_segment(
     // from them that cost more than literals (decimal text compresses worse with a prefix of
     // more decimal text), so they stay only where they make the frame smaller.
     let unranged = parts.len();
-    let has_context = work.iter().any(|w| !w.context.is_empty());
-    // Only rsync segments have context, and they carry no whole entries: this copies nothing
-    // there, and other segments skip it.
-    let mut ranged = if has_context {
-        prefix.clone()
-    } else {
-        Vec::new()
-    };
-    for w in &work {
-        let Some((b, _)) = &w.rsync else { continue };
-        for (from, bytes) in &w.context {
-            if (ranged.len() + bytes.len()) as u64 > limits.max_prefix_bytes
-                || parts.len() - unranged >= MAX_RANGES_PER_SEGMENT
-            {
-                break;
-            }
-            parts.push(PrefixPart::Range {
-                base: *b,
-                from: *from,
-                len: bytes.len() as u64,
-            });
-            ranged.extend_from_slice(bytes);
-        }
-    }
+    let ranged = add_ranges(&work, &prefix, &mut parts, limits);
     if parts.len() > unranged {
         let (with, wl) = compress(&ranged)?;
         if with.len() < frame.len() {
@@ -461,6 +486,42 @@ fn encode_segment(
         },
         frame,
     ))
+}
+
+/// Appends to `parts` the ranges of the segment's rsync deltas' context, as many as the caps
+/// allow, and returns `prefix` followed by their bytes.
+fn add_ranges(
+    work: &[Work],
+    prefix: &[u8],
+    parts: &mut Vec<PrefixPart>,
+    limits: &Limits,
+) -> Vec<u8> {
+    let unranged = parts.len();
+    let has_context = work.iter().any(|w| !w.context.is_empty());
+    // Only rsync segments have context, and they carry no whole entries: this copies nothing
+    // there, and other segments skip it.
+    let mut ranged = if has_context {
+        prefix.to_vec()
+    } else {
+        Vec::new()
+    };
+    for w in work {
+        let Some((b, _)) = &w.rsync else { continue };
+        for (from, bytes) in &w.context {
+            if (ranged.len() + bytes.len()) as u64 > limits.max_prefix_bytes
+                || parts.len() - unranged >= MAX_RANGES_PER_SEGMENT
+            {
+                break;
+            }
+            parts.push(PrefixPart::Range {
+                base: *b,
+                from: *from,
+                len: bytes.len() as u64,
+            });
+            ranged.extend_from_slice(bytes);
+        }
+    }
+    ranged
 }
 
 fn choose_base(

@@ -40,6 +40,59 @@ pub const FIXED_LEN: usize = 42;
 /// cost both ends that much memory for a few kilobytes saved).
 pub const MAX_HEADER_DICT: usize = 64 << 20;
 
+/// The fixed part of a pack, before the header frame: the first [`FIXED_LEN`] bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FixedHeader {
+    /// The manifest the pack applies to.
+    pub base_root: ManifestId,
+    /// The header frame is compressed against the base manifest's canonical encoding.
+    pub dictionary: bool,
+    /// Length of the header frame that follows.
+    pub header_len: u32,
+}
+
+impl FixedHeader {
+    pub fn encode(&self) -> [u8; FIXED_LEN] {
+        let mut out = [0u8; FIXED_LEN];
+        out[..4].copy_from_slice(MAGIC);
+        out[4] = VERSION;
+        out[5..37].copy_from_slice(&self.base_root.0);
+        out[37] = self.dictionary as u8;
+        out[38..].copy_from_slice(&self.header_len.to_le_bytes());
+        out
+    }
+
+    /// Decodes the fixed part of a pack that is to apply to `base_root`, refusing (in this order)
+    /// another magic, another version, a pack built against another base, and a dictionary this
+    /// build does not know.
+    pub fn decode(bytes: &[u8; FIXED_LEN], base_root: &ManifestId) -> Result<Self, PackError> {
+        if &bytes[..4] != MAGIC {
+            return Err(PackError::Magic);
+        }
+        if bytes[4] != VERSION {
+            return Err(PackError::Version(bytes[4]));
+        }
+        let root = ManifestId(bytes[5..37].try_into().expect("32 bytes"));
+        if root != *base_root {
+            return Err(PackError::WrongBase);
+        }
+        let dictionary = match bytes[37] {
+            0 => false,
+            1 => true,
+            other => {
+                return Err(PackError::Header(format!(
+                    "unknown header dictionary {other}"
+                )));
+            }
+        };
+        Ok(Self {
+            base_root: root,
+            dictionary,
+            header_len: u32::from_le_bytes(bytes[38..].try_into().expect("4 bytes")),
+        })
+    }
+}
+
 /// The part of the header inside the compressed frame (the base root is in the fixed part).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HeaderBody {
@@ -286,6 +339,64 @@ mod tests {
                 },
             ],
         }
+    }
+
+    #[test]
+    fn the_fixed_header_is_laid_out_as_the_table_says() {
+        let fixed = FixedHeader {
+            base_root: ManifestId([7; 32]),
+            dictionary: true,
+            header_len: 0x0102_0304,
+        };
+        let bytes = fixed.encode();
+        let want = [&b"OSPK"[..], &[2], &[7; 32], &[1], &[4, 3, 2, 1]].concat();
+        assert_eq!(bytes[..], want[..]);
+        assert_eq!(
+            FixedHeader::decode(&bytes, &ManifestId([7; 32])).unwrap(),
+            fixed
+        );
+        let plain = FixedHeader {
+            dictionary: false,
+            ..fixed
+        };
+        assert_eq!(plain.encode()[37], 0);
+    }
+
+    /// The refusals come in the order a receiver has always checked them: what the pack is, then
+    /// what it applies to, then how its header is compressed.
+    #[test]
+    fn a_fixed_header_is_refused_for_the_first_thing_wrong_with_it() {
+        let root = ManifestId([7; 32]);
+        let good = FixedHeader {
+            base_root: root,
+            dictionary: false,
+            header_len: 10,
+        }
+        .encode();
+        let with = |at: usize, byte: u8| {
+            let mut b = good;
+            b[at] = byte;
+            b
+        };
+        let mut bad = with(0, b'X');
+        bad[4] = 9;
+        assert!(matches!(
+            FixedHeader::decode(&bad, &root),
+            Err(PackError::Magic)
+        ));
+        assert!(matches!(
+            FixedHeader::decode(&with(4, 9), &root),
+            Err(PackError::Version(9))
+        ));
+        let unknown_dict = with(37, 2);
+        assert!(matches!(
+            FixedHeader::decode(&unknown_dict, &ManifestId([8; 32])),
+            Err(PackError::WrongBase)
+        ));
+        assert!(matches!(
+            FixedHeader::decode(&unknown_dict, &root),
+            Err(PackError::Header(m)) if m == "unknown header dictionary 2"
+        ));
     }
 
     #[test]

@@ -9,10 +9,10 @@ use std::io::{BufReader, Read};
 use super::PackError;
 use super::build::header_dictionary;
 use super::format::{
-    Encoding, FIXED_LEN, HeaderBody, Limits, MAGIC, PackHeader, PrefixPart, VERSION,
+    Encoding, FIXED_LEN, FixedHeader, HeaderBody, Limits, PackHeader, PrefixPart, SegmentSpec,
 };
 use crate::delta::{rsync, zstd_ref};
-use crate::id::{ContentId, ManifestId};
+use crate::id::ContentId;
 use crate::manifest::{Entry, Manifest, SourceResolver, apply_changes};
 
 /// Reads base content on the receiver.
@@ -43,30 +43,17 @@ pub fn read_header(
     base: &Manifest,
     limits: &Limits,
 ) -> Result<PackHeader, PackError> {
-    let mut fixed = [0u8; FIXED_LEN];
-    read_exact(r, &mut fixed)?;
-    if &fixed[..4] != MAGIC {
-        return Err(PackError::Magic);
-    }
-    if fixed[4] != VERSION {
-        return Err(PackError::Version(fixed[4]));
-    }
-    let base_root = ManifestId(fixed[5..37].try_into().expect("32 bytes"));
-    if base_root != base.root() {
-        return Err(PackError::WrongBase);
-    }
-    let dict = match fixed[37] {
-        0 => None,
-        1 => Some(header_dictionary(base).ok_or_else(|| {
+    let mut bytes = [0u8; FIXED_LEN];
+    read_exact(r, &mut bytes)?;
+    let fixed = FixedHeader::decode(&bytes, &base.root())?;
+    let dict = if fixed.dictionary {
+        Some(header_dictionary(base).ok_or_else(|| {
             PackError::Structure("header dictionary named but the base has none".into())
-        })?),
-        other => {
-            return Err(PackError::Header(format!(
-                "unknown header dictionary {other}"
-            )));
-        }
+        })?)
+    } else {
+        None
     };
-    let len = u32::from_le_bytes(fixed[38..42].try_into().expect("4 bytes")) as u64;
+    let len = u64::from(fixed.header_len);
     // A compressed header cannot be larger than its decompressed cap (plus frame overhead).
     check("header", len, limits.max_header_bytes + 1024)?;
     let mut packed = vec![0u8; len as usize];
@@ -83,7 +70,7 @@ pub fn read_header(
     check("header", raw.len() as u64, limits.max_header_bytes)?;
     let body = HeaderBody::decode(&raw, limits)?;
     Ok(PackHeader {
-        base_root,
+        base_root: fixed.base_root,
         target_root: body.target_root,
         changes: body.changes,
         objects: body.objects,
@@ -113,6 +100,31 @@ pub(crate) fn validate(
     base: &Manifest,
     limits: &Limits,
 ) -> Result<(), PackError> {
+    check_sizes(header, limits)?;
+    let mut seen = HashSet::new();
+    for seg in &header.segments {
+        check(
+            "window log",
+            seg.window_log as u64,
+            limits.max_window_log as u64,
+        )?;
+        check_prefix(seg, base, limits)?;
+        check_items(seg, &header.objects, base, limits, &mut seen)?;
+    }
+    if seen.len() != header.objects.len() {
+        return Err(PackError::Structure(format!(
+            "{} objects declared, {} carried",
+            header.objects.len(),
+            seen.len()
+        )));
+    }
+    // Structure of the changes (paths, kinds, sources) before any byte is decoded.
+    apply_changes(base, &header.changes, &Sizes(&header.objects))?;
+    Ok(())
+}
+
+/// The header's counts and declared object sizes against the limits.
+fn check_sizes(header: &PackHeader, limits: &Limits) -> Result<(), PackError> {
     check(
         "change count",
         header.changes.len() as u64,
@@ -128,117 +140,117 @@ pub(crate) fn validate(
         check("object size", size, limits.max_object_bytes)?;
         total = total.saturating_add(size);
     }
-    check("total object size", total, limits.max_total_bytes)?;
-    let base_file = |i: u32| -> Result<&Entry, PackError> {
-        base.entries()
-            .get(i as usize)
-            .filter(|e| e.file_id().is_some())
-            .ok_or_else(|| PackError::Structure(format!("base entry #{i} is not a file")))
-    };
-    let mut seen = HashSet::new();
-    for seg in &header.segments {
-        check(
-            "window log",
-            seg.window_log as u64,
-            limits.max_window_log as u64,
-        )?;
-        // Every base the prefix reads costs a read and a hash of the whole base, so the parts
-        // are held to what the sender makes: at most one whole entry per item, and ranges only
-        // of the bases the segment's rsync deltas patch, each base's ranges together (read once).
-        let rsync_bases: HashSet<u32> = seg
-            .items
-            .iter()
-            .filter_map(|i| match i.encoding {
-                Encoding::Rsync { base, .. } => Some(base),
-                _ => None,
-            })
-            .collect();
-        let entries = seg
-            .prefix
-            .iter()
-            .filter(|p| matches!(p, PrefixPart::Entry(_)))
-            .count();
-        if entries > seg.items.len() {
+    check("total object size", total, limits.max_total_bytes)
+}
+
+/// Base manifest entry `i`, which a pack may only name as a base if it is a file.
+fn base_file(base: &Manifest, i: u32) -> Result<&Entry, PackError> {
+    base.entries()
+        .get(i as usize)
+        .filter(|e| e.file_id().is_some())
+        .ok_or_else(|| PackError::Structure(format!("base entry #{i} is not a file")))
+}
+
+/// Checks a segment's reference prefix. Every base the prefix reads costs a read and a hash of
+/// the whole base, so the parts are held to what the sender makes: at most one whole entry per
+/// item, and ranges only of the bases the segment's rsync deltas patch, each base's ranges
+/// together (read once).
+fn check_prefix(seg: &SegmentSpec, base: &Manifest, limits: &Limits) -> Result<(), PackError> {
+    let rsync_bases: HashSet<u32> = seg
+        .items
+        .iter()
+        .filter_map(|i| match i.encoding {
+            Encoding::Rsync { base, .. } => Some(base),
+            _ => None,
+        })
+        .collect();
+    let entries = seg
+        .prefix
+        .iter()
+        .filter(|p| matches!(p, PrefixPart::Entry(_)))
+        .count();
+    if entries > seg.items.len() {
+        return Err(PackError::Structure(format!(
+            "{entries} whole prefix entries for {} items",
+            seg.items.len()
+        )));
+    }
+    let mut ranged: Vec<u32> = Vec::new();
+    let mut prefix = 0u64;
+    for part in &seg.prefix {
+        let size = base_file(base, part.base())?.size();
+        let len = match *part {
+            PrefixPart::Entry(_) => size,
+            PrefixPart::Range { base: b, from, len } => {
+                if !rsync_bases.contains(&b) {
+                    return Err(PackError::Structure(format!(
+                        "prefix range of base #{b}, which no delta of the segment patches"
+                    )));
+                }
+                if ranged.last() != Some(&b) {
+                    if ranged.contains(&b) {
+                        return Err(PackError::Structure(format!(
+                            "prefix ranges of base #{b} are not together"
+                        )));
+                    }
+                    ranged.push(b);
+                }
+                if len == 0 || from.checked_add(len).is_none_or(|end| end > size) {
+                    return Err(PackError::Structure(format!(
+                        "prefix range {from}+{len} of a {size}-byte base"
+                    )));
+                }
+                // The whole base is read (and held) to take the range.
+                check("prefix range base size", size, limits.max_rsync_bytes())?;
+                len
+            }
+        };
+        prefix = prefix.saturating_add(len);
+    }
+    check("prefix size", prefix, limits.max_prefix_bytes)
+}
+
+/// Checks a segment's items: each names a declared object not carried before (`seen` holds
+/// those of earlier segments), and its encoding fits its base and the limits.
+fn check_items(
+    seg: &SegmentSpec,
+    objects: &[u64],
+    base: &Manifest,
+    limits: &Limits,
+    seen: &mut HashSet<u32>,
+) -> Result<(), PackError> {
+    for item in &seg.items {
+        let size = *objects
+            .get(item.object as usize)
+            .ok_or_else(|| PackError::Structure(format!("item names object #{}", item.object)))?;
+        if !seen.insert(item.object) {
             return Err(PackError::Structure(format!(
-                "{entries} whole prefix entries for {} items",
-                seg.items.len()
+                "object #{} is carried twice",
+                item.object
             )));
         }
-        let mut ranged: Vec<u32> = Vec::new();
-        let mut prefix = 0u64;
-        for part in &seg.prefix {
-            let size = base_file(part.base())?.size();
-            let len = match *part {
-                PrefixPart::Entry(_) => size,
-                PrefixPart::Range { base: b, from, len } => {
-                    if !rsync_bases.contains(&b) {
-                        return Err(PackError::Structure(format!(
-                            "prefix range of base #{b}, which no delta of the segment patches"
-                        )));
-                    }
-                    if ranged.last() != Some(&b) {
-                        if ranged.contains(&b) {
-                            return Err(PackError::Structure(format!(
-                                "prefix ranges of base #{b} are not together"
-                            )));
-                        }
-                        ranged.push(b);
-                    }
-                    if len == 0 || from.checked_add(len).is_none_or(|end| end > size) {
-                        return Err(PackError::Structure(format!(
-                            "prefix range {from}+{len} of a {size}-byte base"
-                        )));
-                    }
-                    // The whole base is read (and held) to take the range.
-                    check("prefix range base size", size, limits.max_rsync_bytes())?;
-                    len
-                }
-            };
-            prefix = prefix.saturating_add(len);
-        }
-        check("prefix size", prefix, limits.max_prefix_bytes)?;
-        for item in &seg.items {
-            let size = *header.objects.get(item.object as usize).ok_or_else(|| {
-                PackError::Structure(format!("item names object #{}", item.object))
-            })?;
-            if !seen.insert(item.object) {
+        if let Encoding::Append { base: b, keep } = item.encoding {
+            let base_size = base_file(base, b)?.size();
+            if keep != base_size || keep > size {
                 return Err(PackError::Structure(format!(
-                    "object #{} is carried twice",
+                    "object #{} keeps {keep} bytes of a {base_size}-byte base and is {size}",
                     item.object
                 )));
             }
-            if let Encoding::Append { base: b, keep } = item.encoding {
-                let base_size = base_file(b)?.size();
-                if keep != base_size || keep > size {
-                    return Err(PackError::Structure(format!(
-                        "object #{} keeps {keep} bytes of a {base_size}-byte base and is {size}",
-                        item.object
-                    )));
-                }
-                // The base is held in memory while the object is written.
-                check("append base size", base_size, limits.max_prefix_bytes)?;
-            }
-            if let Encoding::Rsync { base: b, delta_len } = item.encoding {
-                check("rsync object size", size, limits.max_rsync_bytes())?;
-                check(
-                    "rsync base size",
-                    base_file(b)?.size(),
-                    limits.max_rsync_bytes(),
-                )?;
-                // A delta is never much larger than the literal it replaces.
-                check("rsync delta", delta_len, size + size / 4 + 4096)?;
-            }
+            // The base is held in memory while the object is written.
+            check("append base size", base_size, limits.max_prefix_bytes)?;
+        }
+        if let Encoding::Rsync { base: b, delta_len } = item.encoding {
+            check("rsync object size", size, limits.max_rsync_bytes())?;
+            check(
+                "rsync base size",
+                base_file(base, b)?.size(),
+                limits.max_rsync_bytes(),
+            )?;
+            // A delta is never much larger than the literal it replaces.
+            check("rsync delta", delta_len, size + size / 4 + 4096)?;
         }
     }
-    if seen.len() != header.objects.len() {
-        return Err(PackError::Structure(format!(
-            "{} objects declared, {} carried",
-            header.objects.len(),
-            seen.len()
-        )));
-    }
-    // Structure of the changes (paths, kinds, sources) before any byte is decoded.
-    apply_changes(base, &header.changes, &Sizes(&header.objects))?;
     Ok(())
 }
 
@@ -388,62 +400,7 @@ pub fn decode_pack(
     validate(&header, base, limits)?;
     let mut objects = vec![(ContentId::empty(), 0u64); header.objects.len()];
     for seg in &header.segments {
-        // Ranges of one base and the rsync delta against it read the base once.
-        let mut held = HeldBase::default();
-        let mut prefix = Vec::new();
-        for part in &seg.prefix {
-            match *part {
-                PrefixPart::Entry(b) => {
-                    prefix.extend_from_slice(&verified_base(bases, &base.entries()[b as usize])?)
-                }
-                PrefixPart::Range { base: b, from, len } => {
-                    let bytes = held.get(bases, base, b)?;
-                    prefix.extend_from_slice(&bytes[from as usize..(from + len) as usize])
-                }
-            }
-        }
-        let mut frame = BufReader::new(r.take(seg.frame_len));
-        {
-            let dec = zstd_ref::decoder(&mut frame, &prefix, seg.window_log as u32)?;
-            // A frame that does not decode is bad data from the sender, not a storage failure.
-            let mut dec = FrameReader(dec);
-            for item in &seg.items {
-                let size = header.objects[item.object as usize];
-                let hashed = match item.encoding {
-                    Encoding::Literal => put_object(sink, item.object, size, &mut dec)?,
-                    Encoding::Append { base: b, keep } => {
-                        held = HeldBase::default(); // one base in memory at a time
-                        let base_bytes = verified_base(bases, &base.entries()[b as usize])?;
-                        let mut joined =
-                            std::io::Read::chain(&base_bytes[..keep as usize], &mut dec);
-                        put_object(sink, item.object, size, &mut joined)?
-                    }
-                    Encoding::Rsync { base: b, delta_len } => {
-                        let mut delta = Vec::new();
-                        (&mut dec).take(delta_len).read_to_end(&mut delta)?;
-                        if delta.len() as u64 != delta_len {
-                            return Err(PackError::Truncated);
-                        }
-                        let out = rsync::apply(held.get(bases, base, b)?, &delta, size)?;
-                        put_object(sink, item.object, size, &mut &out[..])?
-                    }
-                };
-                objects[item.object as usize] = hashed;
-            }
-            let mut probe = [0u8; 1];
-            if dec.read(&mut probe)? != 0 {
-                return Err(PackError::Trailing("segment"));
-            }
-        }
-        // The frame must end exactly where the header said.
-        let mut rest = Vec::new();
-        frame.read_to_end(&mut rest)?;
-        if !rest.is_empty() {
-            return Err(PackError::Trailing("segment frame"));
-        }
-        if frame.into_inner().limit() != 0 {
-            return Err(PackError::Truncated);
-        }
+        decode_segment(r, seg, &header.objects, base, bases, sink, &mut objects)?;
     }
     let mut probe = [0u8; 1];
     if r.read(&mut probe)? != 0 {
@@ -465,6 +422,75 @@ pub fn decode_pack(
     })
 }
 
+/// Decodes one segment's frame from `r` into the sink, recording each object's id and size in
+/// `objects` (by index); the frame must end exactly where the header said.
+fn decode_segment(
+    r: &mut dyn Read,
+    seg: &SegmentSpec,
+    sizes: &[u64],
+    base: &Manifest,
+    bases: &dyn BaseReader,
+    sink: &mut dyn ObjectSink,
+    objects: &mut [(ContentId, u64)],
+) -> Result<(), PackError> {
+    // Ranges of one base and the rsync delta against it read the base once.
+    let mut held = HeldBase::default();
+    let mut prefix = Vec::new();
+    for part in &seg.prefix {
+        match *part {
+            PrefixPart::Entry(b) => {
+                prefix.extend_from_slice(&verified_base(bases, &base.entries()[b as usize])?)
+            }
+            PrefixPart::Range { base: b, from, len } => {
+                let bytes = held.get(bases, base, b)?;
+                prefix.extend_from_slice(&bytes[from as usize..(from + len) as usize])
+            }
+        }
+    }
+    let mut frame = BufReader::new(r.take(seg.frame_len));
+    {
+        let dec = zstd_ref::decoder(&mut frame, &prefix, seg.window_log as u32)?;
+        // A frame that does not decode is bad data from the sender, not a storage failure.
+        let mut dec = FrameReader(dec);
+        for item in &seg.items {
+            let size = sizes[item.object as usize];
+            let hashed = match item.encoding {
+                Encoding::Literal => put_object(sink, item.object, size, &mut dec)?,
+                Encoding::Append { base: b, keep } => {
+                    held = HeldBase::default(); // one base in memory at a time
+                    let base_bytes = verified_base(bases, &base.entries()[b as usize])?;
+                    let mut joined = std::io::Read::chain(&base_bytes[..keep as usize], &mut dec);
+                    put_object(sink, item.object, size, &mut joined)?
+                }
+                Encoding::Rsync { base: b, delta_len } => {
+                    let mut delta = Vec::new();
+                    (&mut dec).take(delta_len).read_to_end(&mut delta)?;
+                    if delta.len() as u64 != delta_len {
+                        return Err(PackError::Truncated);
+                    }
+                    let out = rsync::apply(held.get(bases, base, b)?, &delta, size)?;
+                    put_object(sink, item.object, size, &mut &out[..])?
+                }
+            };
+            objects[item.object as usize] = hashed;
+        }
+        let mut probe = [0u8; 1];
+        if dec.read(&mut probe)? != 0 {
+            return Err(PackError::Trailing("segment"));
+        }
+    }
+    // The frame must end exactly where the header said.
+    let mut rest = Vec::new();
+    frame.read_to_end(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(PackError::Trailing("segment frame"));
+    }
+    if frame.into_inner().limit() != 0 {
+        return Err(PackError::Truncated);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,13 +499,12 @@ mod tests {
     fn pack_with_header(raw: &[u8]) -> Vec<u8> {
         let mut frame = Vec::new();
         zstd_ref::compress(&[], &mut &raw[..], raw.len() as u64, &mut frame).unwrap();
-        let mut pack = MAGIC.to_vec();
-        pack.push(VERSION);
-        pack.extend_from_slice(&Manifest::default().root().0);
-        pack.push(0);
-        pack.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-        pack.extend_from_slice(&frame);
-        pack
+        let fixed = FixedHeader {
+            base_root: Manifest::default().root(),
+            dictionary: false,
+            header_len: frame.len() as u32,
+        };
+        [&fixed.encode()[..], &frame].concat()
     }
 
     /// Regression (found while writing the pack fuzz target): the header's tables were built by

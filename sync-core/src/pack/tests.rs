@@ -1,7 +1,6 @@
 //! Round trips and refusals of whole packs, in memory.
 
 use std::collections::HashMap;
-use std::io::Read;
 
 use proptest::prelude::*;
 
@@ -9,51 +8,7 @@ use super::*;
 use crate::id::ContentId;
 use crate::manifest::{Entry, EntryKind, Manifest};
 use crate::path::VolumePath;
-
-/// Both ends in memory: content by id.
-#[derive(Default, Clone)]
-struct Blobs(HashMap<ContentId, Vec<u8>>);
-
-impl Blobs {
-    fn add(&mut self, body: &[u8]) -> ContentId {
-        let id = ContentId::of(body);
-        self.0.insert(id, body.to_vec());
-        id
-    }
-}
-
-impl ContentProvider for Blobs {
-    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
-        self.0.get(id).cloned().ok_or(PackError::SourceChanged {
-            path: path.to_string(),
-        })
-    }
-    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
-        Ok(self.0.get(id).cloned())
-    }
-}
-
-impl BaseReader for Blobs {
-    fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError> {
-        Ok(self
-            .0
-            .get(&entry.file_id().unwrap())
-            .cloned()
-            .unwrap_or_default())
-    }
-}
-
-#[derive(Default)]
-struct Collect(HashMap<u32, Vec<u8>>);
-
-impl ObjectSink for Collect {
-    fn put(&mut self, index: u32, data: &mut dyn Read) -> Result<(), PackError> {
-        let mut v = Vec::new();
-        data.read_to_end(&mut v)?;
-        self.0.insert(index, v);
-        Ok(())
-    }
-}
+use crate::testing::{Blobs, Collect, noise, text};
 
 fn manifest(files: &[(&str, &[u8])], blobs: &mut Blobs) -> Manifest {
     let mut entries = Vec::new();
@@ -80,13 +35,6 @@ fn manifest(files: &[(&str, &[u8])], blobs: &mut Blobs) -> Manifest {
         });
     }
     Manifest::new(entries).unwrap()
-}
-
-fn text(n: usize, seed: u32) -> Vec<u8> {
-    (0..n)
-        .map(|i| format!("line {} of file {seed}\n", i * 7 + seed as usize))
-        .collect::<String>()
-        .into_bytes()
 }
 
 /// Builds a pack from `base` to `target`; the sender holds `sender`, the receiver `receiver`.
@@ -287,12 +235,12 @@ fn decompression_bomb_header_is_refused() {
     let mut frame = Vec::new();
     crate::delta::zstd_ref::compress(&[], &mut &zeros[..], zeros.len() as u64, &mut frame).unwrap();
     let base = Manifest::default();
-    let mut pack = b"OSPK".to_vec();
-    pack.push(super::format::VERSION);
-    pack.extend_from_slice(&base.root().0);
-    pack.push(0);
-    pack.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-    pack.extend_from_slice(&frame);
+    let fixed = format::FixedHeader {
+        base_root: base.root(),
+        dictionary: false,
+        header_len: frame.len() as u32,
+    };
+    let pack = [&fixed.encode()[..], &frame].concat();
     let limits = Limits {
         max_header_bytes: 1 << 20,
         ..Limits::default()
@@ -556,11 +504,10 @@ fn prefix_ranges_are_read_once_per_patched_base() {
 /// can match, they are left out.
 #[test]
 fn ranges_that_do_not_pay_are_left_out() {
-    let noise = |seed: u64, n: usize| crate::delta::zstd_ref::tests::pseudo_random(n, seed | 1);
-    let old = noise(1, 200_000);
+    let old = noise(200_000, 1);
     let mut new = old.clone();
     for at in (5_000..200_000).step_by(20_000) {
-        new[at..at + 300].copy_from_slice(&noise(at as u64, 300));
+        new[at..at + 300].copy_from_slice(&noise(300, at as u64));
     }
     let (base, receiver, pack) = build_rsync(&old, &new);
     let header = read_header(&mut &pack[..], &base, &Limits::default()).unwrap();

@@ -247,16 +247,29 @@ mod tests {
             ino: 3,
             id: ContentId::of(&n.to_le_bytes()),
         };
+        // Rows inserted, replaced or deleted by statements on this connection so far.
+        let writes = |db: &Db| -> i64 {
+            db.conn()
+                .query_row("SELECT total_changes()", [], |r| r.get(0))
+                .unwrap()
+        };
         let mut a = StatCache::new();
         a.insert("x".into(), st(1));
         a.insert("y".into(), st(2));
         db.save_stat_cache("s", &StatCache::new(), &a).unwrap();
         assert_eq!(db.stat_cache("s").unwrap(), a);
+        let before = writes(&db);
+        db.save_stat_cache("s", &a, &a).unwrap();
+        assert_eq!(writes(&db), before, "an unchanged tree costs no writes");
         let mut b = a.clone();
         b.remove("x");
         b.insert("z".into(), st(3));
+        let before = writes(&db);
         db.save_stat_cache("s", &a, &b).unwrap();
         assert_eq!(db.stat_cache("s").unwrap(), b);
+        // x deleted and z written; y, unchanged, is not written again (a rewrite of the whole
+        // cache would cost 3 or 4).
+        assert_eq!(writes(&db) - before, 2, "only the differences are written");
         assert!(db.stat_cache("other").unwrap().is_empty());
     }
 }

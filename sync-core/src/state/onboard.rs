@@ -511,8 +511,15 @@ mod tests {
 
     #[test]
     fn node_id_is_stable() {
-        let db = Db::open_in_memory().unwrap();
-        assert_eq!(db.node_id().unwrap(), db.node_id().unwrap());
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("onboard.db");
+        let db = Db::open(&path).unwrap();
+        let id = db.node_id().unwrap();
+        assert_eq!(db.node_id().unwrap(), id);
+        drop(db);
+        // The node keeps its id across restarts: the grounds know it by that id.
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.node_id().unwrap(), id);
     }
 
     #[test]
