@@ -1,3 +1,4 @@
+pub mod apply;
 pub mod delta;
 pub mod ground;
 pub mod id;

@@ -1,23 +1,24 @@
 //! A received pack, from its staged bytes to the pod's volume: decoded against the state it
 //! was planned on (every object hashed, every base verified, the target root checked), placed
-//! in the volume under temporary names, then journaled and renamed into place. The journal's
-//! roll-forward is here too, below the apply: the one writes what the other finishes.
+//! in the volume under temporary names, then journaled and renamed into place through
+//! [`crate::apply`], which the ground's pull shares. Here are the pod's [`Journal`]
+//! ([`PackJournal`]: the onboard state's `journal` table, one entry per pack, whose end also
+//! drops what was staged of the pack) and what each outcome of a roll-forward means for a pod.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::Read;
-use std::path::Path;
 
 use cap_std::fs::Dir;
 
-use crate::id::{ContentId, ManifestId, PackId};
-use crate::manifest::{Entry, Manifest};
-use crate::pack::{self, BaseReader, DecodedPack, ObjectSink, PackError};
+use crate::id::{ManifestId, PackId};
+use crate::manifest::Manifest;
+use crate::pack::{self, DecodedPack, PackError};
 use crate::path::{PodName, VolumePath};
 use crate::state::{IncomingPack, JournalEntry};
 use crate::volume::{self, ApplyPlan, VolumeError};
 
 use super::{OnboardError, OnboardService, Refusal};
+use crate::apply::{self, ApplyError, Journal, Settled};
 
 impl OnboardService {
     /// Decodes, verifies and applies a completely received pack.
@@ -54,15 +55,18 @@ impl OnboardService {
             other => other.into(),
         })?;
         let plan = self.place(inc, &vol, &now, &decoded)?;
-        self.run_journaled(
-            &JournalEntry {
-                pack: inc.pack,
-                pod: inc.pod.clone(),
-                plan: postcard::to_stdvec(&plan).expect("plan"),
-            },
-            &vol,
-            &plan,
-        )?;
+        let journal = PackJournal {
+            svc: self,
+            pack: inc.pack,
+            pod: &inc.pod,
+        };
+        // Should a rename fail, the journal keeps the changeset and the next start finishes it.
+        apply::apply_journaled(&vol, &plan, &inc.pack.short(), &journal).map_err(|e| match e {
+            ApplyError::Journal(e) => Refusal::from(e),
+            ApplyError::Unfinished(e) => Refusal::journaled(format!(
+                "{e}; the changeset stays journaled and is finished when the daemon next starts"
+            )),
+        })?;
         let db = self.db();
         db.remember_pod_manifest(&inc.pod, &result)?;
         db.remember_applied(&inc.pack, &inc.pod, &result.root())?;
@@ -96,16 +100,8 @@ impl OnboardService {
         let staging = self.staging_dir(&inc.pack);
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir_all(&staging).map_err(Refusal::internal)?;
-        let mut file = File::open(self.pack_file(&inc.pack)).map_err(Refusal::internal)?;
-        let mut sink = StagingSink { dir: &staging };
-        let mut reader = std::io::BufReader::new(&mut file);
-        let decoded = pack::decode_pack(
-            &mut reader,
-            base,
-            &VolumeReader(vol),
-            &mut sink,
-            &self.limits,
-        )?;
+        let file = File::open(self.pack_file(&inc.pack)).map_err(Refusal::internal)?;
+        let decoded = apply::decode_staged(file, &staging, base, vol, &self.limits)?;
         if decoded.target.root() != inc.target_root {
             return Err(Refusal::refused(
                 "the pack's target differs from what was offered",
@@ -170,32 +166,10 @@ impl OnboardService {
     }
 }
 
-// The journal. From here on the changeset is only renames and removals, each idempotent: the
-// plan is recorded before the first, so that a crash, or a volume that refuses a rename, leaves
-// it to be run to its end (`finish_journaled`): at start-up (`roll_forward`), and before the
-// pod's volume is read or changed again (`settle_pod`). The ground applies a pull to its copy
-// with a journal of the same shape.
+// The roll-forward. A changeset a crash, or a volume that refused a rename, left journaled is
+// run to its end (`finish_journaled`): at start-up (`roll_forward`), and before the pod's volume
+// is read or changed again (`settle_pod`).
 impl OnboardService {
-    /// Records `entry`'s plan, runs it, and ends the entry.
-    fn run_journaled(
-        &self,
-        entry: &JournalEntry,
-        vol: &Dir,
-        plan: &ApplyPlan,
-    ) -> Result<(), Refusal> {
-        self.db().journal_begin(entry)?;
-        // Renames only. Should one fail, the journal keeps the changeset and the next start
-        // finishes it.
-        volume::apply(vol, plan, &entry.pack.short()).map_err(|e| {
-            Refusal::journaled(format!(
-                "{e}; the changeset stays journaled and is finished when the daemon next starts"
-            ))
-        })?;
-        // The renames are done: the journal entry ends first, whatever happens next.
-        self.finish_apply(&entry.pack)?;
-        Ok(())
-    }
-
     /// Finishes every changeset a crash interrupted, and removes temporaries a crash left in
     /// volumes. A changeset that cannot finish now (its volume's disk is full) stays journaled
     /// and is tried again at the next start; the daemon still starts.
@@ -248,14 +222,18 @@ impl OnboardService {
         let plan: ApplyPlan = postcard::from_bytes(&e.plan)
             .map_err(|_| crate::state::StateError::Corrupt("journal plan"))?;
         let vol = self.volumes.create_pod(&e.pod)?;
-        match volume::apply(&vol, &plan, &e.pack.short()) {
-            Ok(()) => {
-                self.finish_apply(&e.pack)?;
+        let journal = PackJournal {
+            svc: self,
+            pack: e.pack,
+            pod: &e.pod,
+        };
+        match apply::roll_forward(&vol, &plan, &e.pack.short(), &journal)? {
+            Settled::Done => {
                 let now = self.scan_pod(&e.pod)?;
                 self.db().remember_applied(&e.pack, &e.pod, &now.root())?;
                 Ok(())
             }
-            Err(err @ VolumeError::Unrecoverable { .. }) => {
+            Settled::Abandoned(err) => {
                 eprintln!(
                     "pod {}: abandoning pack {}: {}",
                     e.pod,
@@ -264,37 +242,33 @@ impl OnboardService {
                 );
                 self.finish_apply(&e.pack)
             }
-            Err(err) => Err(err.into()),
+            Settled::Unfinished { source, .. } => Err(source.into()),
         }
     }
 }
 
-/// Reads base content from a pod's volume (or the ground's copy).
-pub(crate) struct VolumeReader<'a>(pub(crate) &'a Dir);
-
-impl BaseReader for VolumeReader<'_> {
-    fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError> {
-        // No more than the entry's size: the pod may have grown the file since.
-        volume::read_file_sized(self.0, &entry.path, entry.size()).map_err(|_| {
-            PackError::BaseChanged {
-                path: entry.path.to_string(),
-                expected: entry.file_id().unwrap_or_else(ContentId::empty),
-            }
-        })
-    }
+/// A pack's journal entry onboard. Its end also drops the pack's record and what was staged of
+/// it: the volume holds the pack now.
+struct PackJournal<'a> {
+    svc: &'a OnboardService,
+    pack: PackId,
+    pod: &'a PodName,
 }
 
-/// Writes decoded objects to `o<index>` in the pack's staging folder, synced.
-pub(crate) struct StagingSink<'a> {
-    pub(crate) dir: &'a Path,
-}
+impl Journal for PackJournal<'_> {
+    type Error = OnboardError;
 
-impl ObjectSink for StagingSink<'_> {
-    fn put(&mut self, index: u32, data: &mut dyn Read) -> Result<(), PackError> {
-        let mut f = File::create(self.dir.join(format!("o{index}")))?;
-        std::io::copy(data, &mut f)?;
-        f.sync_all()?;
+    fn begin(&self, plan: &ApplyPlan) -> Result<(), OnboardError> {
+        self.svc.db().journal_begin(&JournalEntry {
+            pack: self.pack,
+            pod: self.pod.clone(),
+            plan: postcard::to_stdvec(plan).expect("plan"),
+        })?;
         Ok(())
+    }
+
+    fn end(&self) -> Result<(), OnboardError> {
+        self.svc.finish_apply(&self.pack)
     }
 }
 

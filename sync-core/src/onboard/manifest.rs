@@ -10,8 +10,8 @@ use crate::pack::BaseReader;
 use crate::path::PodName;
 use crate::wire::{ErrorKind, ManifestBody, Message, blob};
 
-use super::apply::VolumeReader;
 use super::{OnboardService, Refusal, with_skipped};
+use crate::apply::VolumeReader;
 
 impl OnboardService {
     /// The pod's manifest (after what it left out of it, if anything).

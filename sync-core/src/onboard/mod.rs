@@ -23,7 +23,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub(crate) use apply::{StagingSink, VolumeReader};
 pub use pull::DEFAULT_PULL_PACK_CAP;
 pub use refusal::{Refusal, Staged};
 pub use session::{OnboardSession, Outcome};

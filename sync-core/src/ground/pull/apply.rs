@@ -1,13 +1,15 @@
 //! A whole pull pack applied to its copy, journaled, and the roll-forward of such applies that
-//! a crash or a failed rename interrupted. The two halves meet at one seam, the journaled step
-//! ([`Ground::apply_journaled`]: the plan journaled, its renames and removals run, the journal
-//! ended), which the roll-forward finishes ([`Ground::roll_forward_pulls`] when the ground's
-//! state opens, [`Ground::roll_forward_copy`] before a pull looks at its copy).
+//! a crash or a failed rename interrupted. The journaled step and its roll-forward are
+//! [`crate::apply`]'s, shared with the onboard side; here is the copy's [`Journal`]
+//! ([`CopyJournal`]: the ground's `pull_journal`, one entry per copy, which also records what
+//! the pull delivered) and what each outcome means for a copy ([`Ground::roll_forward_pulls`]
+//! when the ground's state opens, [`Ground::roll_forward_copy`] before a pull looks at its
+//! copy).
 //!
-//! Before the seam: the pack decoded and verified against the copy (objects into a staging
-//! folder), the copy user's changes since the last pull kept or the pull refused, the copy
-//! looked at again, every file placed under a temporary name (`volume::prepare`), and one more
-//! look. Also what a pull delivered, as later pulls must know it ([`delivered`]).
+//! Before the journaled step: the pack decoded and verified against the copy (objects into a
+//! staging folder), the copy user's changes since the last pull kept or the pull refused, the
+//! copy looked at again, every file placed under a temporary name (`volume::prepare`), and one
+//! more look. Also what a pull delivered, as later pulls must know it ([`delivered`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::Path;
@@ -16,12 +18,12 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
 use super::ground_limits;
+use crate::apply::{self, ApplyError, Journal, Settled, unplace};
 use crate::ground::{Ground, GroundError, io_at};
 use crate::manifest::{Change, Entry, Manifest, ManifestError, diff};
-use crate::onboard::{StagingSink, VolumeReader};
 use crate::pack::{DecodedPack, PackError};
 use crate::path::VolumePath;
-use crate::state::{PullIncoming, PullJournal, Pulled};
+use crate::state::{Db, PullIncoming, PullJournal, Pulled, StateError};
 use crate::volume::{ApplyPlan, VolumeError};
 
 /// What a pull did to its copy.
@@ -120,17 +122,26 @@ impl Ground {
         let (now, target) = self
             .copy_now(copy, into, &now, &decoded)
             .inspect_err(|_| unplace(&dir, &plan))?;
-        let journal = PullJournal {
-            into: into.to_string(),
-            tag,
-            plan,
-        };
         let pulled = pulled.as_ref().map(|manifest| Pulled {
             node: &state.node,
             pod: &state.pod,
             manifest,
         });
-        self.apply_journaled(&dir, &journal, pulled)?;
+        let journal = CopyJournal {
+            db: &self.db,
+            into,
+            tag: &tag,
+            pulled,
+        };
+        // Should a rename fail, the plan stays journaled and the next pull into this copy (or
+        // the next start of the ground) finishes it.
+        apply::apply_journaled(&dir, &plan, &tag, &journal).map_err(|e| match e {
+            ApplyError::Journal(e) => GroundError::from(e),
+            ApplyError::Unfinished(source) => GroundError::PullUnfinished {
+                into: into.to_string(),
+                source,
+            },
+        })?;
         Ok(AppliedPull {
             changes: decoded.header.changes,
             on: now,
@@ -149,16 +160,8 @@ impl Ground {
     ) -> Result<DecodedPack, GroundError> {
         let path = self.pull_path(&state.into, &state.pack);
         let file = std::fs::File::open(&path).map_err(io_at(&path))?;
-        let mut reader = std::io::BufReader::new(file);
-        let mut sink = StagingSink { dir: staging };
-        let decoded = crate::pack::decode_pack(
-            &mut reader,
-            base,
-            &VolumeReader(dir),
-            &mut sink,
-            // The ground's own limits: a node does not decide what the ground may allocate.
-            &ground_limits(),
-        );
+        // The ground's own limits: a node does not decide what the ground may allocate.
+        let decoded = apply::decode_staged(file, staging, base, dir, &ground_limits());
         match decoded {
             Ok(d) if d.target.root() == state.target_root => Ok(d),
             // A base read from the copy that no longer is what the copy held when the pull was
@@ -204,32 +207,6 @@ impl Ground {
         Ok((now, target))
     }
 
-    // The seam: the journaled step, and its roll-forward below.
-
-    /// The journaled step: `journal`'s plan recorded, with `pulled` (which becomes the copy's
-    /// record of what the last pull delivered when the journal ends), then run: renames and
-    /// removals only. Should one fail, the plan stays journaled and the next pull into this
-    /// copy (or the next start of the ground) finishes it. Should the journal not be written,
-    /// the plan's temporaries go and the copy is as it was.
-    fn apply_journaled(
-        &self,
-        dir: &Dir,
-        journal: &PullJournal,
-        pulled: Option<Pulled<'_>>,
-    ) -> Result<(), GroundError> {
-        self.db
-            .pull_journal_begin(journal, pulled)
-            .inspect_err(|_| unplace(dir, &journal.plan))?;
-        crate::volume::apply(dir, &journal.plan, &journal.tag).map_err(|source| {
-            GroundError::PullUnfinished {
-                into: journal.into.clone(),
-                source,
-            }
-        })?;
-        self.db.pull_journal_end(&journal.into)?;
-        Ok(())
-    }
-
     /// Finishes, where it can, every pull whose apply to its copy a crash interrupted. Only
     /// renames and removals are left of such an apply, so this is cheap, and the copy is whole
     /// again before anything looks at it. One that cannot finish now (the copy's disk is not
@@ -248,9 +225,13 @@ impl Ground {
             let Ok(dir) = Dir::open_ambient_dir(&j.into, ambient_authority()) else {
                 continue;
             };
-            if crate::volume::apply(&dir, &j.plan, &j.tag).is_ok()
-                && self.db.pull_journal_end(&j.into).is_ok()
-            {
+            let journal = CopyJournal {
+                db: &self.db,
+                into: &j.into,
+                tag: &j.tag,
+                pulled: None,
+            };
+            if let Ok(Settled::Done) = apply::roll_forward(&dir, &j.plan, &j.tag, &journal) {
                 crate::volume::sweep_temps(&dir, &HashSet::new());
             }
         }
@@ -258,51 +239,50 @@ impl Ground {
 
     /// Finishes the journaled apply of the copy `key` (opened as `dir`), if there is one: every
     /// step is idempotent, so it runs the whole plan again.
-    pub(super) fn roll_forward_copy(
-        &self,
-        dir: &Dir,
-        key: &str,
-    ) -> Result<RollForward, GroundError> {
+    pub(super) fn roll_forward_copy(&self, dir: &Dir, key: &str) -> Result<Settled, GroundError> {
         let Some(j) = self.db.pull_journal(key)? else {
-            return Ok(RollForward::Done);
+            return Ok(Settled::Done);
         };
-        match crate::volume::apply(dir, &j.plan, &j.tag) {
-            Ok(()) => {
-                self.db.pull_journal_end(key)?;
-                Ok(RollForward::Done)
-            }
-            Err(source @ VolumeError::Unrecoverable { .. }) => {
-                // Kept, it would stop every later pull into this copy. The copy holds what the
-                // steps before it did; the next pull plans from the copy as it is and brings it
-                // up to date.
-                self.db.pull_journal_abandon(key)?;
-                Ok(RollForward::Abandoned(source))
-            }
-            Err(source) => Ok(RollForward::Unfinished {
-                temps: j.plan.temps().map(String::from).collect(),
-                source,
-            }),
+        let journal = CopyJournal {
+            db: &self.db,
+            into: key,
+            tag: &j.tag,
+            pulled: None,
+        };
+        let settled = apply::roll_forward(dir, &j.plan, &j.tag, &journal)?;
+        if let Settled::Abandoned(_) = settled {
+            // Kept, it would stop every later pull into this copy. The copy holds what the
+            // steps before it did; the next pull plans from the copy as it is and brings it up
+            // to date.
+            self.db.pull_journal_abandon(key)?;
         }
+        Ok(settled)
     }
 }
 
-/// How rolling a copy's journaled apply forward ended.
-pub(super) enum RollForward {
-    /// Nothing was journaled, or the apply finished and its journal ended.
-    Done,
-    /// It cannot finish now: it stays journaled, and its temporaries must stay too.
-    Unfinished {
-        temps: HashSet<String>,
-        source: VolumeError,
-    },
-    /// It never can (a file it was to place is gone): its journal is given up.
-    Abandoned(VolumeError),
+/// A copy's journal: its `pull_journal` entry, which also carries what the pull delivered
+/// (`pulled`, recorded as the copy's last pull when the entry ends).
+struct CopyJournal<'a> {
+    db: &'a Db,
+    into: &'a str,
+    tag: &'a str,
+    pulled: Option<Pulled<'a>>,
 }
 
-/// Removes the temporaries `plan` placed, before any of its steps ran.
-fn unplace(dir: &Dir, plan: &ApplyPlan) {
-    for t in plan.temps() {
-        let _ = dir.remove_file(t);
+impl Journal for CopyJournal<'_> {
+    type Error = StateError;
+
+    fn begin(&self, plan: &ApplyPlan) -> Result<(), StateError> {
+        let journal = PullJournal {
+            into: self.into.to_string(),
+            tag: self.tag.to_string(),
+            plan: plan.clone(),
+        };
+        self.db.pull_journal_begin(&journal, self.pulled)
+    }
+
+    fn end(&self) -> Result<(), StateError> {
+        self.db.pull_journal_end(self.into)
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
-use super::apply::RollForward;
+use crate::apply::Settled;
 use crate::ground::{Ground, GroundError, io_at};
 use crate::id::PackId;
 use crate::state::PullIncoming;
@@ -73,12 +73,12 @@ impl Ground {
         let key = into.display().to_string();
         let dir = Dir::open_ambient_dir(into, ambient_authority()).map_err(io_at(into))?;
         let (keep, outcome) = match self.roll_forward_copy(&dir, &key)? {
-            RollForward::Done => (HashSet::new(), Ok(())),
-            RollForward::Unfinished { temps, source } => (
+            Settled::Done => (HashSet::new(), Ok(())),
+            Settled::Unfinished { temps, source } => (
                 temps,
                 Err(GroundError::PullUnfinished { into: key, source }),
             ),
-            RollForward::Abandoned(source) => (
+            Settled::Abandoned(source) => (
                 HashSet::new(),
                 Err(GroundError::PullAbandoned { into: key, source }),
             ),
