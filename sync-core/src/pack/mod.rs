@@ -2,7 +2,7 @@
 //! encoded against bases, in one self-delimiting byte stream. Transfers resume by byte offset
 //! into it, so it is built once, persisted, and never re-encoded for a retry.
 //!
-//! - [`format`]: the byte layout and the header types (the only place that knows them).
+//! - [`format`](mod@format): the byte layout and the header types (the only place that knows them).
 //! - [`build`]: plan which objects to send and against which bases; encode.
 //! - [`read`]: decode with every size capped, verify every object and the target root.
 
