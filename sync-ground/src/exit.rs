@@ -22,7 +22,9 @@ pub const EXIT_HELP: &str = "Exit status:
   5  authentication failed: the two sides do not hold the same key
   6  the pod's volume changed during the push, or the copy (--into) changed during the pull
      where the pull changes it (nothing of that pull pack was applied): run it again
-  7  done, but the pod's volume holds entries that cannot be synced, named on stderr (and
+  7  the pull would overwrite files changed in the copy (--into) since the last pull, named
+     on stderr: nothing was applied; move them aside, or pull again with --force
+  8  done, but the pod's volume holds entries that cannot be synced, named on stderr (and
      under skipped with --json): a file larger than the node may hold in memory for a pull,
      a name that is not UTF-8, a path over the length limit, a file the node cannot read.
      Everything else was pulled (or listed); asking again will not bring them until the pod
@@ -59,6 +61,8 @@ impl std::fmt::Display for LeftOut {
 impl std::error::Error for LeftOut {}
 
 const EXIT_LEFT_OUT: u8 = 8;
+/// A pull that would overwrite what the copy's user changed (`GroundError::LocalChanges`).
+const EXIT_LOCAL_CHANGES: u8 = 7;
 
 /// The exit status of work that is otherwise done.
 pub fn left_out_status(report: &SkippedReport, what: &str, json: bool) -> Result<()> {
@@ -109,7 +113,7 @@ fn ground_code(g: &GroundError) -> u8 {
         // Like a volume that moved on under a push: nothing happened, run it again.
         GroundError::CopyChanged { .. } => 6,
         GroundError::CopyBusy { .. } => EX_TEMPFAIL,
-        GroundError::LocalChanges { .. } => 7,
+        GroundError::LocalChanges { .. } => EXIT_LOCAL_CHANGES,
         _ => 1,
     }
 }
@@ -137,5 +141,25 @@ pub fn queued_hint(ground: &Ground, node: &NodeId, e: GroundError) -> anyhow::Er
             queued.len()
         ))),
         _ => e.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: the help's table named the exit status of entries left out 7, which is the
+    /// status of a pull stopped by local changes; they exit 8.
+    #[test]
+    fn the_help_names_each_exit_status_for_what_it_means() {
+        let line = |code: u8| {
+            EXIT_HELP
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{code} ")))
+                .unwrap_or_else(|| panic!("no line for exit {code}"))
+        };
+        assert!(line(EXIT_LEFT_OUT).contains("cannot be synced"));
+        assert!(line(EXIT_LOCAL_CHANGES).contains("overwrite files changed in the copy"));
+        assert!(line(EX_TEMPFAIL).contains("incomplete"));
     }
 }
