@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,11 +18,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep_until};
+use tokio::time::Instant;
 
 use super::admission::{Admission, Admit};
 use super::refusals::{Refusal, RefusalLog};
-use super::{ACK_INTERVAL, KEEPALIVE_INTERVAL, Link, LinkError, LinkWriter, sleep_until_opt};
+use super::{ACK_INTERVAL, Link, LinkError, LinkWriter, Waited, keep_alive_until, sleep_until_opt};
 use crate::onboard::{OnboardService, OnboardSession, Outcome};
 use crate::wire::{LinkKey, Message};
 
@@ -35,7 +36,8 @@ const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// A connection silent this long is dropped (a pass ended, a peer died). The ground sends
-    /// keep-alives every [`KEEPALIVE_INTERVAL`], so this can be a few multiples of it.
+    /// keep-alives every [`KEEPALIVE_INTERVAL`](super::KEEPALIVE_INTERVAL), so this can be a few
+    /// multiples of it.
     pub idle_timeout: Duration,
     /// A peer must have shown the key (its preamble and first handshake message, 56 bytes:
     /// about one round trip for a ground) this long after it connected, or it is dropped. The
@@ -400,16 +402,19 @@ where
     let result = conn.run(&mut inbox, &mut tx).await;
     drop(_reader);
     // However the link ended, what arrived is kept: the next connection resumes after it.
-    conn.blocking(|s| Outcome {
-        replies: s.flush().into_iter().collect(),
-        close: true,
-        more: false,
-    })
-    .await
-    .ok();
+    conn.blocking(flush).await.ok();
     match result {
         Ok(()) => tx.close().await,
         Err(e) => Err(e),
+    }
+}
+
+/// Makes what arrived durable; its acknowledgement is the reply, if anything was waiting for one.
+fn flush(s: &mut OnboardSession) -> Outcome {
+    Outcome {
+        replies: s.flush().into_iter().collect(),
+        close: false,
+        more: false,
     }
 }
 
@@ -420,6 +425,14 @@ impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// What woke the connection up, other than a keep-alive falling due.
+enum Next {
+    /// From the reader: a message, or how the link ended.
+    Received(Result<Message, LinkError>),
+    /// Received bytes have waited [`ACK_INTERVAL`] for their acknowledgement.
+    AckDue,
 }
 
 struct Conn<'t> {
@@ -438,63 +451,81 @@ impl Conn<'_> {
         tx: &mut LinkWriter<W>,
     ) -> Result<(), LinkError> {
         loop {
-            tokio::select! {
-                m = inbox.recv() => {
-                    let msg = m.unwrap_or(Err(LinkError::Closed))?;
-                    // A record opened: the peer holds the key (a replayed handshake cannot
-                    // get this far). From now on it is never dropped to make room.
-                    if let Some(t) = self.ticket.take()
-                        && !t.confirm()
-                    {
-                        return Err(LinkError::Dropped);
-                    }
-                    if matches!(msg, Message::KeepAlive) {
-                        continue;
-                    }
-                    let mut outcome = self.handle(msg, tx).await?;
-                    loop {
-                        for r in &outcome.replies {
-                            if let Message::Error { message, .. } = r {
-                                // Escaped: it may name a path a pod chose.
-                                eprintln!("refused: {}", crate::path::escape(message));
-                            }
-                        }
-                        if !outcome.replies.is_empty() {
-                            tx.send_all(&outcome.replies).await?;
-                        }
-                        if outcome.close {
-                            return Ok(());
-                        }
-                        if !outcome.more {
-                            break;
-                        }
-                        // The replies (a whole pack's acknowledgement) are out: now the work.
-                        outcome = self.alive_while(tx, |s| s.go_on()).await?;
-                    }
-                    let waiting = self.session.as_ref().is_some_and(|s| s.unacknowledged() > 0);
-                    self.flush_at = match (waiting, self.flush_at) {
-                        (false, _) => None,
-                        (true, None) => Some(Instant::now() + ACK_INTERVAL),
-                        (true, due) => due,
-                    };
+            let flush_at = self.flush_at;
+            // Both are cancel-safe: a keep-alive going out first loses neither.
+            let next = async {
+                tokio::select! {
+                    m = inbox.recv() => Next::Received(m.unwrap_or(Err(LinkError::Closed))),
+                    _ = sleep_until_opt(flush_at) => Next::AckDue,
                 }
-                _ = sleep_until_opt(self.flush_at) => {
+            };
+            match keep_alive_until(tx, next).await? {
+                Waited::KeptAlive => {}
+                Waited::Done(Next::Received(msg)) => {
+                    if self.received(msg?, tx).await?.is_break() {
+                        return Ok(());
+                    }
+                }
+                Waited::Done(Next::AckDue) => {
                     self.flush_at = None;
                     // An fsync can take seconds on flash: keep the link alive meanwhile.
-                    let out = self.alive_while(tx, |s| Outcome {
-                        replies: s.flush().into_iter().collect(),
-                        close: false,
-                        more: false,
-                    }).await?;
+                    let out = self.alive_while(tx, flush).await?;
                     if !out.replies.is_empty() {
                         tx.send_all(&out.replies).await?;
                     }
                 }
-                _ = sleep_until(tx.last_send() + KEEPALIVE_INTERVAL) => {
-                    tx.send(&Message::KeepAlive).await?;
-                }
             }
         }
+    }
+
+    /// Handles a message from the peer to the end (its replies sent, the work they announce
+    /// done) and sets when the acknowledgement of what it brought is due. Breaks when the
+    /// connection is to close.
+    async fn received<W: AsyncWrite + Unpin>(
+        &mut self,
+        msg: Message,
+        tx: &mut LinkWriter<W>,
+    ) -> Result<ControlFlow<()>, LinkError> {
+        // A record opened: the peer holds the key (a replayed handshake cannot get this far).
+        // From now on it is never dropped to make room.
+        if let Some(t) = self.ticket.take()
+            && !t.confirm()
+        {
+            return Err(LinkError::Dropped);
+        }
+        if matches!(msg, Message::KeepAlive) {
+            return Ok(ControlFlow::Continue(()));
+        }
+        let mut outcome = self.handle(msg, tx).await?;
+        loop {
+            for r in &outcome.replies {
+                if let Message::Error { message, .. } = r {
+                    // Escaped: it may name a path a pod chose.
+                    eprintln!("refused: {}", crate::path::escape(message));
+                }
+            }
+            if !outcome.replies.is_empty() {
+                tx.send_all(&outcome.replies).await?;
+            }
+            if outcome.close {
+                return Ok(ControlFlow::Break(()));
+            }
+            if !outcome.more {
+                break;
+            }
+            // The replies (a whole pack's acknowledgement) are out: now the work.
+            outcome = self.alive_while(tx, |s| s.go_on()).await?;
+        }
+        let waiting = self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.unacknowledged() > 0);
+        self.flush_at = match (waiting, self.flush_at) {
+            (false, _) => None,
+            (true, None) => Some(Instant::now() + ACK_INTERVAL),
+            (true, due) => due,
+        };
+        Ok(ControlFlow::Continue(()))
     }
 
     /// Handles one message off the reactor, sending keep-alives while it takes long (a large
@@ -520,11 +551,9 @@ impl Conn<'_> {
         let job = self.blocking(f);
         tokio::pin!(job);
         loop {
-            tokio::select! {
-                r = &mut job => return r,
-                _ = sleep_until(tx.last_send() + KEEPALIVE_INTERVAL) => {
-                    tx.send(&Message::KeepAlive).await?;
-                }
+            // Polled through `&mut`: a keep-alive going out leaves the job running.
+            if let Waited::Done(r) = keep_alive_until(tx, &mut job).await? {
+                return r;
             }
         }
     }
