@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 mod admission;
+mod connection;
 mod refusals;
 mod serve;
 pub mod sim;
 
-pub use serve::{ServeOptions, ServeOptionsError, serve, serve_connection};
+pub use connection::serve_connection;
+pub use serve::{ServeOptions, ServeOptionsError, serve};
 
 /// Sleeps until `at`, or forever: a timer arm of a `select!` that is off when there is nothing
 /// to wait for.

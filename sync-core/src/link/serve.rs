@@ -1,6 +1,6 @@
-//! The onboard daemon's side of connections: the accept loop (listener and shutdown passed in,
-//! so tests bind port 0 and stop it cleanly) and [`serve_connection`], which runs one
-//! connection over any byte stream (TCP, or the simulated link).
+//! The onboard daemon's accept loop, [`serve`] (listener and shutdown passed in, so tests bind
+//! port 0 and stop it cleanly), and the caps it holds connections to; each connection it takes
+//! runs on a task of its own through [`super::connection`].
 //!
 //! Peers that have not proven the key are held on a short lead: a deadline for the handshake,
 //! a cap on how many are held (the oldest of the busiest address goes first when a newcomer
@@ -13,17 +13,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, mpsc, oneshot};
-use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep_until};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 
+use super::LinkError;
 use super::admission::{Admission, Admit};
+use super::connection::{Place, run};
 use super::refusals::{Refusal, RefusalLog};
-use super::{ACK_INTERVAL, KEEPALIVE_INTERVAL, Link, LinkError, LinkWriter, sleep_until_opt};
-use crate::onboard::{OnboardService, OnboardSession, Outcome};
-use crate::wire::{LinkKey, Message};
+use crate::onboard::OnboardService;
+use crate::wire::LinkKey;
 
 /// Refusals are summed up in one log line per this long.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
@@ -35,7 +34,8 @@ const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// A connection silent this long is dropped (a pass ended, a peer died). The ground sends
-    /// keep-alives every [`KEEPALIVE_INTERVAL`], so this can be a few multiples of it.
+    /// keep-alives every [`KEEPALIVE_INTERVAL`](super::KEEPALIVE_INTERVAL), so this can be a few
+    /// multiples of it.
     pub idle_timeout: Duration,
     /// A peer must have shown the key (its preamble and first handshake message, 56 bytes:
     /// about one round trip for a ground) this long after it connected, or it is dropped. The
@@ -274,12 +274,7 @@ impl Gate {
         if let Some(end) = self.admission().drop_one() {
             let _ = end.send(());
         }
-        if let Some(line) = self
-            .log()
-            .record(Refusal::AcceptFailed, Instant::now(), || e.to_string())
-        {
-            eprintln!("{line}");
-        }
+        self.refused(Refusal::AcceptFailed, || e.to_string());
     }
 }
 
@@ -292,12 +287,11 @@ struct Ticket {
     confirmed: bool,
 }
 
-impl Ticket {
+impl Place for Ticket {
     fn key_shown(&self) {
         self.gate.admission().key_shown(self.id);
     }
 
-    /// False when the connection was dropped to make room just before.
     fn confirm(&mut self) -> bool {
         if !self.confirmed {
             self.confirmed = self.gate.admission().confirm(self.id);
@@ -339,266 +333,9 @@ impl AcceptPause {
     }
 }
 
-/// Runs one connection to its end. Messages are handled off the reactor, one at a time, while
-/// this side keeps the link alive; what was received is made durable and acknowledged every
-/// [`ACK_INTERVAL`] at most, and made durable when the link goes away, however it goes. The
-/// peer has [`ServeOptions::handshake_timeout`] to prove the key.
-pub async fn serve_connection<S>(
-    stream: S,
-    svc: Arc<OnboardService>,
-    key: &LinkKey,
-    opts: &ServeOptions,
-) -> Result<(), LinkError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    run(stream, svc, key, opts, None).await
-}
-
-/// [`serve_connection`], telling `ticket` (a place with the accept loop's caps) how far the
-/// peer has got.
-async fn run<S>(
-    stream: S,
-    svc: Arc<OnboardService>,
-    key: &LinkKey,
-    opts: &ServeOptions,
-    ticket: Option<&mut Ticket>,
-) -> Result<(), LinkError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let link = tokio::time::timeout(
-        opts.handshake_timeout,
-        Link::accept(stream, key, opts.idle_timeout),
-    )
-    .await
-    .map_err(|_| LinkError::HandshakeTimeout(opts.handshake_timeout))??;
-    if let Some(t) = ticket.as_deref() {
-        t.key_shown();
-    }
-    let (mut rx, mut tx) = link.split();
-    tx.send(&svc.welcome()).await?;
-    // The reader runs on its own so that a slow apply never stops this side from noticing a
-    // dead link, and a fast sender never waits for our disk. It goes with this future: a
-    // connection dropped to make room must give its socket back.
-    // Shallow: a frame read but not yet written is lost if the daemon is killed.
-    let (inbox_tx, mut inbox) = mpsc::channel(1);
-    let _reader = AbortOnDrop(tokio::spawn(async move {
-        loop {
-            let r = rx.recv().await;
-            let end = r.is_err();
-            if inbox_tx.send(r).await.is_err() || end {
-                return;
-            }
-        }
-    }));
-    let mut conn = Conn {
-        session: Some(svc.session()),
-        flush_at: None,
-        ticket,
-    };
-    let result = conn.run(&mut inbox, &mut tx).await;
-    drop(_reader);
-    // However the link ended, what arrived is kept: the next connection resumes after it.
-    conn.blocking(|s| Outcome {
-        replies: s.flush().into_iter().collect(),
-        close: true,
-        more: false,
-    })
-    .await
-    .ok();
-    match result {
-        Ok(()) => tx.close().await,
-        Err(e) => Err(e),
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-struct Conn<'t> {
-    /// Taken while a blocking task holds it.
-    session: Option<OnboardSession>,
-    /// When the next acknowledgement is due, while received bytes wait for one.
-    flush_at: Option<Instant>,
-    /// The connection's place with the accept loop, until the peer's first record confirms it.
-    ticket: Option<&'t mut Ticket>,
-}
-
-impl Conn<'_> {
-    async fn run<W: AsyncWrite + Unpin>(
-        &mut self,
-        inbox: &mut mpsc::Receiver<Result<Message, LinkError>>,
-        tx: &mut LinkWriter<W>,
-    ) -> Result<(), LinkError> {
-        loop {
-            tokio::select! {
-                m = inbox.recv() => {
-                    let msg = m.unwrap_or(Err(LinkError::Closed))?;
-                    // A record opened: the peer holds the key (a replayed handshake cannot
-                    // get this far). From now on it is never dropped to make room.
-                    if let Some(t) = self.ticket.take()
-                        && !t.confirm()
-                    {
-                        return Err(LinkError::Dropped);
-                    }
-                    if matches!(msg, Message::KeepAlive) {
-                        continue;
-                    }
-                    let mut outcome = self.handle(msg, tx).await?;
-                    loop {
-                        for r in &outcome.replies {
-                            if let Message::Error { message, .. } = r {
-                                // Escaped: it may name a path a pod chose.
-                                eprintln!("refused: {}", crate::path::escape(message));
-                            }
-                        }
-                        if !outcome.replies.is_empty() {
-                            tx.send_all(&outcome.replies).await?;
-                        }
-                        if outcome.close {
-                            return Ok(());
-                        }
-                        if !outcome.more {
-                            break;
-                        }
-                        // The replies (a whole pack's acknowledgement) are out: now the work.
-                        outcome = self.alive_while(tx, |s| s.go_on()).await?;
-                    }
-                    let waiting = self.session.as_ref().is_some_and(|s| s.unacknowledged() > 0);
-                    self.flush_at = match (waiting, self.flush_at) {
-                        (false, _) => None,
-                        (true, None) => Some(Instant::now() + ACK_INTERVAL),
-                        (true, due) => due,
-                    };
-                }
-                _ = sleep_until_opt(self.flush_at) => {
-                    self.flush_at = None;
-                    // An fsync can take seconds on flash: keep the link alive meanwhile.
-                    let out = self.alive_while(tx, |s| Outcome {
-                        replies: s.flush().into_iter().collect(),
-                        close: false,
-                        more: false,
-                    }).await?;
-                    if !out.replies.is_empty() {
-                        tx.send_all(&out.replies).await?;
-                    }
-                }
-                _ = sleep_until(tx.last_send() + KEEPALIVE_INTERVAL) => {
-                    tx.send(&Message::KeepAlive).await?;
-                }
-            }
-        }
-    }
-
-    /// Handles one message off the reactor, sending keep-alives while it takes long (a large
-    /// apply), so the ground does not take a busy node for a dead link.
-    async fn handle<W: AsyncWrite + Unpin>(
-        &mut self,
-        msg: Message,
-        tx: &mut LinkWriter<W>,
-    ) -> Result<Outcome, LinkError> {
-        self.alive_while(tx, move |s| s.handle(msg)).await
-    }
-
-    /// Runs `f` on the session off the reactor, sending keep-alives while it takes long.
-    async fn alive_while<W, F>(
-        &mut self,
-        tx: &mut LinkWriter<W>,
-        f: F,
-    ) -> Result<Outcome, LinkError>
-    where
-        W: AsyncWrite + Unpin,
-        F: FnOnce(&mut OnboardSession) -> Outcome + Send + 'static,
-    {
-        let job = self.blocking(f);
-        tokio::pin!(job);
-        loop {
-            tokio::select! {
-                r = &mut job => return r,
-                _ = sleep_until(tx.last_send() + KEEPALIVE_INTERVAL) => {
-                    tx.send(&Message::KeepAlive).await?;
-                }
-            }
-        }
-    }
-
-    /// Runs `f` on the session in a blocking task. If the caller stops waiting (the link
-    /// died), the task still runs to its end: an apply is never cut short.
-    async fn blocking<F>(&mut self, f: F) -> Result<Outcome, LinkError>
-    where
-        F: FnOnce(&mut OnboardSession) -> Outcome + Send + 'static,
-    {
-        let Some(mut s) = self.session.take() else {
-            return Err(LinkError::Io(std::io::Error::other(
-                "the session is still busy with an earlier message",
-            )));
-        };
-        let (s, o) = tokio::task::spawn_blocking(move || {
-            let o = f(&mut s);
-            (s, o)
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-        self.session = Some(s);
-        Ok(o)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     use super::*;
-    use crate::pack::Limits;
-    use crate::wire::preamble;
-
-    fn service() -> (tempfile::TempDir, Arc<OnboardService>) {
-        let t = tempfile::tempdir().unwrap();
-        let svc = OnboardService::open(&t.path().join("v"), &t.path().join("s"), Limits::default())
-            .unwrap();
-        (t, Arc::new(svc))
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_peer_dripping_its_handshake_is_cut_at_the_deadline_not_by_the_idle_timeout() {
-        let (_t, svc) = service();
-        let key = LinkKey::generate().unwrap();
-        let opts = ServeOptions {
-            handshake_timeout: Duration::from_secs(5),
-            ..ServeOptions::default()
-        };
-        let (ours, mut theirs) = tokio::io::duplex(4096);
-        let t0 = Instant::now();
-        let server = tokio::spawn(async move {
-            let r = serve_connection(ours, svc, &key, &opts).await;
-            (r, t0.elapsed())
-        });
-        // The preamble, then a first handshake message, a byte a second: never 30 s of silence.
-        let script = [&preamble()[..], &[0, 48], &[9; 48]].concat();
-        for b in script {
-            if server.is_finished() || theirs.write_all(&[b]).await.is_err() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        let (r, took) = server.await.unwrap();
-        assert!(
-            matches!(r, Err(LinkError::HandshakeTimeout(d)) if d == Duration::from_secs(5)),
-            "{r:?}"
-        );
-        assert_eq!(took, Duration::from_secs(5));
-        // The daemon's preamble came back, and then the end of the stream.
-        let mut got = Vec::new();
-        theirs.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, preamble());
-    }
 
     #[test]
     fn caps_that_leave_no_room_for_the_ground_are_refused() {

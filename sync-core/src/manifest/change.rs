@@ -2,7 +2,7 @@
 //! [`apply_changes`]. Removals come first, deepest first; puts follow, parents first, so a
 //! receiver can carry them out in list order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -159,65 +159,83 @@ pub fn apply_changes(
                     .ok_or_else(|| ManifestError::Missing(path.clone()))?;
             }
             Change::Put(put) => {
-                if put.mode & !MODE_MASK != 0 {
-                    return Err(ManifestError::BadMode {
-                        path: put.path.clone(),
-                        mode: put.mode,
-                    });
-                }
-                let kind = match &put.kind {
-                    PutKind::Dir => EntryKind::Dir,
-                    PutKind::Symlink(target) => {
-                        if resolver.enforce_receiver_rules() {
-                            check_symlink_target(&put.path, target)?;
-                        }
-                        EntryKind::Symlink {
-                            target: target.clone(),
-                        }
-                    }
-                    PutKind::File(FileSource::Known { id, size }) => {
-                        if let Some(held) = &held
-                            && *id != ContentId::empty()
-                            && !held.contains_key(id)
-                        {
-                            return Err(ManifestError::UnknownContent {
-                                path: put.path.clone(),
-                                id: *id,
-                            });
-                        }
-                        EntryKind::File {
-                            id: *id,
-                            size: *size,
-                        }
-                    }
-                    PutKind::File(FileSource::Object(index)) => {
-                        let (id, size) = resolver.object(*index).ok_or_else(|| {
-                            ManifestError::UnknownObject {
-                                path: put.path.clone(),
-                                index: *index,
-                            }
-                        })?;
-                        EntryKind::File { id, size }
-                    }
-                };
+                let entry = put_entry(put, resolver, held.as_ref())?;
                 if let Some(old) = map.get(&put.path)
-                    && !same_family(&old.kind, &kind)
+                    && !same_family(&old.kind, &entry.kind)
                 {
                     return Err(ManifestError::KindClash(put.path.clone()));
                 }
-                map.insert(
-                    put.path.clone(),
-                    Entry {
-                        path: put.path.clone(),
-                        kind,
-                        mode: put.mode,
-                        mtime: put.mtime,
-                    },
-                );
+                map.insert(put.path.clone(), entry);
             }
         }
     }
     Manifest::new(map.into_values().collect())
+}
+
+/// The entry `put` makes, once its mode and its kind pass [`put_kind`]'s checks.
+fn put_entry(
+    put: &Put,
+    resolver: &dyn SourceResolver,
+    held: Option<&HashMap<ContentId, usize>>,
+) -> Result<Entry, ManifestError> {
+    if put.mode & !MODE_MASK != 0 {
+        return Err(ManifestError::BadMode {
+            path: put.path.clone(),
+            mode: put.mode,
+        });
+    }
+    Ok(Entry {
+        path: put.path.clone(),
+        kind: put_kind(put, resolver, held)?,
+        mode: put.mode,
+        mtime: put.mtime,
+    })
+}
+
+/// What `put` makes at its path: a pack object resolved to its id and size; for a receiver
+/// (`held`, the content its base holds), known content only if the base holds it and symlinks
+/// only if they stay inside the volume.
+fn put_kind(
+    put: &Put,
+    resolver: &dyn SourceResolver,
+    held: Option<&HashMap<ContentId, usize>>,
+) -> Result<EntryKind, ManifestError> {
+    Ok(match &put.kind {
+        PutKind::Dir => EntryKind::Dir,
+        PutKind::Symlink(target) => {
+            if resolver.enforce_receiver_rules() {
+                check_symlink_target(&put.path, target)?;
+            }
+            EntryKind::Symlink {
+                target: target.clone(),
+            }
+        }
+        PutKind::File(FileSource::Known { id, size }) => {
+            if let Some(held) = held
+                && *id != ContentId::empty()
+                && !held.contains_key(id)
+            {
+                return Err(ManifestError::UnknownContent {
+                    path: put.path.clone(),
+                    id: *id,
+                });
+            }
+            EntryKind::File {
+                id: *id,
+                size: *size,
+            }
+        }
+        PutKind::File(FileSource::Object(index)) => {
+            let (id, size) =
+                resolver
+                    .object(*index)
+                    .ok_or_else(|| ManifestError::UnknownObject {
+                        path: put.path.clone(),
+                        index: *index,
+                    })?;
+            EntryKind::File { id, size }
+        }
+    })
 }
 
 #[cfg(test)]
