@@ -19,7 +19,7 @@ use crate::manifest::{ChangeSummary, Manifest};
 use crate::object::ObjectStore;
 use crate::pack::{ContentProvider, PackError, Plan, PlanStats};
 use crate::path::{PodName, VolumePath};
-use crate::state::{FollowUp, OutgoingPack};
+use crate::state::{FollowUp, OutgoingPack, PackState};
 use crate::units::fmt_bytes;
 use crate::wire::ErrorKind;
 
@@ -429,18 +429,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             base_root: plan.base_root,
             target_root: plan.target_root,
             target: u.target.clone(),
-            source: match u.source {
-                None => String::new(),
-                Some(source) => std::fs::canonicalize(source)
-                    .map_err(io_at(source))?
-                    .display()
-                    .to_string(),
-            },
+            source: u
+                .source
+                .map(|source| {
+                    std::fs::canonicalize(source)
+                        .map(|p| p.display().to_string())
+                        .map_err(io_at(source))
+                })
+                .transpose()?,
             dest: dest_name,
-            state: "queued".into(),
+            state: PackState::Queued,
             priority: u.priority,
             content_bytes: plan.object_bytes(),
-            summary: serde_json::to_string(summary).expect("summary"),
+            summary: summary.clone(),
             created_at: crate::state::now_secs(),
             finished_at: None,
         };

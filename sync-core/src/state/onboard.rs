@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Db, StateError, blob32, now_secs, pack_manifest, unpack_manifest};
+use super::column::{blob32, manifest_column, manifest_from_column};
+use super::{Db, StateError, now_secs};
 use crate::id::{ManifestId, NodeId, PackId};
 use crate::manifest::Manifest;
 use crate::path::{PodName, VolumePath};
@@ -122,7 +123,12 @@ impl Db {
                 "INSERT INTO {table} (pod, root, manifest, seen_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(pod, root) DO UPDATE SET seen_at = excluded.seen_at"
             ),
-            params![pod.as_str(), &m.root().0[..], pack_manifest(m), now_secs()],
+            params![
+                pod.as_str(),
+                &m.root().0[..],
+                manifest_column(m),
+                now_secs()
+            ],
         )?;
         self.conn().execute(
             &format!(
@@ -149,7 +155,7 @@ impl Db {
                 |r| r.get(0),
             )
             .optional()?;
-        blob.map(|b| unpack_manifest(&b)).transpose()
+        blob.map(|b| manifest_from_column(&b)).transpose()
     }
 
     pub fn incoming(&self, pack: &PackId) -> Result<Option<IncomingPack>, StateError> {
