@@ -55,11 +55,7 @@ impl OnboardService {
         })?;
         let plan = self.place(inc, &vol, &now, &decoded)?;
         self.run_journaled(
-            &JournalEntry {
-                pack: inc.pack,
-                pod: inc.pod.clone(),
-                plan: postcard::to_stdvec(&plan).expect("plan"),
-            },
+            &JournalEntry::new(inc.pack, inc.pod.clone(), &plan),
             &vol,
             &plan,
         )?;
@@ -211,7 +207,7 @@ impl OnboardService {
                     e.pack.short(),
                     crate::path::escape(&err.to_string())
                 );
-                if let Ok(plan) = postcard::from_bytes::<ApplyPlan>(&e.plan) {
+                if let Ok(plan) = e.plan() {
                     keep.entry(e.pod.clone())
                         .or_default()
                         .extend(plan.temps().map(String::from));
@@ -245,8 +241,7 @@ impl OnboardService {
     /// place is gone and the volume holds something else there) is abandoned, with a log line:
     /// the volume keeps what it has, and the next manifest shows it.
     fn finish_journaled(&self, e: &JournalEntry) -> Result<(), OnboardError> {
-        let plan: ApplyPlan = postcard::from_bytes(&e.plan)
-            .map_err(|_| crate::state::StateError::Corrupt("journal plan"))?;
+        let plan = e.plan()?;
         let vol = self.volumes.create_pod(&e.pod)?;
         match volume::apply(&vol, &plan, &e.pack.short()) {
             Ok(()) => {
@@ -327,11 +322,7 @@ mod tests {
             }],
         };
         svc.db()
-            .journal_begin(&JournalEntry {
-                pack: PackId([9; 32]),
-                pod: pod.clone(),
-                plan: postcard::to_stdvec(&plan).unwrap(),
-            })
+            .journal_begin(&JournalEntry::new(PackId([9; 32]), pod.clone(), &plan))
             .unwrap();
         let out = svc
             .session()

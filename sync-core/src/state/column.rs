@@ -1,10 +1,11 @@
 //! How typed values are written into columns and read back: pack states, pull request keys,
-//! change summaries, manifests and 32-byte ids. Callers hand `state` the values;
+//! change summaries, apply plans, manifests and 32-byte ids. Callers hand `state` the values;
 //! only this file knows the text or bytes a column holds, which must stay as earlier versions
 //! wrote them, so that an existing state file reads the same.
 
 use super::StateError;
 use crate::manifest::{ChangeSummary, Manifest};
+use crate::volume::ApplyPlan;
 
 /// Where a pack built for a pod stands (`outgoing.state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -79,6 +80,15 @@ pub(super) fn summary_from_column(text: &str) -> ChangeSummary {
     serde_json::from_str(text).unwrap_or_default()
 }
 
+/// `journal.plan` and `pull_journal.plan`: postcard, the same encoding at both ends.
+pub(super) fn plan_column(plan: &ApplyPlan) -> Vec<u8> {
+    postcard::to_stdvec(plan).expect("in-memory postcard")
+}
+
+pub(super) fn plan_from_column(blob: &[u8], what: &'static str) -> Result<ApplyPlan, StateError> {
+    postcard::from_bytes(blob).map_err(|_| StateError::Corrupt(what))
+}
+
 /// Manifests are stored as zstd of their canonical encoding.
 pub(super) fn manifest_column(m: &Manifest) -> Vec<u8> {
     zstd::bulk::compress(&m.encode(), 3).expect("in-memory zstd")
@@ -103,9 +113,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::id::{ManifestId, NodeId, PackId};
-    use crate::path::PodName;
-    use crate::state::{Db, OutgoingPack, PullIncoming};
+    use crate::id::{ContentId, ManifestId, NodeId, PackId};
+    use crate::path::{PodName, VolumePath};
+    use crate::state::{Db, JournalEntry, OutgoingPack, PullIncoming, PullJournal};
+    use crate::volume::Step;
 
     fn outgoing(n: u8, source: Option<&str>, summary: ChangeSummary) -> OutgoingPack {
         OutgoingPack {
@@ -282,5 +293,74 @@ mod tests {
             PullRequestKey::new(&filter, true),
             PullRequestKey::new(&filter[..1], true)
         );
+    }
+
+    fn plan() -> ApplyPlan {
+        ApplyPlan {
+            steps: vec![
+                Step::Remove {
+                    path: VolumePath::new("old").unwrap(),
+                },
+                Step::File {
+                    path: VolumePath::new("new").unwrap(),
+                    temp: ".~sync.t.1".into(),
+                    id: ContentId::of(b"x"),
+                    mode: 0o644,
+                    mtime: 7,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn a_journaled_plan_is_read_back_at_both_ends() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("state.db");
+        let pod = PodName::new("p").unwrap();
+        let pull = PullJournal {
+            into: "/copy".into(),
+            tag: "pullab".into(),
+            plan: plan(),
+        };
+        {
+            let db = reopen(&path);
+            db.journal_begin(&JournalEntry::new(PackId([9; 32]), pod.clone(), &plan()))
+                .unwrap();
+            db.pull_journal_begin(&pull, None).unwrap();
+        }
+        let db = reopen(&path);
+        let entries = db.journal_entries().unwrap();
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].pack, &entries[0].pod), (PackId([9; 32]), &pod));
+        assert_eq!(entries[0].plan().unwrap(), plan());
+        assert_eq!(db.pull_journals().unwrap(), vec![pull]);
+        // Both ends store a plan the same way.
+        let blob = |sql: &str| -> Vec<u8> { db.conn().query_row(sql, [], |r| r.get(0)).unwrap() };
+        assert_eq!(blob("SELECT plan FROM journal"), plan_column(&plan()));
+        assert_eq!(blob("SELECT plan FROM pull_journal"), plan_column(&plan()));
+    }
+
+    /// A journal row whose plan does not decode is still listed: it is that changeset's
+    /// failure (reported when its plan is asked for), not the whole journal's.
+    #[test]
+    fn an_undecodable_journal_plan_fails_its_entry_alone() {
+        let db = Db::open_in_memory().unwrap();
+        let pod = PodName::new("p").unwrap();
+        db.journal_begin(&JournalEntry::new(PackId([1; 32]), pod.clone(), &plan()))
+            .unwrap();
+        db.conn()
+            .execute(
+                "INSERT INTO journal (pack, pod, plan, started_at) VALUES (?1, 'p', x'ff', 0)",
+                [&[2u8; 32][..]],
+            )
+            .unwrap();
+        let entries = db.journal_entries().unwrap();
+        assert_eq!(entries.len(), 2);
+        let by = |n: u8| entries.iter().find(|e| e.pack == PackId([n; 32])).unwrap();
+        assert_eq!(by(1).plan().unwrap(), plan());
+        assert!(matches!(
+            by(2).plan(),
+            Err(StateError::Corrupt("journal plan"))
+        ));
     }
 }

@@ -4,8 +4,8 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::column::{
-    PackState, PullRequestKey, blob32, manifest_column, manifest_from_column, summary_column,
-    summary_from_column,
+    PackState, PullRequestKey, blob32, manifest_column, manifest_from_column, plan_column,
+    plan_from_column, summary_column, summary_from_column,
 };
 use super::{Db, StateError, now_secs};
 use crate::id::{ContentId, ManifestId, NodeId, PackId};
@@ -545,8 +545,6 @@ impl Db {
         j: &PullJournal,
         pulled: Option<Pulled<'_>>,
     ) -> Result<(), StateError> {
-        // The same encoding as the onboard journal's plans.
-        let plan = postcard::to_stdvec(&j.plan).expect("in-memory postcard");
         self.conn().execute(
             "INSERT OR REPLACE INTO pull_journal
              (into_dir, tag, plan, started_at, pulled_node, pulled_pod, pulled)
@@ -554,7 +552,7 @@ impl Db {
             params![
                 j.into,
                 j.tag,
-                plan,
+                plan_column(&j.plan),
                 now_secs(),
                 pulled.map(|p| p.node.to_hex()),
                 pulled.map(|p| p.pod.as_str().to_string()),
@@ -624,7 +622,7 @@ fn pull_journal_row(
     Ok(PullJournal {
         into,
         tag,
-        plan: postcard::from_bytes(&plan).map_err(|_| StateError::Corrupt("pull journal plan"))?,
+        plan: plan_from_column(&plan, "pull journal plan")?,
     })
 }
 

@@ -5,7 +5,7 @@
 //!   pulls being received and the journal of a pull's apply to its copy.
 //! - `onboard`: the node id, recent pod manifests, incoming packs, the apply journal.
 //! - `column`: how typed values are written into columns and read back (pack states, pull
-//!   request keys, change summaries, manifests).
+//!   request keys, change summaries, apply plans, manifests).
 //! - stat caches for both.
 
 mod column;
