@@ -37,10 +37,11 @@ mod queue;
 mod rm;
 mod send;
 
+pub use crate::manifest::ChangeSummary;
 pub use budget::{Allowance, PACK_TURN};
 pub use client::{Client, Progress};
 pub use pull::{PullOptions, PullReport};
-pub use push::{ChangeSummary, PlanCounts, PushOptions, PushReport};
+pub use push::{PlanCounts, PushOptions, PushReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GroundError {

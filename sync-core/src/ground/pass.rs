@@ -88,6 +88,7 @@ mod tests {
     use super::*;
     use crate::id::{ManifestId, NodeId};
     use crate::manifest::Manifest;
+    use crate::state::PackState;
 
     fn queued(n: u8, pod: &str, len: u64, acked: u64) -> OutgoingPack {
         OutgoingPack {
@@ -99,12 +100,12 @@ mod tests {
             base_root: ManifestId([0; 32]),
             target_root: ManifestId([1; 32]),
             target: Manifest::default(),
-            source: "/data/in".into(),
+            source: Some("/data/in".into()),
             dest: None,
-            state: "queued".into(),
+            state: PackState::Queued,
             priority: 0,
             content_bytes: len,
-            summary: String::new(),
+            summary: Default::default(),
             created_at: 0,
             finished_at: None,
         }

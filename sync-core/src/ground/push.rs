@@ -1,8 +1,8 @@
 //! A push: make a folder of a pod's volume (or the whole volume) hold a local tree. The pod's
 //! manifest is learned, the queue settled ([`super::queue`]), the change planned and encoded
 //! once, the pack written to `packs/` and queued, then sent ([`super::send`]). Also what a push
-//! reports ([`PushReport`], [`ChangeSummary`]) and where its content comes from (the local
-//! tree, kept in the content store as it is read).
+//! reports ([`PushReport`]) and where its content comes from (the local tree, kept in the
+//! content store as it is read).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,11 +15,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::queue::{self, Fate, Next, held_note, scopes_overlap};
 use super::{Allowance, Client, Ground, GroundError, Progress, io_at};
 use crate::id::{ContentId, ManifestId, NodeId, PackId};
-use crate::manifest::{Change, EntryKind, FileSource, Manifest, PutKind};
+use crate::manifest::{ChangeSummary, Manifest};
 use crate::object::ObjectStore;
 use crate::pack::{ContentProvider, PackError, Plan, PlanStats};
 use crate::path::{PodName, VolumePath};
-use crate::state::{FollowUp, OutgoingPack};
+use crate::state::{FollowUp, OutgoingPack, PackState};
 use crate::units::fmt_bytes;
 use crate::wire::ErrorKind;
 
@@ -34,79 +34,6 @@ pub struct PushOptions<'a> {
     pub dest: Option<&'a VolumePath>,
     /// Its place in the queue: a pass sends higher priorities first.
     pub priority: i64,
-}
-
-/// What a changeset does, in the operator's words.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ChangeSummary {
-    pub added: u64,
-    pub changed: u64,
-    pub removed: u64,
-    /// Files whose content the volume already had elsewhere (renames, copies): no content sent.
-    pub copied: u64,
-    /// Files whose mode or time alone changed.
-    pub metadata: u64,
-    pub dirs_added: u64,
-    pub dirs_removed: u64,
-    pub symlinks: u64,
-}
-
-impl ChangeSummary {
-    pub(super) fn add(&mut self, o: &ChangeSummary) {
-        self.added += o.added;
-        self.changed += o.changed;
-        self.removed += o.removed;
-        self.copied += o.copied;
-        self.metadata += o.metadata;
-        self.dirs_added += o.dirs_added;
-        self.dirs_removed += o.dirs_removed;
-        self.symlinks += o.symlinks;
-    }
-
-    pub fn of(base: &Manifest, changes: &[Change]) -> Self {
-        let mut s = Self::default();
-        for c in changes {
-            match c {
-                Change::Remove(p) => match base.get(p).map(|e| &e.kind) {
-                    Some(EntryKind::Dir) => s.dirs_removed += 1,
-                    _ => s.removed += 1,
-                },
-                Change::Put(put) => {
-                    let old = base.get(&put.path);
-                    match &put.kind {
-                        PutKind::Dir => {
-                            if old.is_some() {
-                                s.metadata += 1
-                            } else {
-                                s.dirs_added += 1
-                            }
-                        }
-                        PutKind::Symlink(_) => s.symlinks += 1,
-                        PutKind::File(FileSource::Object(_)) => {
-                            if old.is_some() {
-                                s.changed += 1
-                            } else {
-                                s.added += 1
-                            }
-                        }
-                        PutKind::File(FileSource::Known { id, .. }) => {
-                            match old.and_then(|e| e.file_id()) {
-                                Some(o) if o == *id => s.metadata += 1,
-                                Some(_) => s.changed += 1,
-                                None if old.is_some() => s.changed += 1,
-                                None => s.copied += 1,
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        s
-    }
-
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
 }
 
 /// The result of a push or remove.
@@ -502,18 +429,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             base_root: plan.base_root,
             target_root: plan.target_root,
             target: u.target.clone(),
-            source: match u.source {
-                None => String::new(),
-                Some(source) => std::fs::canonicalize(source)
-                    .map_err(io_at(source))?
-                    .display()
-                    .to_string(),
-            },
+            source: u
+                .source
+                .map(|source| {
+                    std::fs::canonicalize(source)
+                        .map(|p| p.display().to_string())
+                        .map_err(io_at(source))
+                })
+                .transpose()?,
             dest: dest_name,
-            state: "queued".into(),
+            state: PackState::Queued,
             priority: u.priority,
             content_bytes: plan.object_bytes(),
-            summary: serde_json::to_string(summary).expect("summary"),
+            summary: summary.clone(),
             created_at: crate::state::now_secs(),
             finished_at: None,
         };
@@ -607,85 +535,5 @@ impl ContentProvider for EmptyProvider {
     }
     fn base(&self, _: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
         Ok(None)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::manifest::Put;
-    use crate::manifest::tests::{dir, file};
-
-    fn put(p: &str, kind: PutKind) -> Change {
-        Change::Put(Put {
-            path: VolumePath::new(p).unwrap(),
-            kind,
-            mode: 0o644,
-            mtime: 0,
-        })
-    }
-
-    fn known(body: &str) -> PutKind {
-        PutKind::File(FileSource::Known {
-            id: ContentId::of(body.as_bytes()),
-            size: body.len() as u64,
-        })
-    }
-
-    #[test]
-    fn a_summary_counts_each_change_in_the_operators_words() {
-        let base = Manifest::new(vec![
-            file("a", b"a"),
-            file("b", b"b"),
-            file("c", b"c"),
-            dir("d"),
-            file("d/x", b"x"),
-            file("e", b"e"),
-            dir("f"),
-            dir("g"),
-            file("m", b"m"),
-        ])
-        .unwrap();
-        let changes = vec![
-            // New content: a path the base has (changed), one it has not (added), twice.
-            put("a", PutKind::File(FileSource::Object(0))),
-            put("n1", PutKind::File(FileSource::Object(1))),
-            put("n2", PutKind::File(FileSource::Object(2))),
-            // Content known by id: the same id (metadata), another id (changed), where a
-            // folder stood (changed), on a new path (copied: a rename or a copy).
-            put("m", known("m")),
-            put("e", known("c")),
-            put("g", known("b")),
-            put("copy-of-b", known("b")),
-            // Folders: new (added), existing (its mode: metadata).
-            put("h", PutKind::Dir),
-            put("f", PutKind::Dir),
-            put("link", PutKind::Symlink("a".into())),
-            // Removals: a file, and a folder.
-            Change::Remove(VolumePath::new("c").unwrap()),
-            Change::Remove(VolumePath::new("d/x").unwrap()),
-            Change::Remove(VolumePath::new("d").unwrap()),
-        ];
-        let s = ChangeSummary::of(&base, &changes);
-        assert_eq!(
-            s,
-            ChangeSummary {
-                added: 2,
-                changed: 3,
-                removed: 2,
-                copied: 1,
-                metadata: 2,
-                dirs_added: 1,
-                dirs_removed: 1,
-                symlinks: 1,
-            }
-        );
-        assert!(!s.is_empty());
-        assert!(ChangeSummary::of(&base, &[]).is_empty());
-        // Summaries of the packs of one pull add up.
-        let mut total = s.clone();
-        total.add(&s);
-        assert_eq!(total.added, 4);
-        assert_eq!(total.symlinks, 2);
     }
 }

@@ -128,6 +128,7 @@ mod tests {
     use crate::manifest::Entry;
     use crate::manifest::tests::{dir, file};
     use crate::path::PodName;
+    use crate::state::PackState;
 
     fn root(n: u8) -> ManifestId {
         ManifestId([n; 32])
@@ -157,12 +158,12 @@ mod tests {
             base_root: root(base),
             target_root: root(target),
             target: Manifest::default(),
-            source: String::new(),
+            source: None,
             dest: dest.map(String::from),
-            state: "queued".into(),
+            state: PackState::Queued,
             priority: 0,
             content_bytes: 0,
-            summary: String::new(),
+            summary: Default::default(),
             created_at: 0,
             finished_at: None,
         }

@@ -10,11 +10,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until};
 
 use super::client::{Event, remote};
-use super::{Allowance, ChangeSummary, Client, Ground, GroundError, Progress, PushReport, io_at};
+use super::{Allowance, Client, Ground, GroundError, Progress, PushReport, io_at};
 use crate::id::{ManifestId, NodeId, PackId};
 use crate::link::{ACK_INTERVAL, LinkError, sleep_until_opt};
 use crate::path::VolumePath;
-use crate::state::OutgoingPack;
+use crate::state::{OutgoingPack, PackState};
 use crate::window::Window;
 use crate::wire::{ErrorKind, Message};
 
@@ -126,14 +126,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<PushReport, GroundError> {
         let (path, bytes) = self.load_queued(ground, q)?;
-        let summary: ChangeSummary = serde_json::from_str(&q.summary).unwrap_or_default();
         let mut report = PushReport {
             content_bytes: q.content_bytes,
             pack_bytes: q.len,
             pack: Some(q.pack.to_hex()),
             acked: q.acked,
             resumed_from: q.acked,
-            ..PushReport::new(&q.pod, &self.node, summary, q.base_root)
+            ..PushReport::new(&q.pod, &self.node, q.summary.clone(), q.base_root)
         };
         let sent = match self.send_pack(ground, q, &bytes, allow, progress).await {
             Err(
@@ -278,7 +277,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 });
             }
         };
-        ground.db.set_outgoing_progress(&pack, from, "sending")?;
+        ground
+            .db
+            .set_outgoing_progress(&pack, from, PackState::Sending)?;
         Ok(from)
     }
 
@@ -362,7 +363,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 }
                 ground
                     .db
-                    .set_outgoing_progress(&s.pack, offset, "sending")?;
+                    .set_outgoing_progress(&s.pack, offset, PackState::Sending)?;
                 progress(s.progress());
             }
             Message::PackApplied { pack: p, root } if p == s.pack && s.up.all_sent() => {

@@ -10,6 +10,7 @@ mod change;
 mod filter;
 mod scan;
 mod skipped;
+mod summary;
 
 use std::collections::HashMap;
 
@@ -21,6 +22,7 @@ pub use scan::{
     CachedStat, ScanError, ScanOptions, ScanStats, SpecialFiles, StatCache, hash_stable, scan_dir,
 };
 pub use skipped::{MAX_SKIPPED_NAMED, SkipReason, Skipped, SkippedReport, named};
+pub use summary::ChangeSummary;
 
 use crate::id::{ContentId, ManifestId};
 use crate::path::VolumePath;

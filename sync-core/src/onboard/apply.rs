@@ -185,7 +185,7 @@ impl OnboardService {
                     e.pack.short(),
                     crate::path::escape(&err.to_string())
                 );
-                if let Ok(plan) = postcard::from_bytes::<ApplyPlan>(&e.plan) {
+                if let Ok(plan) = e.plan() {
                     keep.entry(e.pod.clone())
                         .or_default()
                         .extend(plan.temps().map(String::from));
@@ -219,8 +219,7 @@ impl OnboardService {
     /// place is gone and the volume holds something else there) is abandoned, with a log line:
     /// the volume keeps what it has, and the next manifest shows it.
     fn finish_journaled(&self, e: &JournalEntry) -> Result<(), OnboardError> {
-        let plan: ApplyPlan = postcard::from_bytes(&e.plan)
-            .map_err(|_| crate::state::StateError::Corrupt("journal plan"))?;
+        let plan = e.plan()?;
         let vol = self.volumes.create_pod(&e.pod)?;
         let journal = PackJournal {
             svc: self,
@@ -259,11 +258,9 @@ impl Journal for PackJournal<'_> {
     type Error = OnboardError;
 
     fn begin(&self, plan: &ApplyPlan) -> Result<(), OnboardError> {
-        self.svc.db().journal_begin(&JournalEntry {
-            pack: self.pack,
-            pod: self.pod.clone(),
-            plan: postcard::to_stdvec(plan).expect("plan"),
-        })?;
+        self.svc
+            .db()
+            .journal_begin(&JournalEntry::new(self.pack, self.pod.clone(), plan))?;
         Ok(())
     }
 
@@ -301,11 +298,7 @@ mod tests {
             }],
         };
         svc.db()
-            .journal_begin(&JournalEntry {
-                pack: PackId([9; 32]),
-                pod: pod.clone(),
-                plan: postcard::to_stdvec(&plan).unwrap(),
-            })
+            .journal_begin(&JournalEntry::new(PackId([9; 32]), pod.clone(), &plan))
             .unwrap();
         let out = svc
             .session()

@@ -3,9 +3,13 @@
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Db, StateError, blob32, now_secs, pack_manifest, unpack_manifest};
+use super::column::{
+    PackState, PullRequestKey, blob32, manifest_column, manifest_from_column, plan_column,
+    plan_from_column, summary_column, summary_from_column,
+};
+use super::{Db, StateError, now_secs};
 use crate::id::{ContentId, ManifestId, NodeId, PackId};
-use crate::manifest::Manifest;
+use crate::manifest::{ChangeSummary, Manifest};
 use crate::path::PodName;
 use crate::volume::ApplyPlan;
 
@@ -27,17 +31,17 @@ pub struct OutgoingPack {
     pub base_root: ManifestId,
     pub target_root: ManifestId,
     pub target: Manifest,
-    /// The local folder the pack was built from (to plan again if the volume moved on).
-    pub source: String,
+    /// The local folder the pack was built from (to plan again if the volume moved on); None
+    /// for a removal (`rm`), which has none.
+    pub source: Option<String>,
     /// `--dest`, if any.
     pub dest: Option<String>,
-    /// "queued", "sending", "applied".
-    pub state: String,
+    pub state: PackState,
     pub priority: i64,
     /// Bytes of new content the pack carries.
     pub content_bytes: u64,
-    /// The change summary, as JSON, for status.
-    pub summary: String,
+    /// What the pack changes, for the push report and status.
+    pub summary: ChangeSummary,
     pub created_at: i64,
     pub finished_at: Option<i64>,
 }
@@ -74,13 +78,14 @@ fn outgoing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutgoingPack, 
             acked: acked as u64,
             base_root: ManifestId(blob32(base, "manifest root")?),
             target_root: ManifestId(blob32(target_root, "manifest root")?),
-            target: unpack_manifest(&target)?,
-            source,
+            target: manifest_from_column(&target)?,
+            // A removal's row holds '' (the column is NOT NULL).
+            source: Some(source).filter(|s| !s.is_empty()),
             dest,
-            state,
+            state: PackState::from_column(&state)?,
             priority,
             content_bytes: content as u64,
-            summary,
+            summary: summary_from_column(&summary),
             created_at: created,
             finished_at: finished,
         })
@@ -104,7 +109,7 @@ impl Db {
         let Some((root, blob)) = row else {
             return Ok(None);
         };
-        let manifest = unpack_manifest(&blob)?;
+        let manifest = manifest_from_column(&blob)?;
         let root = ManifestId(blob32(root, "manifest root")?);
         if manifest.root() != root {
             return Err(StateError::Corrupt("known manifest (root mismatch)"));
@@ -127,7 +132,7 @@ impl Db {
                 node.to_hex(),
                 pod.as_str(),
                 &manifest.root().0[..],
-                pack_manifest(manifest),
+                manifest_column(manifest),
                 now_secs()
             ],
         )?;
@@ -143,7 +148,7 @@ impl Db {
         )?;
         let mut out = std::collections::HashSet::new();
         for blob in stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))? {
-            for e in unpack_manifest(&blob?)?.entries() {
+            for e in manifest_from_column(&blob?)?.entries() {
                 if let Some(id) = e.file_id() {
                     out.insert(id);
                 }
@@ -166,13 +171,13 @@ impl Db {
                 p.acked as i64,
                 &p.base_root.0[..],
                 &p.target_root.0[..],
-                pack_manifest(&p.target),
-                p.source,
+                manifest_column(&p.target),
+                p.source.as_deref().unwrap_or(""),
                 p.dest,
-                p.state,
+                p.state.as_str(),
                 p.priority,
                 p.content_bytes as i64,
-                p.summary,
+                summary_column(&p.summary),
                 p.created_at,
                 p.finished_at,
             ],
@@ -184,11 +189,11 @@ impl Db {
         &self,
         pack: &PackId,
         acked: u64,
-        state: &str,
+        state: PackState,
     ) -> Result<(), StateError> {
         self.conn().execute(
             "UPDATE outgoing SET acked = ?2, state = ?3 WHERE pack = ?1",
-            params![&pack.0[..], acked as i64, state],
+            params![&pack.0[..], acked as i64, state.as_str()],
         )?;
         Ok(())
     }
@@ -388,7 +393,7 @@ pub struct PullIncoming {
     pub pod: PodName,
     pub into: String,
     /// The filter and --delete the pull was asked with.
-    pub request: String,
+    pub request: PullRequestKey,
     pub len: u64,
     /// Durable in the ground's staging file up to here.
     pub received: u64,
@@ -413,7 +418,7 @@ impl Db {
                 &p.base_root.0[..],
                 &p.target_root.0[..],
                 now_secs(),
-                p.request
+                p.request.as_column()
             ],
         )?;
         Ok(())
@@ -452,7 +457,7 @@ impl Db {
             node: *node,
             pod: pod.clone(),
             into: into.to_string(),
-            request,
+            request: PullRequestKey::from_column(request),
             len: len as u64,
             received: received as u64,
             base_root: ManifestId(blob32(base, "manifest root")?),
@@ -486,7 +491,7 @@ impl Db {
                 into,
                 node.to_hex(),
                 pod.as_str(),
-                pack_manifest(manifest),
+                manifest_column(manifest),
                 now_secs()
             ],
         )?;
@@ -509,7 +514,7 @@ impl Db {
                 |r| r.get(0),
             )
             .optional()?;
-        blob.map(|b| unpack_manifest(&b)).transpose()
+        blob.map(|b| manifest_from_column(&b)).transpose()
     }
 }
 
@@ -540,8 +545,6 @@ impl Db {
         j: &PullJournal,
         pulled: Option<Pulled<'_>>,
     ) -> Result<(), StateError> {
-        // The same encoding as the onboard journal's plans.
-        let plan = postcard::to_stdvec(&j.plan).expect("in-memory postcard");
         self.conn().execute(
             "INSERT OR REPLACE INTO pull_journal
              (into_dir, tag, plan, started_at, pulled_node, pulled_pod, pulled)
@@ -549,11 +552,11 @@ impl Db {
             params![
                 j.into,
                 j.tag,
-                plan,
+                plan_column(&j.plan),
                 now_secs(),
                 pulled.map(|p| p.node.to_hex()),
                 pulled.map(|p| p.pod.as_str().to_string()),
-                pulled.map(|p| pack_manifest(p.manifest)),
+                pulled.map(|p| manifest_column(p.manifest)),
             ],
         )?;
         Ok(())
@@ -619,7 +622,7 @@ fn pull_journal_row(
     Ok(PullJournal {
         into,
         tag,
-        plan: postcard::from_bytes(&plan).map_err(|_| StateError::Corrupt("pull journal plan"))?,
+        plan: plan_from_column(&plan, "pull journal plan")?,
     })
 }
 

@@ -4,8 +4,11 @@
 //! - `ground`: what the ground knows of each pod, its content-store index, outgoing packs,
 //!   pulls being received and the journal of a pull's apply to its copy.
 //! - `onboard`: the node id, recent pod manifests, incoming packs, the apply journal.
+//! - `column`: how typed values are written into columns and read back (pack states, pull
+//!   request keys, change summaries, apply plans, manifests).
 //! - stat caches for both.
 
+mod column;
 mod ground;
 mod onboard;
 
@@ -14,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+pub use column::{PackState, PullRequestKey};
 pub use ground::{FollowUp, KnownManifest, OutgoingPack, PullIncoming, PullJournal, Pulled};
 pub use onboard::{IncomingPack, JournalEntry, PullPack, PullPackKey};
 
@@ -185,20 +189,6 @@ impl Db {
         tx.commit()?;
         Ok(())
     }
-}
-
-/// Manifests are stored as zstd of their canonical encoding.
-pub(crate) fn pack_manifest(m: &crate::manifest::Manifest) -> Vec<u8> {
-    zstd::bulk::compress(&m.encode(), 3).expect("in-memory zstd")
-}
-
-pub(crate) fn unpack_manifest(blob: &[u8]) -> Result<crate::manifest::Manifest, StateError> {
-    let raw = zstd::stream::decode_all(blob).map_err(|_| StateError::Corrupt("manifest"))?;
-    crate::manifest::Manifest::decode(&raw).map_err(|_| StateError::Corrupt("manifest"))
-}
-
-pub(crate) fn blob32(v: Vec<u8>, what: &'static str) -> Result<[u8; 32], StateError> {
-    v.try_into().map_err(|_| StateError::Corrupt(what))
 }
 
 #[cfg(test)]

@@ -4,10 +4,12 @@ use std::collections::HashMap;
 
 use rusqlite::{OptionalExtension, params};
 
-use super::{Db, StateError, blob32, now_secs, pack_manifest, unpack_manifest};
+use super::column::{blob32, manifest_column, manifest_from_column, plan_column, plan_from_column};
+use super::{Db, StateError, now_secs};
 use crate::id::{ManifestId, NodeId, PackId};
 use crate::manifest::Manifest;
 use crate::path::{PodName, VolumePath};
+use crate::volume::ApplyPlan;
 
 /// How many past manifests of a pod are kept to answer with deltas.
 const KEEP_MANIFESTS: i64 = 8;
@@ -67,11 +69,33 @@ pub enum PullPackKey {
     Target(ManifestId),
 }
 
+/// A changeset being applied to a pod's volume: its renames and removals, journaled from just
+/// before the first until the last.
 #[derive(Debug, Clone)]
 pub struct JournalEntry {
     pub pack: PackId,
     pub pod: PodName,
-    pub plan: Vec<u8>,
+    /// The plan as the column holds it. It is decoded when asked for ([`JournalEntry::plan`]),
+    /// not when the journal is read: a row whose plan does not decode (a damaged file, or a
+    /// plan a newer version wrote) is that changeset's failure alone, so the daemon still
+    /// starts and the other pods still take changes.
+    plan: Vec<u8>,
+}
+
+impl JournalEntry {
+    pub fn new(pack: PackId, pod: PodName, plan: &ApplyPlan) -> Self {
+        Self {
+            pack,
+            pod,
+            plan: plan_column(plan),
+        }
+    }
+
+    /// # Errors
+    /// [`StateError::Corrupt`] when the stored plan does not decode.
+    pub fn plan(&self) -> Result<ApplyPlan, StateError> {
+        plan_from_column(&self.plan, "journal plan")
+    }
 }
 
 impl Db {
@@ -122,7 +146,12 @@ impl Db {
                 "INSERT INTO {table} (pod, root, manifest, seen_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT(pod, root) DO UPDATE SET seen_at = excluded.seen_at"
             ),
-            params![pod.as_str(), &m.root().0[..], pack_manifest(m), now_secs()],
+            params![
+                pod.as_str(),
+                &m.root().0[..],
+                manifest_column(m),
+                now_secs()
+            ],
         )?;
         self.conn().execute(
             &format!(
@@ -149,7 +178,7 @@ impl Db {
                 |r| r.get(0),
             )
             .optional()?;
-        blob.map(|b| unpack_manifest(&b)).transpose()
+        blob.map(|b| manifest_from_column(&b)).transpose()
     }
 
     pub fn incoming(&self, pack: &PackId) -> Result<Option<IncomingPack>, StateError> {

@@ -187,8 +187,9 @@ impl From<&OutgoingPack> for QueueJson {
             node: q.node.to_hex(),
             pod: q.pod.to_string(),
             dest: q.dest.clone(),
-            source: q.source.clone(),
-            state: q.state.clone(),
+            // A removal has no folder: `status --json` says "".
+            source: q.source.clone().unwrap_or_default(),
+            state: q.state.as_str().into(),
             priority: q.priority,
             total: q.len,
             acked: q.acked,

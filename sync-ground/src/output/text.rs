@@ -9,7 +9,7 @@ use sync_core::ground::{Allowance, PullReport, PushReport};
 use sync_core::id::NodeId;
 use sync_core::manifest::{Entry, EntryKind};
 use sync_core::path::{PodName, escape};
-use sync_core::state::{FollowUp, OutgoingPack};
+use sync_core::state::{FollowUp, OutgoingPack, PackState};
 
 use super::{Pushed, Wire, notes, quiet_on_closed_pipe, warn_skipped};
 use crate::fmt;
@@ -137,20 +137,16 @@ pub fn status(all: &[OutgoingPack], follow_ups: &[FollowUp]) {
 fn status_line(q: &OutgoingPack) {
     let place = format!(
         "{} → /{}",
-        if q.source.is_empty() {
-            "(rm)"
-        } else {
-            &q.source
-        },
+        q.source.as_deref().unwrap_or("(rm)"),
         q.dest.as_deref().unwrap_or("")
     );
-    match q.state.as_str() {
-        "applied" => println!(
+    match q.state {
+        PackState::Applied => println!(
             "  done      {}  {}  {place}",
             q.pack.short(),
             fmt::bytes(q.len)
         ),
-        _ if q.acked > 0 || q.state == "sending" => println!(
+        _ if q.acked > 0 || q.state == PackState::Sending => println!(
             "  in flight {}  {} of {} acknowledged ({}%), priority {}  {place}",
             q.pack.short(),
             fmt::bytes(q.acked),

@@ -12,7 +12,7 @@ use crate::ground::{Allowance, ChangeSummary, Client, Ground, GroundError, Progr
 use crate::id::{ManifestId, PackId};
 use crate::manifest::{Manifest, SkippedReport};
 use crate::path::PodName;
-use crate::state::PullIncoming;
+use crate::state::{PullIncoming, PullRequestKey};
 use crate::units::fmt_bytes;
 use crate::wire::{ErrorKind, Message};
 
@@ -31,7 +31,7 @@ struct Asking<'a> {
     pulled: Option<Manifest>,
     /// How the pull is asked: a pull asked differently (other --path, --delete) does not
     /// resume this one.
-    request: String,
+    request: PullRequestKey,
 }
 
 impl Asking<'_> {
@@ -193,7 +193,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         // the change is left out and the user's version stays; where the pod changed it too,
         // the pull is refused (like git), unless --force.
         let pulled = ground.db.pulled_copy(&into, &self.node, pod)?;
-        let request = format!("{:?} delete={}", opts.filter, opts.delete);
+        let request = PullRequestKey::new(&opts.filter, opts.delete);
         Ok(Asking {
             pod,
             opts,

@@ -19,7 +19,7 @@ use crate::manifest::{
 use crate::onboard::OnboardService;
 use crate::pack::Limits;
 use crate::path::{TEMP_PREFIX, VolumePath};
-use crate::state::{PullIncoming, PullJournal};
+use crate::state::{PullIncoming, PullJournal, PullRequestKey};
 use crate::volume::{self, ApplyPlan, Step, VolumeError};
 use crate::wire::LinkKey;
 
@@ -235,7 +235,7 @@ async fn a_pull_journaled_but_not_applied_is_finished_by_the_next_pull() {
             node,
             pod: rig.pod.clone(),
             into: rig.copy_key(),
-            request: format!("{:?} delete={}", Vec::<String>::new(), false),
+            request: PullRequestKey::new(&[], false),
             len: 10,
             received: 10,
             base_root: base.root(),
