@@ -154,39 +154,6 @@ pub fn prepare(
     objects: &[(ContentId, u64)],
     temp_tag: &str,
 ) -> Result<ApplyPlan, VolumeError> {
-    let mut placed = Vec::new();
-    let result = place_all(
-        volume,
-        staging,
-        base,
-        changes,
-        objects,
-        temp_tag,
-        &mut placed,
-    );
-    if result.is_err() {
-        for t in &placed {
-            let _ = volume.remove_file(t);
-        }
-        return result;
-    }
-    // The temporaries' names must be durable before the journal names them.
-    volume
-        .open(".")
-        .and_then(|d| d.sync_all())
-        .map_err(io_at("."))?;
-    result
-}
-
-fn place_all(
-    volume: &Dir,
-    staging: &Path,
-    base: &Manifest,
-    changes: &[Change],
-    objects: &[(ContentId, u64)],
-    temp_tag: &str,
-    placed: &mut Vec<String>,
-) -> Result<ApplyPlan, VolumeError> {
     let held = base.content_index();
     // How many steps use each staged object: the last one may take the file itself.
     let mut uses: HashMap<u32, usize> = HashMap::new();
@@ -197,6 +164,11 @@ fn place_all(
             *uses.entry(i).or_default() += 1;
         }
     }
+    // Should one file fail to place (a full disk), those placed before it go again.
+    let mut placed = Placed {
+        volume,
+        temps: Vec::new(),
+    };
     let mut steps = Vec::with_capacity(changes.len());
     for (n, change) in changes.iter().enumerate() {
         let temp = format!("{TEMP_PREFIX}{temp_tag}.{n}");
@@ -215,7 +187,7 @@ fn place_all(
                     let left = uses.get_mut(i).expect("counted above");
                     *left -= 1;
                     let src = staging.join(format!("o{i}"));
-                    placed.push(temp.clone());
+                    placed.temps.push(temp.clone());
                     place_staged(volume, &src, &temp, *left == 0)?;
                     file_step(volume, &temp, put, objects[*i as usize].0)?
                 }
@@ -227,7 +199,7 @@ fn place_all(
                             mtime: put.mtime,
                         }
                     } else {
-                        placed.push(temp.clone());
+                        placed.temps.push(temp.clone());
                         place_copy(volume, base, &held, id, &temp, &put.path)?;
                         file_step(volume, &temp, put, *id)?
                     }
@@ -236,7 +208,28 @@ fn place_all(
         };
         steps.push(step);
     }
+    // Every file is placed: the temporaries are the plan's now.
+    placed.temps.clear();
+    // The temporaries' names must be durable before the journal names them.
+    volume
+        .open(".")
+        .and_then(|d| d.sync_all())
+        .map_err(io_at("."))?;
     Ok(ApplyPlan { steps })
+}
+
+/// The temporaries a `prepare` has placed so far; removed again if it stops before the end.
+struct Placed<'a> {
+    volume: &'a Dir,
+    temps: Vec<String>,
+}
+
+impl Drop for Placed<'_> {
+    fn drop(&mut self) {
+        for t in &self.temps {
+            let _ = self.volume.remove_file(t);
+        }
+    }
 }
 
 /// Gives a placed temporary its mode and time, syncs it, and makes its step.
