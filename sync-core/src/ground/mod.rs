@@ -78,6 +78,12 @@ pub enum GroundError {
         path: String,
         source: std::io::Error,
     },
+    /// placing a pull's files in the copy failed (its disk is full, say): the copy is as it was
+    #[error("{into}: {source}")]
+    Placing {
+        into: String,
+        source: crate::volume::VolumeError,
+    },
     /// the copy a pull was applying to changed, while the pull ran, where the pull changes it
     #[error(
         "{into}: the copy changed at {path} during the pull; nothing of this pull pack was \

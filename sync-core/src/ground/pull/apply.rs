@@ -112,9 +112,9 @@ impl Ground {
                     into: into.to_string(),
                     path,
                 },
-                other => GroundError::Io {
-                    path: into.to_string(),
-                    source: std::io::Error::other(other.to_string()),
+                source => GroundError::Placing {
+                    into: into.to_string(),
+                    source,
                 },
             })?;
         // Placing copies every file's bytes and may take a while: one more look, so that an
