@@ -20,7 +20,6 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::{RngCore, SeedableRng, rngs::StdRng};
 use sync_core::ground::{Allowance, Client, Ground, GroundError, PushOptions};
 use sync_core::link::sim::{Action, Fault, SimConfig, SimNet, Trigger};
-use sync_core::link::{Link, ServeOptions, serve_connection};
 use sync_core::onboard::OnboardService;
 use sync_core::pack::Limits;
 use sync_core::path::PodName;
@@ -127,17 +126,14 @@ async fn connect(
     svc: Arc<OnboardService>,
     key: &LinkKey,
 ) -> Result<Client<sync_core::link::sim::SimStream>, GroundError> {
-    let (ground_end, onboard_end) = net.connect();
-    let k = key.clone();
-    tokio::spawn(async move {
-        let opts = ServeOptions {
-            idle_timeout: Duration::from_secs(30),
-            ..ServeOptions::default()
-        };
-        let _ = serve_connection(onboard_end, svc, &k, &opts).await;
-    });
-    let link = Link::connect(ground_end, key, Duration::from_secs(12)).await?;
-    Client::start(link).await
+    sync_core::testing::sim_client(
+        net,
+        svc,
+        key,
+        Duration::from_secs(30),
+        Duration::from_secs(12),
+    )
+    .await
 }
 
 /// What one scenario run measured.

@@ -128,6 +128,29 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// A ground client of `svc` over a new connection on the simulated link `net`, with the node's
+/// end served as the daemon serves one (`onboard_idle` its idle timeout) and the ground's idle
+/// timeout `ground_idle`.
+pub async fn sim_client(
+    net: &crate::link::sim::SimNet,
+    svc: std::sync::Arc<crate::onboard::OnboardService>,
+    key: &crate::wire::LinkKey,
+    onboard_idle: std::time::Duration,
+    ground_idle: std::time::Duration,
+) -> Result<crate::ground::Client<crate::link::sim::SimStream>, crate::ground::GroundError> {
+    let (ground_end, onboard_end) = net.connect();
+    let node_key = key.clone();
+    tokio::spawn(async move {
+        let opts = crate::link::ServeOptions {
+            idle_timeout: onboard_idle,
+            ..crate::link::ServeOptions::default()
+        };
+        let _ = crate::link::serve_connection(onboard_end, svc, &node_key, &opts).await;
+    });
+    let link = crate::link::Link::connect(ground_end, key, ground_idle).await?;
+    crate::ground::Client::start(link).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

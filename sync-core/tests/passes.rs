@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
-use sync_core::ground::{Allowance, Client, Ground, GroundError, PushOptions, PushReport};
+use sync_core::ground::{Allowance, Ground, GroundError, PushOptions, PushReport};
 use sync_core::link::sim::{Action, Direction, Fault, SimConfig, SimNet, Trigger};
-use sync_core::link::{Link, ServeOptions, serve_connection};
 use sync_core::onboard::OnboardService;
 use sync_core::pack::Limits;
 use sync_core::path::{PodName, VolumePath};
@@ -58,17 +57,14 @@ impl Rig {
 
     /// One connection: push the local tree as far as `allow` lets it.
     async fn attempt(&mut self, allow: &Allowance) -> Result<PushReport, GroundError> {
-        let (ground_end, onboard_end) = self.net.connect();
-        let (svc, key) = (self.svc.clone(), self.key.clone());
-        tokio::spawn(async move {
-            let opts = ServeOptions {
-                idle_timeout: Duration::from_secs(20),
-                ..ServeOptions::default()
-            };
-            let _ = serve_connection(onboard_end, svc, &key, &opts).await;
-        });
-        let link = Link::connect(ground_end, &self.key, GROUND_IDLE).await?;
-        let mut client = Client::start(link).await?;
+        let mut client = sync_core::testing::sim_client(
+            &self.net,
+            self.svc.clone(),
+            &self.key,
+            Duration::from_secs(20),
+            GROUND_IDLE,
+        )
+        .await?;
         let (manifest, _) = self.ground.scan_local(&self.local)?;
         let report = client
             .push(

@@ -12,7 +12,6 @@ use super::*;
 use crate::ground::Client;
 use crate::id::{ContentId, NodeId, PackId};
 use crate::link::sim::{SimConfig, SimNet};
-use crate::link::{Link, ServeOptions, serve_connection};
 use crate::manifest::{
     Change, FileSource, Manifest, PutKind, ScanOptions, StatCache, diff, scan_dir,
 };
@@ -122,17 +121,14 @@ impl Rig {
 
     /// A new connection to the node, served on the simulated link.
     async fn connect(&self) -> Result<Client<crate::link::sim::SimStream>, GroundError> {
-        let (ground_end, onboard_end) = self.net.connect();
-        let (svc, key) = (self.svc.clone(), self.key.clone());
-        tokio::spawn(async move {
-            let opts = ServeOptions {
-                idle_timeout: Duration::from_secs(20),
-                ..ServeOptions::default()
-            };
-            let _ = serve_connection(onboard_end, svc, &key, &opts).await;
-        });
-        let link = Link::connect(ground_end, &self.key, Duration::from_secs(10)).await?;
-        Client::start(link).await
+        crate::testing::sim_client(
+            &self.net,
+            self.svc.clone(),
+            &self.key,
+            Duration::from_secs(20),
+            Duration::from_secs(10),
+        )
+        .await
     }
 
     /// The node's id, as a connection learns it.
