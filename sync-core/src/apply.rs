@@ -38,7 +38,8 @@ pub trait Journal {
 /// Why a journaled apply stopped.
 #[derive(Debug)]
 pub enum ApplyError<E> {
-    /// The plan could not be recorded; its temporaries were removed and nothing changed.
+    /// The journal failed: recording the plan (its temporaries were then removed and nothing
+    /// changed), or ending the entry once every step had run.
     Journal(E),
     /// A step failed after the plan was recorded: it stays journaled for the roll-forward.
     Unfinished(VolumeError),
