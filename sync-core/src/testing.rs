@@ -1,6 +1,7 @@
 //! What tests, benches and fuzz targets share (the `testing` feature; always in this crate's own
 //! unit tests): both ends of a pack in memory ([`Blobs`] as sender and receiver, [`Collect`] as
-//! the receiver's sink) and deterministic content ([`text`], [`noise`], [`random_bytes`]).
+//! the receiver's sink), deterministic content ([`text`], [`noise`], [`random_bytes`]), and a
+//! ground client of a service on the simulated link ([`sim_client`]).
 //!
 //! The generators make the inputs of the golden fixtures (`tests/golden/`) and of the fuzz
 //! seeds: the bytes they give for a length and seed must never change.
