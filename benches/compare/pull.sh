@@ -104,21 +104,10 @@ same_tree() { # WHAT A B OUT: diff -r, FAILED on a difference
 
 # --- the satellite: one sync-onboard for all cases ------------------------------
 VOLS=$WORK/vols
-mkdir -p "$VOLS" "$WORK/ostate" "$WORK/gstate"
-"$ONBOARD" keygen >"$WORK/key"
+mkdir -p "$WORK/gstate"
 cleanup() { stop_server; }
 trap cleanup EXIT
-"$ONBOARD" serve --volumes "$VOLS" --state "$WORK/ostate" \
-  --listen 127.0.0.1:0 --key "$WORK/key" >"$WORK/serve.out" 2>"$WORK/serve.err" &
-SERVER_PID=$!
-ADDR=""
-for ((i = 0; i < 300; i++)); do # first stdout line: "listening on ADDR"
-  ADDR=$(sed -n '1s/^listening on \([^ ]*:[0-9]\+\)[[:space:]]*$/\1/p' "$WORK/serve.out")
-  [[ -n $ADDR ]] && break
-  kill -0 "$SERVER_PID" 2>/dev/null || break
-  sleep 0.1
-done
-[[ -n $ADDR ]] || die "sync-onboard serve did not report its address (see $WORK/serve.err)"
+start_onboard "$WORK" || die "sync-onboard serve did not report its address (see $WORK/serve.err)"
 log "sync-onboard listening on $ADDR"
 
 # CPU seconds the satellite's daemon has used so far (user + system).

@@ -43,6 +43,25 @@ stop_server() {
   fi
 }
 
+# Starts sync-onboard on 127.0.0.1:0 with volumes in $1/vols, state in $1/ostate and the key in
+# $1/key (made here); sets SERVER_PID and ADDR. Returns non-zero if it never said its address.
+start_onboard() { # DIR
+  local d=$1 i
+  mkdir -p "$d/vols" "$d/ostate"
+  "$ONBOARD" keygen >"$d/key" || return 1
+  "$ONBOARD" serve --volumes "$d/vols" --state "$d/ostate" \
+    --listen 127.0.0.1:0 --key "$d/key" >"$d/serve.out" 2>"$d/serve.err" &
+  SERVER_PID=$!
+  ADDR=""
+  for ((i = 0; i < 300; i++)); do # first stdout line: "listening on ADDR"
+    ADDR=$(sed -n '1s/^listening on \([^ ]*:[0-9]\+\)[[:space:]]*$/\1/p' "$d/serve.out")
+    [[ -n $ADDR ]] && return 0
+    kill -0 "$SERVER_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  return 1
+}
+
 # --- helpers -------------------------------------------------------------------
 fsize() { stat -c %s "$1"; }
 tree_bytes() { find "$1" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}'; }

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# One large file, pushed and pulled in three versions, next to rsync -z and zstd --patch-from:
+# wire bytes, seconds, and the peak memory of each end.
+#
+#   bash benches/large/run.sh                 # 2 GiB; about an hour with the competitors
+#   SIZE=512M bash benches/large/run.sh       # the size today's figures were measured at first
+#
+# Environment knobs:
+#   SIZE=2G            the file's size (K, M, G: powers of 1024)
+#   DIRECTIONS="push pull"
+#   TOOLS="sync rsync zstd"   which columns to run (zstd runs in the push table only: its figures
+#                      do not depend on the direction)
+#   ZSTD_LEVEL=19      level of the zstd --patch-from column (--long=31, -T0)
+#   SYNC_BUILD, SYNC_BIN_DIR   as in benches/compare (lib/common.sh)
+#   TIMEOUT=3600       seconds allowed per transfer
+#   EXTRA="--rate 9600bit"   more flags for sync-ground push and pull
+#
+# Versions (benches/src/bin/large-file.rs, seeded: the same bytes on every run):
+#   new        4 in 10 of its 1 MiB blocks random bytes, the rest sensor log lines
+#   scattered  1% of the bytes changed: a 4 KiB run of new bytes in every 400 KiB
+#   insert     scattered, with 1 MiB of new bytes inserted at 1 MiB
+# Each is pushed (or pulled) on top of the one before, as a file that keeps changing is.
+#
+# Columns (per version and tool):
+#   wire      bytes on the link, both directions. sync: `.wire.total` of `sync-ground --json`
+#             (TCP payload, handshake and encryption included). rsync -z: every byte on the pipe
+#             between the client and `rsync --server` (lib/count-rsh.py). zstd: the patch's size
+#             (no transport at all).
+#   s         wall seconds of the transfer (sync: the whole sync-ground command, apply included).
+#   ground    peak RSS of the ground process, MiB (GNU time's maximum resident set size; for rsync
+#             the largest process of the transfer, both ends included; for zstd the compressor).
+#   onboard   sync-onboard's VmHWM over the step, MiB (reset before it through
+#             /proc/PID/clear_refs), for its receive, verify and apply, or its pull encoding.
+#
+# Every result is checked byte for byte (cmp) against the version it is to hold.
+set -euo pipefail
+export LC_ALL=C
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+WORK=${WORK:-$HERE/.work}
+SIZE=${SIZE:-2G}
+read -r -a DIRECTIONS <<<"${DIRECTIONS:-push pull}"
+TOOLS=" ${TOOLS:-sync rsync zstd} "
+ZSTD_LEVEL=${ZSTD_LEVEL:-19}
+TIMEOUT=${TIMEOUT:-3600}
+read -r -a EXTRA <<<"${EXTRA:-}"
+SYNC_BUILD=${SYNC_BUILD:-auto}
+VERSIONS=(new scattered insert)
+COMPARE=$REPO/benches/compare
+
+log() { echo "large: $*" >&2; }
+die() { echo "large: ERROR: $*" >&2; exit 1; }
+FAILED=0
+fail() { echo "large: FAILED: $*" >&2; FAILED=1; }
+
+for t in rsync zstd python3 timeout cmp /usr/bin/time; do
+  command -v "$t" >/dev/null || die "$t missing; run benches/compare/install-tools.sh"
+done
+
+# shellcheck source=../compare/lib/common.sh
+. "$COMPARE/lib/common.sh"
+rm -rf "$WORK" && mkdir -p "$WORK"
+WORK=$(cd "$WORK" && pwd)
+build_sync "$WORK/cargo-build.log" || die "$SYNC_NOTE"
+GEN=${SYNC_BIN_DIR:-$REPO/target/release}/large-file
+if [[ ! -x $GEN || $SYNC_BUILD == force ]]; then
+  (cd "$REPO" && cargo build --release -p sync-benches --bin large-file) >>"$WORK/cargo-build.log" 2>&1 ||
+    die "cargo build of large-file failed (see $WORK/cargo-build.log)"
+fi
+cleanup() { stop_server; }
+trap cleanup EXIT
+
+json_field() { # FILE DOTTED.KEY
+  python3 -c '
+import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."):
+    v = v[k]
+print(v)' "$1" "$2"
+}
+mib() { awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}'; } # KiB -> MiB
+timed() { # OUT CMD... -> runs CMD under GNU time; T=seconds, M=peak MiB
+  local out=$1
+  shift
+  local rc=0
+  /usr/bin/time -f '%e %M' -o "$out.time" timeout "$TIMEOUT" "$@" || rc=$?
+  read -r T M <"$out.time" || true
+  M=$(mib "${M:-0}")
+  return $rc
+}
+hwm_reset() { echo 5 >"/proc/$SERVER_PID/clear_refs"; }
+hwm() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status"; }
+
+# --- the satellite ------------------------------------------------------------------------
+VOLS=$WORK/vols
+mkdir -p "$WORK/gstate"
+start_onboard "$WORK" || die "sync-onboard serve did not report its address (see $WORK/serve.err)"
+log "sync-onboard listening on $ADDR; file size $SIZE"
+
+ROWS=()
+row() { ROWS+=("$(printf '%-5s %-10s %-6s %15s %9s %8s %8s' "$@")"); printf '%-5s %-10s %-6s %15s %9s %8s %8s\n' "$@" >&2; }
+
+# --- push: the ground's folder changes, the pod's volume follows -----------------------------
+push_dir() {
+  local src=$WORK/push/src dest=$WORK/push/rsync-dest prev=$WORK/push/prev.bin v
+  mkdir -p "$src" "$dest"
+  for v in "${VERSIONS[@]}"; do
+    log "push: $v"
+    "$GEN" "$SIZE" "$v" "$src/big.bin"
+    if [[ $TOOLS == *" sync "* ]]; then
+      hwm_reset
+      if timed "$WORK/push-$v" "$GROUND" push "$src" --pod large --to "$ADDR" --key "$WORK/key" \
+          --state "$WORK/gstate" --json "${EXTRA[@]}" >"$WORK/push-$v.json" 2>"$WORK/push-$v.err"; then
+        cmp -s "$src/big.bin" "$VOLS/large/big.bin" || fail "push $v: the volume differs"
+        row push "$v" sync "$(json_field "$WORK/push-$v.json" wire.total)" "$T" "$M" "$(hwm)"
+      else
+        fail "push $v: sync-ground failed (see $WORK/push-$v.err)"
+        tail -3 "$WORK/push-$v.err" >&2
+        row push "$v" sync ERR "$T" "$M" "$(hwm)"
+      fi
+    fi
+    if [[ $TOOLS == *" rsync "* ]]; then
+      COUNT_FILE=$WORK/push-$v.rsync.count timed "$WORK/push-$v.rsync" rsync -a -z --no-whole-file \
+        -e "$COMPARE/lib/count-rsh.py" "$src/" "fakehost:$dest/" >/dev/null
+      cmp -s "$src/big.bin" "$dest/big.bin" || fail "push $v: rsync's copy differs"
+      row push "$v" "rsync" "$(awk '{print $1 + $2}' "$WORK/push-$v.rsync.count")" "$T" "$M" -
+    fi
+    if [[ $TOOLS == *" zstd "* ]]; then
+      local from=()
+      [[ -f $prev ]] && from=(--patch-from="$prev")
+      timed "$WORK/push-$v.zstd" zstd -q -f "-$ZSTD_LEVEL" --long=31 -T0 "${from[@]}" \
+        "$src/big.bin" -o "$WORK/push/patch.zst"
+      local zt=$T zm=$M
+      zstd -q -f -d --long=31 "${from[@]}" "$WORK/push/patch.zst" -o "$WORK/push/check.bin" &&
+        cmp -s "$src/big.bin" "$WORK/push/check.bin" || fail "push $v: zstd's round trip differs"
+      row push "$v" "zstd" "$(fsize "$WORK/push/patch.zst")" "$zt" "$zm" -
+      rm -f "$WORK/push/check.bin" "$WORK/push/patch.zst"
+      cp "$src/big.bin" "$prev"
+    fi
+  done
+  rm -rf "$WORK/push"
+}
+
+# --- pull: the pod's volume changes, the ground's copy follows -----------------------------
+pull_dir() {
+  local vol=$VOLS/results copy=$WORK/pull/copy rcopy=$WORK/pull/rsync-copy v
+  mkdir -p "$vol" "$copy" "$rcopy"
+  for v in "${VERSIONS[@]}"; do
+    log "pull: $v"
+    "$GEN" "$SIZE" "$v" "$vol/big.bin.tmp" && mv "$vol/big.bin.tmp" "$vol/big.bin"
+    sleep 2.1 # older than the scan's 2 s "still being written" window
+    if [[ $TOOLS == *" sync "* ]]; then
+      hwm_reset
+      if timed "$WORK/pull-$v" "$GROUND" pull --pod results --into "$copy" --to "$ADDR" \
+          --key "$WORK/key" --state "$WORK/gstate" --json "${EXTRA[@]}" \
+          >"$WORK/pull-$v.json" 2>"$WORK/pull-$v.err"; then
+        cmp -s "$vol/big.bin" "$copy/big.bin" || fail "pull $v: the copy differs"
+        local w=$(($(json_field "$WORK/pull-$v.json" wire.sent) + $(json_field "$WORK/pull-$v.json" wire.received)))
+        row pull "$v" sync "$w" "$T" "$M" "$(hwm)"
+      else
+        fail "pull $v: sync-ground failed (see $WORK/pull-$v.err)"
+        tail -3 "$WORK/pull-$v.err" >&2
+        row pull "$v" sync ERR "$T" "$M" "$(hwm)"
+      fi
+    fi
+    if [[ $TOOLS == *" rsync "* ]]; then
+      COUNT_FILE=$WORK/pull-$v.rsync.count timed "$WORK/pull-$v.rsync" rsync -a -z --no-whole-file \
+        -e "$COMPARE/lib/count-rsh.py" "fakehost:$vol/" "$rcopy/" >/dev/null
+      cmp -s "$vol/big.bin" "$rcopy/big.bin" || fail "pull $v: rsync's copy differs"
+      row pull "$v" "rsync" "$(awk '{print $1 + $2}' "$WORK/pull-$v.rsync.count")" "$T" "$M" -
+    fi
+  done
+  rm -rf "$WORK/pull" "$vol"
+}
+
+for d in "${DIRECTIONS[@]}"; do
+  case $d in
+    push) push_dir ;;
+    pull) pull_dir ;;
+    *) die "unknown direction $d" ;;
+  esac
+done
+
+echo
+echo "large file of $SIZE ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+printf '%-5s %-10s %-6s %15s %9s %8s %8s\n' dir version tool "wire bytes" s "ground" "onboard"
+printf '%s\n' "${ROWS[@]}"
+echo "(ground, onboard: peak RSS in MiB)"
+if ((FAILED)); then
+  echo "large: some results were wrong (FAILED above)" >&2
+  exit 1
+fi
