@@ -23,7 +23,7 @@ use sync_benches::{EPOCH, Pushed, Rig, generate_tree, scattered_edit, write_file
 use sync_core::id::ContentId;
 use sync_core::manifest::{Entry, EntryKind, Manifest};
 use sync_core::pack::build::BaseChoice;
-use sync_core::pack::{Limits, Plan};
+use sync_core::pack::{Effort, Limits, Plan};
 use sync_core::path::VolumePath;
 use sync_core::testing::{Blobs, random_bytes};
 
@@ -218,7 +218,14 @@ fn pack_encode(c: &mut Criterion) {
         b.iter(|| {
             let mut out = Vec::new();
             let stats = plan
-                .encode(&base, &provider, &signatures, &limits, &mut out)
+                .encode(
+                    &base,
+                    &provider,
+                    &signatures,
+                    &limits,
+                    &Effort::max(),
+                    &mut out,
+                )
                 .expect("encoding");
             if !printed.replace(true) {
                 assert_eq!(stats.prefixed, 1);

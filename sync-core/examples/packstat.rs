@@ -9,8 +9,8 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use sync_core::manifest::{ScanOptions, StatCache, scan_dir};
 use sync_core::pack::format::{FIXED_LEN, FixedHeader};
-use sync_core::pack::{Limits, Plan, read_header};
-use sync_core::testing::Blobs;
+use sync_core::pack::{Effort, Limits, Plan};
+use sync_core::testing::{Blobs, PackParts};
 
 fn load(root: &Path, blobs: &mut Blobs) -> sync_core::manifest::Manifest {
     let dir = Dir::open_ambient_dir(root, ambient_authority()).unwrap();
@@ -33,18 +33,26 @@ fn main() {
     let plan = Plan::new(&a, &b, &|id| blobs.0.contains_key(id));
     let mut out = Vec::new();
     let stats = plan
-        .encode(&a, &blobs, &HashMap::new(), &Limits::default(), &mut out)
+        .encode(
+            &a,
+            &blobs,
+            &HashMap::new(),
+            &Limits::default(),
+            &Effort::max(),
+            &mut out,
+        )
         .unwrap();
-    let header = read_header(&mut &out[..], &a, &Limits::default()).unwrap();
-    let header_raw = postcard::to_stdvec(&header).unwrap().len();
+    let parts = PackParts::of(&out, &a);
+    let header = &parts.header;
+    let header_raw = postcard::to_stdvec(header).unwrap().len();
     let fixed: &[u8; FIXED_LEN] = out[..FIXED_LEN].try_into().unwrap();
     let header_packed = FixedHeader::decode(fixed, &a.root()).unwrap().header_len;
-    let segs: u64 = header.segments.iter().map(|s| s.frame_len).sum();
+    let segs: u64 = parts.segments.iter().map(|(h, _)| h.frame_len).sum();
     println!("{stats:?}");
     println!(
         "pack {} = fixed {FIXED_LEN} + header {header_packed} (raw {header_raw}, {} changes) + segments {segs} ({} segments)",
         out.len(),
         header.changes.len(),
-        header.segments.len()
+        parts.segments.len()
     );
 }

@@ -15,11 +15,12 @@
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use cap_std::fs::Dir;
 
+use crate::delta::ReadAt;
 use crate::id::ContentId;
 use crate::manifest::{Entry, Manifest};
 use crate::pack::{self, BaseReader, DecodedPack, Limits, ObjectSink, PackError};
@@ -74,7 +75,7 @@ pub fn decode_staged(
         &mut BufReader::new(pack),
         base,
         &VolumeReader(dir),
-        &mut StagingSink { dir: staging },
+        &mut StagingSink::new(staging),
         limits,
     )
 }
@@ -125,30 +126,67 @@ pub fn unplace(dir: &Dir, plan: &ApplyPlan) {
     }
 }
 
-/// Reads base content from a pod's volume (or the ground's copy).
+/// Reads base content from a pod's volume (or the ground's copy), in stretches.
 pub struct VolumeReader<'a>(pub &'a Dir);
 
 impl BaseReader for VolumeReader<'_> {
-    fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError> {
-        // No more than the entry's size: the pod may have grown the file since.
-        volume::read_file_sized(self.0, &entry.path, entry.size()).map_err(|_| {
-            PackError::BaseChanged {
+    fn open_base(&self, entry: &Entry) -> Result<Box<dyn ReadAt + '_>, PackError> {
+        // Reads never go past the entry's size (the decoder checks them against it): the pod
+        // may have grown the file since.
+        let file =
+            volume::open_nofollow(self.0, &entry.path).map_err(|_| PackError::BaseChanged {
                 path: entry.path.to_string(),
                 expected: entry.file_id().unwrap_or_else(ContentId::empty),
-            }
-        })
+            })?;
+        Ok(Box::new(file.into_std()))
     }
 }
 
-/// Writes decoded objects to `o<index>` in the pack's staging folder, synced.
+/// Writes decoded objects to `o<index>` in the pack's staging folder, synced; zeros become
+/// holes.
 pub struct StagingSink<'a> {
-    pub dir: &'a Path,
+    dir: &'a Path,
+    open: Option<(BufWriter<File>, u64)>,
+}
+
+impl<'a> StagingSink<'a> {
+    pub fn new(dir: &'a Path) -> Self {
+        Self { dir, open: None }
+    }
+
+    fn file(&mut self) -> &mut BufWriter<File> {
+        &mut self
+            .open
+            .as_mut()
+            .expect("the decoder begins an object first")
+            .0
+    }
 }
 
 impl ObjectSink for StagingSink<'_> {
-    fn put(&mut self, index: u32, data: &mut dyn Read) -> Result<(), PackError> {
-        let mut f = File::create(self.dir.join(format!("o{index}")))?;
-        std::io::copy(data, &mut f)?;
+    fn begin(&mut self, index: u32, size: u64) -> Result<(), PackError> {
+        let f = File::create(self.dir.join(format!("o{index}")))?;
+        self.open = Some((BufWriter::with_capacity(256 * 1024, f), size));
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), PackError> {
+        self.file().write_all(bytes)?;
+        Ok(())
+    }
+
+    fn zeros(&mut self, len: u64) -> Result<(), PackError> {
+        let skip =
+            i64::try_from(len).map_err(|_| PackError::Structure("a hole too long".into()))?;
+        self.file().seek(SeekFrom::Current(skip))?;
+        Ok(())
+    }
+
+    fn end(&mut self) -> Result<(), PackError> {
+        let (w, size) = self.open.take().expect("begun");
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        // A file that ends in a hole has its length only once it is set.
+        f.set_len(size)?;
         f.sync_all()?;
         Ok(())
     }

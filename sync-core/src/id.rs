@@ -65,11 +65,12 @@ impl PackId {
         Self(*blake3::hash(bytes).as_bytes())
     }
 
-    /// The id of a push: the pack's bytes and the node, pod and folder (`dest`, or the whole
-    /// volume) it goes to. Identical folders pushed to two pods are two pushes, never one.
-    pub fn for_push(bytes: &[u8], node: &NodeId, pod: &str, dest: Option<&str>) -> Self {
+    /// The id of a push: the pack's bytes (their BLAKE3, `pack`) and the node, pod and folder
+    /// (`dest`, or the whole volume) it goes to. Identical folders pushed to two pods are two
+    /// pushes, never one.
+    pub fn for_push(pack: &[u8; 32], node: &NodeId, pod: &str, dest: Option<&str>) -> Self {
         let mut h = blake3::Hasher::new_derive_key("orbit-sync 2026-11 push id");
-        h.update(blake3::hash(bytes).as_bytes());
+        h.update(pack);
         h.update(&node.0);
         // Lengths first, so no two (pod, dest) pairs hash alike.
         for part in [pod, dest.unwrap_or("")] {
@@ -136,14 +137,14 @@ mod tests {
     #[test]
     fn a_push_id_names_its_pod_and_folder_as_well_as_its_bytes() {
         let node = NodeId([7; 16]);
-        let a = PackId::for_push(b"pack", &node, "p1", None);
-        assert_eq!(a, PackId::for_push(b"pack", &node, "p1", None));
+        let a = PackId::for_push(&[7; 32], &node, "p1", None);
+        assert_eq!(a, PackId::for_push(&[7; 32], &node, "p1", None));
         for other in [
-            PackId::for_push(b"pack", &node, "p2", None),
-            PackId::for_push(b"pack", &node, "p1", Some("")),
-            PackId::for_push(b"pack", &node, "p1", Some("in")),
-            PackId::for_push(b"pack", &NodeId([8; 16]), "p1", None),
-            PackId::for_push(b"pac", &node, "p1", None),
+            PackId::for_push(&[7; 32], &node, "p2", None),
+            PackId::for_push(&[7; 32], &node, "p1", Some("")),
+            PackId::for_push(&[7; 32], &node, "p1", Some("in")),
+            PackId::for_push(&[7; 32], &NodeId([8; 16]), "p1", None),
+            PackId::for_push(&[8; 32], &node, "p1", None),
             PackId::of(b"pack"),
         ] {
             assert_ne!(a, other);

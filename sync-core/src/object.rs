@@ -12,6 +12,9 @@ use crate::id::ContentId;
 #[derive(Clone)]
 pub struct ObjectStore {
     dir: PathBuf,
+    /// Objects this process has read whole and found intact: a base is read many times while a
+    /// large file is encoded against it, and hashed once.
+    verified: std::sync::Arc<std::sync::Mutex<HashSet<ContentId>>>,
 }
 
 /// Writes `bytes` to `tmp`, syncs it and renames it to `dest`: `dest` is either absent or
@@ -28,6 +31,7 @@ impl ObjectStore {
         fs::create_dir_all(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            verified: Default::default(),
         })
     }
 
@@ -68,6 +72,52 @@ impl ObjectStore {
         write_durably(&tmp, &dest, bytes)
     }
 
+    /// The file holding `id`, after its bytes were read once through a fixed buffer and found
+    /// to hash to `id`; `None` if absent or damaged (a damaged copy is removed).
+    pub fn open_verified(&self, id: &ContentId) -> std::io::Result<Option<fs::File>> {
+        let path = self.path(id);
+        let mut f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        if self.verified.lock().expect("not poisoned").contains(id) {
+            return Ok(Some(f));
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        if ContentId(*hasher.finalize().as_bytes()) != *id {
+            let _ = fs::remove_file(&path);
+            return Ok(None);
+        }
+        self.verified.lock().expect("not poisoned").insert(*id);
+        Ok(Some(f))
+    }
+
+    /// A temporary file to write `id`'s bytes into as they are read elsewhere, or `None` when
+    /// the store holds `id` already. [`PendingObject::commit`] puts it in place.
+    pub fn pending(&self, id: &ContentId) -> std::io::Result<Option<PendingObject>> {
+        if self.contains(id) {
+            return Ok(None);
+        }
+        let dest = self.path(id);
+        let parent = dest.parent().expect("two levels");
+        fs::create_dir_all(parent)?;
+        let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), id.short()));
+        Ok(Some(PendingObject {
+            file: fs::File::create(&tmp)?,
+            tmp,
+            dest,
+        }))
+    }
+
     /// Removes every object not in `keep`; returns how many were removed.
     pub fn retain(&self, keep: &HashSet<ContentId>) -> std::io::Result<usize> {
         let mut removed = 0;
@@ -90,6 +140,27 @@ impl ObjectStore {
             }
         }
         Ok(removed)
+    }
+}
+
+/// An object being written into the store (see [`ObjectStore::pending`]).
+pub struct PendingObject {
+    pub file: fs::File,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl PendingObject {
+    /// Syncs the bytes written and renames them into place; the caller has checked they hash
+    /// to the id.
+    pub fn commit(self) -> std::io::Result<()> {
+        self.file.sync_all()?;
+        fs::rename(&self.tmp, &self.dest)
+    }
+
+    /// Drops what was written.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.tmp);
     }
 }
 

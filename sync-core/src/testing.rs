@@ -9,9 +9,14 @@
 use std::collections::HashMap;
 use std::io::Read;
 
+use crate::delta::ReadAt;
 use crate::id::ContentId;
 use crate::manifest::{Entry, Manifest};
-use crate::pack::{BaseReader, ContentProvider, ObjectSink, PackError, PrefixPart};
+use crate::pack::format::{read_varint, write_varint};
+use crate::pack::{
+    BaseReader, ContentProvider, Item, Limits, ObjectSink, PackError, PackHeader, PrefixPart,
+    SegmentHead, read_header,
+};
 use crate::path::VolumePath;
 
 /// Content by id, on either end of a pack: what the sender encodes from and the receiver's bases.
@@ -41,7 +46,7 @@ impl Blobs {
         let mut prefix = Vec::new();
         for part in parts {
             let entry = &base.entries()[part.base() as usize];
-            let bytes = self.read_base(entry).expect("held in memory");
+            let bytes = self.bytes_of(entry);
             match *part {
                 PrefixPart::Entry(_) => prefix.extend_from_slice(&bytes),
                 PrefixPart::Range { from, len, .. } => {
@@ -51,40 +56,183 @@ impl Blobs {
         }
         prefix
     }
+
+    /// The bytes held for a base entry; nothing when not held.
+    pub fn bytes_of(&self, entry: &Entry) -> Vec<u8> {
+        entry
+            .file_id()
+            .and_then(|id| self.0.get(&id).cloned())
+            .unwrap_or_default()
+    }
 }
 
 impl ContentProvider for Blobs {
-    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
-        self.0.get(id).cloned().ok_or(PackError::SourceChanged {
+    fn open_target(
+        &self,
+        path: &VolumePath,
+        id: &ContentId,
+        _size: u64,
+    ) -> Result<Box<dyn Read + '_>, PackError> {
+        let bytes = self.0.get(id).ok_or(PackError::SourceChanged {
             path: path.to_string(),
-        })
+        })?;
+        Ok(Box::new(&bytes[..]))
     }
 
-    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
-        Ok(self.0.get(id).cloned())
+    fn open_base(
+        &self,
+        id: &ContentId,
+        _size: u64,
+    ) -> Result<Option<Box<dyn ReadAt + '_>>, PackError> {
+        Ok(self
+            .0
+            .get(id)
+            .map(|b| Box::new(b.as_slice()) as Box<dyn ReadAt + '_>))
     }
 }
 
 impl BaseReader for Blobs {
-    fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError> {
+    fn open_base(&self, entry: &Entry) -> Result<Box<dyn ReadAt + '_>, PackError> {
         // A base it does not hold reads as nothing: the decoder's own BLAKE3 check must catch
         // it, as it would a base changed on disk.
-        Ok(entry
-            .file_id()
-            .and_then(|id| self.0.get(&id).cloned())
-            .unwrap_or_default())
+        Ok(Box::new(self.bytes_of(entry)))
     }
+}
+
+/// A pack taken apart: its fixed part and header as they are, and each segment's head and
+/// frame, to look inside a pack a test made or to forge one from it.
+#[derive(Debug, Clone)]
+pub struct PackParts {
+    pub start: Vec<u8>,
+    pub header: PackHeader,
+    pub segments: Vec<(SegmentHead, Vec<u8>)>,
+}
+
+impl PackParts {
+    /// Splits `pack` (made against `base`). Panics on a pack that does not split.
+    pub fn of(pack: &[u8], base: &Manifest) -> PackParts {
+        let mut r = pack;
+        let header = read_header(&mut r, base, &Limits::default()).expect("a header");
+        let start = pack[..pack.len() - r.len()].to_vec();
+        let mut segments = Vec::new();
+        loop {
+            let len = read_varint(&mut r)
+                .expect("a segment length")
+                .expect("no end");
+            if len == 0 {
+                break;
+            }
+            let (raw, rest) = r.split_at(len as usize);
+            let head = SegmentHead::decode(raw).expect("a segment head");
+            let (frame, rest) = rest.split_at(head.frame_len as usize);
+            segments.push((head, frame.to_vec()));
+            r = rest;
+        }
+        assert!(r.is_empty(), "bytes after the end");
+        PackParts {
+            start,
+            header,
+            segments,
+        }
+    }
+
+    /// The pack again, with whatever the test changed in the heads and frames (a head's
+    /// `frame_len` is written as it is, so a test can make it lie).
+    pub fn join(&self) -> Vec<u8> {
+        let mut out = self.start.clone();
+        for (head, frame) in &self.segments {
+            let raw = head.encode().expect("encodes");
+            write_varint(raw.len() as u64, &mut out);
+            out.extend_from_slice(&raw);
+            out.extend_from_slice(frame);
+        }
+        out.push(0);
+        out
+    }
+
+    /// Every head's items, in pack order.
+    pub fn items(&self) -> Vec<Item> {
+        self.segments
+            .iter()
+            .flat_map(|(h, _)| h.items.iter().copied())
+            .collect()
+    }
+
+    /// Every head's prefix parts, in pack order.
+    pub fn parts(&self) -> Vec<PrefixPart> {
+        self.segments
+            .iter()
+            .flat_map(|(h, _)| h.prefix.iter().copied())
+            .collect()
+    }
+}
+
+/// Reads target `id` (`size` bytes) through `provider` as the encoder does: its bytes, or
+/// [`PackError::SourceChanged`] when they are not `id`.
+pub fn read_target(
+    provider: &dyn ContentProvider,
+    path: &VolumePath,
+    id: &ContentId,
+    size: u64,
+) -> Result<Vec<u8>, PackError> {
+    let mut bytes = Vec::new();
+    provider
+        .open_target(path, id, size)?
+        .take(size)
+        .read_to_end(&mut bytes)?;
+    if ContentId::of(&bytes) != *id {
+        return Err(PackError::SourceChanged {
+            path: path.to_string(),
+        });
+    }
+    Ok(bytes)
+}
+
+/// The bytes of base `id` (`size` bytes) through `provider`, when it holds them.
+pub fn read_base(
+    provider: &dyn ContentProvider,
+    id: &ContentId,
+    size: u64,
+) -> Result<Option<Vec<u8>>, PackError> {
+    let Some(base) = provider.open_base(id, size)? else {
+        return Ok(None);
+    };
+    let mut bytes = vec![0u8; size as usize];
+    base.read_exact_at(&mut bytes, 0)?;
+    Ok(Some(bytes))
 }
 
 /// A receiver's sink that keeps every decoded object in memory, by index.
 #[derive(Debug, Default)]
-pub struct Collect(pub HashMap<u32, Vec<u8>>);
+pub struct Collect {
+    pub objects: HashMap<u32, Vec<u8>>,
+    open: Option<(u32, Vec<u8>)>,
+}
+
+impl Collect {
+    /// Object `index` as decoded.
+    pub fn get(&self, index: u32) -> Option<&Vec<u8>> {
+        self.objects.get(&index)
+    }
+}
 
 impl ObjectSink for Collect {
-    fn put(&mut self, index: u32, data: &mut dyn Read) -> Result<(), PackError> {
-        let mut v = Vec::new();
-        data.read_to_end(&mut v)?;
-        self.0.insert(index, v);
+    fn begin(&mut self, index: u32, size: u64) -> Result<(), PackError> {
+        assert!(self.open.is_none(), "object #{index} begins inside another");
+        self.open = Some((index, Vec::with_capacity(size.min(1 << 20) as usize)));
+        Ok(())
+    }
+    fn write(&mut self, bytes: &[u8]) -> Result<(), PackError> {
+        self.open
+            .as_mut()
+            .expect("begun")
+            .1
+            .extend_from_slice(bytes);
+        Ok(())
+    }
+    fn end(&mut self) -> Result<(), PackError> {
+        let (index, bytes) = self.open.take().expect("begun");
+        self.objects.insert(index, bytes);
         Ok(())
     }
 }

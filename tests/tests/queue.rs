@@ -201,8 +201,15 @@ fn bytes_encoded_in(time: Duration) -> usize {
         .map(|_| {
             let t0 = Instant::now();
             let mut out = Vec::new();
-            plan.encode(&base, &blobs, &HashMap::new(), &Limits::default(), &mut out)
-                .unwrap();
+            plan.encode(
+                &base,
+                &blobs,
+                &HashMap::new(),
+                &Limits::default(),
+                &sync_core::pack::Effort::max(),
+                &mut out,
+            )
+            .unwrap();
             t0.elapsed()
         })
         .min()

@@ -13,8 +13,9 @@ use sync_core::delta::zstd_ref;
 use sync_core::id::{ContentId, ManifestId, PackId};
 use sync_core::link::Link;
 use sync_core::manifest::{Entry, EntryKind, Manifest};
+use sync_core::pack::format::write_varint;
 use sync_core::pack::format::{FIXED_LEN, FixedHeader, HeaderBody};
-use sync_core::pack::{Encoding, Item, Limits, Plan, SegmentSpec};
+use sync_core::pack::{Encoding, Item, Limits, Plan, SegmentHead};
 use sync_core::path::{PodName, VolumePath};
 use sync_core::testing::random_bytes;
 use sync_core::wire::{ErrorKind, LinkKey, ManifestBody, Message};
@@ -345,22 +346,31 @@ fn one_object_pack(
     frame: &[u8],
     window_log: u8,
 ) -> HostilePack {
+    let size = plan.objects[0].size;
     let body = HeaderBody {
         target_root: plan.target_root,
         changes: plan.changes,
-        objects: plan.objects.iter().map(|o| o.size).collect(),
-        segments: vec![SegmentSpec {
-            prefix: vec![],
-            items: vec![Item {
-                object: 0,
-                encoding,
-            }],
-            frame_len: frame.len() as u64,
-            window_log,
-        }],
+        objects: vec![size],
     };
+    let head = SegmentHead {
+        prefix: vec![],
+        items: vec![Item {
+            object: 0,
+            len: size,
+            encoding,
+        }],
+        frame_len: frame.len() as u64,
+        window_log,
+    }
+    .encode()
+    .unwrap();
+    let mut segments = Vec::new();
+    write_varint(head.len() as u64, &mut segments);
+    segments.extend_from_slice(&head);
+    segments.extend_from_slice(frame);
+    segments.push(0); // the end of the pack
     HostilePack {
-        bytes: pack_bytes(base, &header_frame(&body), frame),
+        bytes: pack_bytes(base, &header_frame(&body), &segments),
         target_root: plan.target_root,
     }
 }
@@ -495,15 +505,16 @@ fn a_header_that_inflates_past_its_cap_is_refused_with_bounded_memory() {
     match &answer {
         Answer::Error { kind, message } => {
             assert_eq!(*kind, ErrorKind::TooLarge, "{answer:?}");
+            let cap = Limits::default().max_header_bytes;
             assert!(
-                message.contains("header of 268435457 is over the limit of 268435456"),
+                message.contains(&format!("header of {} is over the limit of {cap}", cap + 1)),
                 "{answer:?}"
             );
         }
         other => panic!("a header bomb was not refused: {other:?}"),
     }
-    // The decompressed header is held whole, up to its cap (256 MiB by default, no flag sets
-    // it): memory stays bounded by the cap, not by what the frame would expand to.
+    // The decompressed header is held whole, up to its cap (a quarter of the daemon's memory
+    // bound): memory stays bounded by the cap, not by what the frame would expand to.
     let cap = Limits::default().max_header_bytes;
     assert_memory_bounded(&ob, cap + (64 << 20), "a header of 1 GiB");
     assert_nothing_changed(&mut ob, &before, "a header bomb");

@@ -45,10 +45,27 @@ pub fn compress_capped(
     max_window_log: u32,
     out: &mut dyn Write,
 ) -> Result<u32, DeltaError> {
+    compress_with(prefix, content, content_len, max_window_log, LEVEL, 1, out)
+}
+
+/// [`compress_capped`] at `level` with `workers` zstd worker threads (0: this thread only).
+/// Long-distance matching is on from level 16 up, where it finds the far matches a prefix
+/// offers; below, the window's own matches are what the level buys.
+pub fn compress_with(
+    prefix: &[u8],
+    content: &mut dyn Read,
+    content_len: u64,
+    max_window_log: u32,
+    level: i32,
+    workers: u32,
+    out: &mut dyn Write,
+) -> Result<u32, DeltaError> {
     let window_log = window_log_for(prefix.len() as u64, content_len).min(max_window_log.max(10));
-    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(out, LEVEL, prefix)?;
-    enc.set_parameter(CParameter::NbWorkers(1))?;
-    enc.set_parameter(CParameter::EnableLongDistanceMatching(true))?;
+    let mut enc = zstd::stream::write::Encoder::with_ref_prefix(out, level, prefix)?;
+    if workers > 0 {
+        enc.set_parameter(CParameter::NbWorkers(workers))?;
+    }
+    enc.set_parameter(CParameter::EnableLongDistanceMatching(level >= 16))?;
     enc.set_parameter(CParameter::WindowLog(window_log))?;
     enc.set_parameter(CParameter::ChecksumFlag(false))?;
     enc.set_parameter(CParameter::ContentSizeFlag(true))?;

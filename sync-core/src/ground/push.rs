@@ -5,7 +5,9 @@
 //! content store as it is read).
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -14,10 +16,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::queue::{self, Fate, Next, held_note, scopes_overlap};
 use super::{Allowance, Client, Ground, GroundError, Progress, io_at};
+use crate::delta::ReadAt;
 use crate::id::{ContentId, ManifestId, NodeId, PackId};
 use crate::manifest::{ChangeSummary, Manifest};
-use crate::object::ObjectStore;
-use crate::pack::{ContentProvider, PackError, Plan, PlanStats};
+use crate::object::{ObjectStore, PendingObject};
+use crate::pack::{ContentProvider, Effort, PackError, Plan, PlanStats};
 use crate::path::{PodName, VolumePath};
 use crate::state::{FollowUp, OutgoingPack, PackState};
 use crate::units::fmt_bytes;
@@ -352,8 +355,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.check_limits(&plan)?;
         let signatures = self.signatures(u.pod, &plan).await?;
         let provider = content_provider(ground, u)?;
-        let (bytes, stats) = self.encode(&plan, u.base, provider, signatures).await?;
-        let q = self.queue_pack(ground, u, &plan, &summary, &bytes)?;
+        let (encoded, stats) = self
+            .encode(ground, &plan, u.base, provider, signatures)
+            .await?;
+        let q = self.queue_pack(ground, u, &plan, &summary, encoded)?;
         let mut report = self.send_queued(ground, &q, allow, progress).await?;
         report.plan = PlanCounts::from(&stats);
         Ok(report)
@@ -381,50 +386,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         Ok(())
     }
 
-    /// Encodes the pack. A large pack takes a while (zstd at level 19): off this thread, so
-    /// the link stays alive meanwhile.
+    /// Encodes the pack into a file of `packs/` (in the memory the effort sets, whatever its
+    /// size). A large pack takes a while: off this thread, so the link stays alive meanwhile.
     async fn encode(
         &mut self,
+        ground: &Ground,
         plan: &Plan,
         base: &Manifest,
         provider: Box<dyn ContentProvider + Send>,
         signatures: HashMap<u32, Vec<u8>>,
-    ) -> Result<(Vec<u8>, PlanStats), GroundError> {
+    ) -> Result<(EncodedPack, PlanStats), GroundError> {
         let (job_plan, job_base, limits) = (plan.clone(), base.clone(), self.limits.clone());
+        let tmp = ground.encoding_path();
+        let job_tmp = tmp.clone();
         let job = tokio::task::spawn_blocking(move || {
-            let mut bytes = Vec::new();
+            let file = std::fs::File::create(&job_tmp)?;
+            let mut out = HashingWriter {
+                inner: std::io::BufWriter::with_capacity(1 << 20, file),
+                hasher: blake3::Hasher::new(),
+                len: 0,
+            };
             let stats = job_plan.encode(
                 &job_base,
                 provider.as_ref(),
                 &signatures,
                 &limits,
-                &mut bytes,
+                &Effort::max(),
+                &mut out,
             )?;
-            Ok::<_, PackError>((bytes, stats))
+            let file = out.inner.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            let pack = EncodedPack {
+                tmp: job_tmp,
+                hash: *out.hasher.finalize().as_bytes(),
+                len: out.len,
+            };
+            Ok::<_, PackError>((pack, stats))
         });
-        Ok(self.keep_alive_while(job).await??)
+        let done = self.keep_alive_while(job).await;
+        if !matches!(done, Ok(Ok(_))) {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        Ok(done??)
     }
 
-    /// Writes the encoded pack to `packs/` and queues it.
+    /// Puts the encoded pack in `packs/` under its id and queues it.
     fn queue_pack(
         &self,
         ground: &Ground,
         u: &Update<'_>,
         plan: &Plan,
         summary: &ChangeSummary,
-        bytes: &[u8],
+        encoded: EncodedPack,
     ) -> Result<OutgoingPack, GroundError> {
         let dest_name = u.dest.map(|d| d.to_string());
-        let pack = PackId::for_push(bytes, &self.node, u.pod.as_str(), dest_name.as_deref());
+        let pack = PackId::for_push(
+            &encoded.hash,
+            &self.node,
+            u.pod.as_str(),
+            dest_name.as_deref(),
+        );
         let path = ground.pack_path(&pack);
-        // A queued pack on disk is never torn.
-        crate::object::write_durably(&path.with_extension("tmp"), &path, bytes)
-            .map_err(io_at(&path))?;
+        // A queued pack on disk is never torn: written and synced under a temporary name.
+        std::fs::rename(&encoded.tmp, &path).map_err(io_at(&path))?;
         let q = OutgoingPack {
             pack,
             node: self.node,
             pod: u.pod.clone(),
-            len: bytes.len() as u64,
+            len: encoded.len,
             acked: 0,
             base_root: plan.base_root,
             target_root: plan.target_root,
@@ -450,6 +479,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
+/// A pack encoded into a temporary file of `packs/`.
+struct EncodedPack {
+    tmp: std::path::PathBuf,
+    hash: [u8; 32],
+    len: u64,
+}
+
+/// Counts and hashes what passes to the pack file.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    len: u64,
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 /// Where an update's new content is read from: its local folder, or nowhere (a removal).
 fn content_provider(
     ground: &Ground,
@@ -468,6 +523,7 @@ fn content_provider(
             store: ground.store.clone(),
         },
         store: ground.store.clone(),
+        read: Default::default(),
     }))
 }
 
@@ -488,39 +544,112 @@ impl LocalTree {
 }
 
 impl ContentProvider for LocalTree {
-    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
+    fn open_target(
+        &self,
+        path: &VolumePath,
+        _id: &ContentId,
+        size: u64,
+    ) -> Result<Box<dyn Read + '_>, PackError> {
         let local = self.local_path(path);
         let changed = || PackError::SourceChanged {
             path: local.to_string(),
         };
         let rel = VolumePath::new(local).map_err(|_| changed())?;
-        let bytes = crate::volume::read_file(&self.dir, &rel).map_err(|_| changed())?;
-        if ContentId::of(&bytes) != *id {
-            return Err(changed());
-        }
-        Ok(bytes)
+        let file = crate::volume::open_nofollow(&self.dir, &rel).map_err(|_| changed())?;
+        Ok(Box::new(file.into_std().take(size)))
     }
 
-    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
-        Ok(self.store.read(id)?)
+    fn open_base(
+        &self,
+        id: &ContentId,
+        _size: u64,
+    ) -> Result<Option<Box<dyn ReadAt + '_>>, PackError> {
+        Ok(self
+            .store
+            .open_verified(id)?
+            .map(|f| Box::new(f) as Box<dyn ReadAt>))
     }
 }
 
-/// Keeps every target read for encoding in the content store.
+/// Keeps every target read for encoding in the content store: its bytes are written there as
+/// the encoder reads them, and put in place once the encoder found they hash to their id.
 struct Keeping {
     inner: LocalTree,
     store: ObjectStore,
+    /// Objects read whole, waiting for the encoder's word that they are what they should be.
+    read: Arc<Mutex<HashMap<ContentId, PendingObject>>>,
 }
 
 impl ContentProvider for Keeping {
-    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
-        let bytes = self.inner.target(path, id)?;
-        self.store.put(id, &bytes)?;
-        Ok(bytes)
+    fn open_target(
+        &self,
+        path: &VolumePath,
+        id: &ContentId,
+        size: u64,
+    ) -> Result<Box<dyn Read + '_>, PackError> {
+        let inner = self.inner.open_target(path, id, size)?;
+        // The store is an optimisation: a store that cannot take the object costs the next
+        // push a base, not this push.
+        match self.store.pending(id) {
+            Ok(Some(pending)) => Ok(Box::new(Tee {
+                inner,
+                pending: Some(pending),
+                id: *id,
+                left: size,
+                read: self.read.clone(),
+            })),
+            _ => Ok(inner),
+        }
     }
 
-    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
-        self.inner.base(id)
+    fn open_base(
+        &self,
+        id: &ContentId,
+        size: u64,
+    ) -> Result<Option<Box<dyn ReadAt + '_>>, PackError> {
+        self.inner.open_base(id, size)
+    }
+
+    fn verified(&self, id: &ContentId) -> Result<(), PackError> {
+        if let Some(pending) = self.read.lock().expect("not poisoned").remove(id) {
+            let _ = pending.commit();
+        }
+        Ok(())
+    }
+}
+
+/// A target's reader that copies what it reads into a pending store object.
+struct Tee<'a> {
+    inner: Box<dyn Read + 'a>,
+    pending: Option<PendingObject>,
+    id: ContentId,
+    left: u64,
+    read: Arc<Mutex<HashMap<ContentId, PendingObject>>>,
+}
+
+impl Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(p) = &mut self.pending
+            && std::io::Write::write_all(&mut p.file, &buf[..n]).is_err()
+        {
+            self.pending.take().expect("just matched").discard();
+        }
+        self.left = self.left.saturating_sub(n as u64);
+        Ok(n)
+    }
+}
+
+impl Drop for Tee<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.pending.take() {
+            if self.left == 0 {
+                // Whole: kept until the encoder says it is `id`.
+                self.read.lock().expect("not poisoned").insert(self.id, p);
+            } else {
+                p.discard();
+            }
+        }
     }
 }
 
@@ -528,12 +657,17 @@ impl ContentProvider for Keeping {
 struct EmptyProvider;
 
 impl ContentProvider for EmptyProvider {
-    fn target(&self, path: &VolumePath, _: &ContentId) -> Result<Vec<u8>, PackError> {
+    fn open_target(
+        &self,
+        path: &VolumePath,
+        _: &ContentId,
+        _: u64,
+    ) -> Result<Box<dyn Read + '_>, PackError> {
         Err(PackError::SourceChanged {
             path: path.to_string(),
         })
     }
-    fn base(&self, _: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
+    fn open_base(&self, _: &ContentId, _: u64) -> Result<Option<Box<dyn ReadAt + '_>>, PackError> {
         Ok(None)
     }
 }

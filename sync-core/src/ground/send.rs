@@ -30,7 +30,8 @@ enum Sent {
 /// One pack upload on this connection, as it goes.
 struct Sending<'p> {
     pack: PackId,
-    bytes: &'p [u8],
+    /// The queued pack's file: frames are read from it as they go.
+    file: &'p std::fs::File,
     up: Window,
     /// The upload's clock: acknowledgements measure the link's rate against it.
     clock: Instant,
@@ -80,12 +81,11 @@ impl Sending<'_> {
     }
 
     /// The frame of the pack's bytes `a..b`; the link's time starts with the first one.
-    fn frame(&mut self, a: u64, b: u64) -> Message {
+    fn frame(&mut self, a: u64, b: u64) -> std::io::Result<Message> {
         self.link_since.get_or_insert_with(Instant::now);
-        Message::PackData {
-            offset: a,
-            bytes: self.bytes[a as usize..b as usize].to_vec(),
-        }
+        let mut bytes = vec![0u8; (b - a) as usize];
+        crate::delta::ReadAt::read_exact_at(self.file, &mut bytes, a)?;
+        Ok(Message::PackData { offset: a, bytes })
     }
 }
 
@@ -125,7 +125,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<PushReport, GroundError> {
-        let (path, bytes) = self.load_queued(ground, q)?;
+        let (path, file) = self.load_queued(ground, q)?;
         let mut report = PushReport {
             content_bytes: q.content_bytes,
             pack_bytes: q.len,
@@ -134,7 +134,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             resumed_from: q.acked,
             ..PushReport::new(&q.pod, &self.node, q.summary.clone(), q.base_root)
         };
-        let sent = match self.send_pack(ground, q, &bytes, allow, progress).await {
+        let sent = match self.send_pack(ground, q, &file, allow, progress).await {
             Err(
                 e @ GroundError::Remote {
                     kind:
@@ -168,25 +168,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         Ok(report)
     }
 
-    /// A queued pack's file and bytes, checked against its row. A damaged one is dropped; the
-    /// next push plans again.
+    /// A queued pack's file, checked against its row (read through a fixed buffer). A damaged
+    /// one is dropped; the next push plans again.
     fn load_queued(
         &mut self,
         ground: &Ground,
         q: &OutgoingPack,
-    ) -> Result<(PathBuf, Vec<u8>), GroundError> {
+    ) -> Result<(PathBuf, std::fs::File), GroundError> {
         let path = ground.pack_path(&q.pack);
-        let bytes = std::fs::read(&path).map_err(io_at(&path))?;
+        let mut file = std::fs::File::open(&path).map_err(io_at(&path))?;
+        let mut hasher = blake3::Hasher::new();
+        let len = std::io::copy(&mut file, &mut hasher).map_err(io_at(&path))?;
+        let hash = *hasher.finalize().as_bytes();
         // Packs queued before push ids named their pod are named by their bytes alone.
-        let named = PackId::for_push(&bytes, &q.node, q.pod.as_str(), q.dest.as_deref());
-        if bytes.len() as u64 != q.len || (q.pack != named && q.pack != PackId::of(&bytes)) {
+        let named = PackId::for_push(&hash, &q.node, q.pod.as_str(), q.dest.as_deref());
+        if len != q.len || (q.pack != named && q.pack != PackId(hash)) {
             self.discard_queued(ground, q)?;
             return Err(GroundError::Io {
                 path: path.display().to_string(),
                 source: std::io::Error::other("queued pack is damaged; push again"),
             });
         }
-        Ok((path, bytes))
+        Ok((path, file))
     }
 
     /// Offers a pack and streams it from the offset the onboard side names, with a window of
@@ -196,15 +199,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         &mut self,
         ground: &Ground,
         q: &OutgoingPack,
-        bytes: &[u8],
+        file: &std::fs::File,
         allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(Sent, u64), GroundError> {
-        let total = bytes.len() as u64;
+        let total = q.len;
         let from = self.offer(ground, q, total).await?;
         let mut s = Sending {
             pack: q.pack,
-            bytes,
+            file,
             up: Window::new(total, from, self.rtt, allow.rate),
             clock: Instant::now(),
             link_since: None,
@@ -224,7 +227,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 s.up.next_frame(limit)
             };
             let heard = match frame {
-                Some((a, b)) => Some(self.send_reading(&s.frame(a, b)).await?),
+                Some((a, b)) => {
+                    let frame = s.frame(a, b).map_err(io_at(&ground.pack_path(&q.pack)))?;
+                    Some(self.send_reading(&frame).await?)
+                }
                 // Out of budget or time (`stopped`): ask for a last acknowledgement and stop.
                 None if s.stopped => self.last_ack(allow.deadline).await?,
                 // Otherwise the window is full, or the rest may not land by the deadline at

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::delta::rsync;
-use crate::id::{ContentId, ManifestId};
+use crate::id::ManifestId;
 use crate::manifest::diff;
 use crate::pack::BaseReader;
 use crate::path::PodName;
@@ -76,18 +76,19 @@ impl OnboardService {
                 .get(i as usize)
                 .filter(|e| e.file_id().is_some())
                 .ok_or_else(|| Refusal::refused(format!("entry #{i} is not a file")))?;
-            // Each file once, and none too large to hold in memory: without its signature the
-            // ground sends that file whole.
-            if !seen.insert(i) || entry.size() > self.limits.max_rsync_bytes() {
+            // Each file once, read through a fixed buffer whatever its size.
+            if !seen.insert(i) {
                 continue;
             }
-            let bytes = VolumeReader(&dir)
-                .read_base(entry)
-                .map_err(Refusal::internal)?;
-            if Some(ContentId::of(&bytes)) != entry.file_id() {
+            let reader = VolumeReader(&dir);
+            let file = reader.open_base(entry).map_err(Refusal::internal)?;
+            let block = rsync::block_size_for(entry.size());
+            let (sig, id) = rsync::signature_stream(file.as_ref(), entry.size(), block)
+                .map_err(|_| Refusal::conflict(format!("{} changed onboard", entry.path)))?;
+            if Some(id) != entry.file_id() {
                 return Err(Refusal::conflict(format!("{} changed onboard", entry.path)));
             }
-            sigs.push((i, rsync::signature(&bytes)));
+            sigs.push((i, sig));
         }
         Ok(Message::Signatures {
             blob: blob::encode_signatures(&sigs),

@@ -1,29 +1,39 @@
-//! Pack byte layout, version 2. All integers inside postcard values are varints.
+//! Pack byte layout, version 3. All integers inside postcard values are varints.
 //!
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 4 | magic `OSPK` |
-//! | 4 | 1 | format version, `2` |
+//! | 4 | 1 | format version, `3` |
 //! | 5 | 32 | base root: the manifest the pack applies to |
 //! | 37 | 1 | header dictionary: 0 none, 1 the base manifest's canonical encoding |
 //! | 38 | 4 | header length H (u32, little-endian) |
 //! | 42 | H | header: one zstd frame holding the postcard of [`HeaderBody`] |
-//! | 42+H | Σ frame_len | segments, in header order: each one zstd frame of `frame_len` bytes |
+//! | 42+H | … | segments, each a varint length L > 0, L bytes of postcard [`SegmentHead`], then the head's `frame_len` bytes of zstd frame |
+//! | end | 1 | a varint 0: no more segments |
 //!
 //! The header is compressed against the base manifest the receiver already holds, so the paths
-//! of changed and removed files, which are all in it, cost next to nothing.
+//! of changed and removed files, which are all in it, cost next to nothing. It holds what the
+//! plan knows before a byte is encoded (the changes, each object's size, the target root), so
+//! it goes first and a sender can put segments on the link as it encodes them: a pack is a
+//! stream, and nothing in it needs the whole pack in memory at either end.
+//!
+//! Items carry objects: an item gives `len` bytes of one object, and the items of an object
+//! follow each other in the pack, in the object's byte order, until its size is reached, before
+//! any item of another object. So a file of any size travels in pieces, segment after segment,
+//! and the receiver writes one object at a time.
 //!
 //! A segment's frame is compressed against a reference prefix: the parts in
-//! [`SegmentSpec::prefix`], concatenated: whole base manifest entries, and stretches of base
+//! [`SegmentHead::prefix`], concatenated: whole base manifest entries, and stretches of base
 //! entries ([`PrefixPart::Range`]). It decodes to the payloads of its items, back to back: an
-//! object's bytes ([`Encoding::Literal`]), a fast_rsync delta against one base entry
-//! ([`Encoding::Rsync`]), or a base's bytes followed by new ones ([`Encoding::Append`]). Bases
-//! are named by their index in the base manifest, which the header's `base_root` pins; the
-//! receiver verifies each base's BLAKE3 before use.
+//! object's bytes ([`Encoding::Literal`]) or a fast_rsync delta against a base entry
+//! ([`Encoding::Rsync`]); [`Encoding::Copy`] (bytes of a base entry) and [`Encoding::Zeros`] (a
+//! hole) take nothing from the frame. Bases are named by their index in the base manifest,
+//! which the header's `base_root` pins; the receiver verifies each base's BLAKE3 before use.
 //!
-//! Version 2 added ranges: an rsync delta's literal bytes compress against the unchanged
-//! stretches of the same file around them, which both ends hold (the sender in its target, the
-//! receiver in its base), so a changed database page costs its change, not its entropy.
+//! Version 3 made the pack a stream (version 2 put every segment's description in the header,
+//! so nothing could be sent before the whole pack was encoded, and an object was one item,
+//! held whole at both ends). Version 2 added ranges: an rsync delta's literal bytes compress
+//! against the unchanged stretches of the same file around them, which both ends hold.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -33,12 +43,15 @@ use crate::id::ManifestId;
 use crate::manifest::Change;
 
 pub const MAGIC: &[u8; 4] = b"OSPK";
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Bytes before the header frame.
 pub const FIXED_LEN: usize = 42;
 /// A base manifest encoding larger than this is not used as the header's dictionary (it would
 /// cost both ends that much memory for a few kilobytes saved).
 pub const MAX_HEADER_DICT: usize = 64 << 20;
+/// Largest segment head a receiver reads: a head's tables are counted against it before they
+/// are built, and it bounds the memory one head takes.
+pub const MAX_SEGMENT_HEAD: u64 = 4 << 20;
 
 /// The fixed part of a pack, before the header frame: the first [`FIXED_LEN`] bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,62 +111,87 @@ impl FixedHeader {
 pub struct HeaderBody {
     pub target_root: ManifestId,
     pub changes: Vec<Change>,
+    /// Size of each object, by object index.
     pub objects: Vec<u64>,
-    pub segments: Vec<SegmentSpec>,
 }
 
 impl HeaderBody {
     /// Decodes the postcard form [`HeaderBody`]'s `Serialize` writes, checking every table's
-    /// declared count before anything is allocated for it: changes, objects and prefix parts
-    /// (all segments together) against `max_changes`; segments and segment items against the
-    /// object count (every segment carries at least one object, and every object travels once). Deserializing with serde alone would
-    /// build the whole header first, and an element in memory is far larger than its encoding (a
-    /// removal of a one-letter path: 3 bytes, about 100 in memory), so `max_header_bytes` alone
-    /// does not bound the memory a header takes. Bytes after the last segment are refused.
+    /// declared count against `max_changes` before anything is allocated for it.
+    /// Deserializing with serde alone would build the whole header first, and an element in
+    /// memory is far larger than its encoding (a removal of a one-letter path: 3 bytes, about
+    /// 100 in memory), so `max_header_bytes` alone does not bound the memory a header takes.
+    /// Bytes after the object table are refused.
     pub fn decode(raw: &[u8], limits: &Limits) -> Result<HeaderBody, PackError> {
-        let mut r = Fields(raw);
+        let mut r = Fields::new(raw, "header");
         let target_root = r.take()?;
         let n = r.count("change count", limits.max_changes)?;
         let changes = r.seq(n)?;
         let n = r.count("object count", limits.max_changes)?;
         let objects: Vec<u64> = r.seq(n)?;
-        let object_count = objects.len() as u64;
-        let n = r.count("segment count", object_count)?;
-        let mut segments = Vec::with_capacity(n.min(r.0.len()));
-        let (mut prefix_parts, mut items) = (0u64, 0u64);
-        for _ in 0..n {
-            let n = r.count("prefix parts", limits.max_changes - prefix_parts)?;
-            prefix_parts += n as u64;
-            let prefix = r.seq(n)?;
-            let n = r.count("segment items", object_count - items)?;
-            items += n as u64;
-            segments.push(SegmentSpec {
-                prefix,
-                items: r.seq(n)?,
-                frame_len: r.take()?,
-                window_log: r.take()?,
-            });
-        }
-        if !r.0.is_empty() {
-            return Err(PackError::Trailing("header"));
-        }
+        r.end()?;
         Ok(HeaderBody {
             target_root,
             changes,
             objects,
-            segments,
         })
     }
 }
 
-/// The not yet decoded rest of a header body.
-struct Fields<'a>(&'a [u8]);
+/// What one segment carries: the parts of its reference prefix, its items, and its frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentHead {
+    /// What, concatenated in this order, is the zstd prefix.
+    pub prefix: Vec<PrefixPart>,
+    pub items: Vec<Item>,
+    /// Compressed length of the segment's frame (0 when no item takes bytes from it).
+    pub frame_len: u64,
+    /// Window log the frame needs; checked against the receiver's limit.
+    pub window_log: u8,
+}
 
-impl Fields<'_> {
+/// Most prefix parts or items one segment head may declare: a head is read whole before its
+/// frame, so its tables are capped on their counts as the header's are.
+pub const MAX_SEGMENT_TABLE: u64 = 1 << 18;
+
+impl SegmentHead {
+    /// Decodes a head's postcard form, each table refused on its declared count.
+    pub fn decode(raw: &[u8]) -> Result<SegmentHead, PackError> {
+        let mut r = Fields::new(raw, "segment head");
+        let n = r.count("prefix parts", MAX_SEGMENT_TABLE)?;
+        let prefix = r.seq(n)?;
+        let n = r.count("segment items", MAX_SEGMENT_TABLE)?;
+        let items = r.seq(n)?;
+        let head = SegmentHead {
+            prefix,
+            items,
+            frame_len: r.take()?,
+            window_log: r.take()?,
+        };
+        r.end()?;
+        Ok(head)
+    }
+
+    pub fn encode(&self) -> Result<Vec<u8>, PackError> {
+        postcard::to_stdvec(self).map_err(|e| PackError::Header(e.to_string()))
+    }
+}
+
+/// The not yet decoded rest of a header body or segment head.
+struct Fields<'a> {
+    rest: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    fn new(rest: &'a [u8], what: &'static str) -> Self {
+        Self { rest, what }
+    }
+
     fn take<T: DeserializeOwned>(&mut self) -> Result<T, PackError> {
         let (value, rest) =
-            postcard::take_from_bytes(self.0).map_err(|e| PackError::Header(e.to_string()))?;
-        self.0 = rest;
+            postcard::take_from_bytes(self.rest).map_err(|e| PackError::Header(e.to_string()))?;
+        self.rest = rest;
         Ok(value)
     }
 
@@ -172,14 +210,59 @@ impl Fields<'_> {
 
     /// `n` elements; memory grows only as elements actually decode (each takes at least a byte).
     fn seq<T: DeserializeOwned>(&mut self, n: usize) -> Result<Vec<T>, PackError> {
-        let mut v = Vec::with_capacity(n.min(self.0.len()));
+        let mut v = Vec::with_capacity(n.min(self.rest.len()));
         for _ in 0..n {
             v.push(self.take()?);
         }
         Ok(v)
     }
+
+    fn end(&self) -> Result<(), PackError> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(PackError::Trailing(self.what))
+        }
+    }
 }
 
+/// A varint as postcard writes it (LEB128), for the segment heads' lengths.
+pub fn write_varint(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// Reads a varint written by [`write_varint`]; `None` at a clean end of input before its
+/// first byte.
+pub fn read_varint(r: &mut dyn std::io::Read) -> Result<Option<u64>, PackError> {
+    let mut v = 0u64;
+    for i in 0..10 {
+        let mut b = [0u8; 1];
+        match r.read(&mut b)? {
+            0 if i == 0 => return Ok(None),
+            0 => return Err(PackError::Truncated),
+            _ => {}
+        }
+        let bits = u64::from(b[0] & 0x7f);
+        if i == 9 && bits > 1 {
+            return Err(PackError::Header("segment length overflows".into()));
+        }
+        v |= bits << (7 * i);
+        if b[0] & 0x80 == 0 {
+            return Ok(Some(v));
+        }
+    }
+    Err(PackError::Header("segment length overflows".into()))
+}
+
+/// What a pack declares, as the receiver read it from the header.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackHeader {
     /// The volume manifest the pack was built against.
@@ -189,18 +272,6 @@ pub struct PackHeader {
     pub changes: Vec<Change>,
     /// Size of each object, by object index.
     pub objects: Vec<u64>,
-    pub segments: Vec<SegmentSpec>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SegmentSpec {
-    /// What, concatenated in this order, is the zstd prefix.
-    pub prefix: Vec<PrefixPart>,
-    pub items: Vec<Item>,
-    /// Compressed length of the segment's frame.
-    pub frame_len: u64,
-    /// Window log the frame needs; checked against the receiver's limit.
-    pub window_log: u8,
 }
 
 /// A part of a segment's reference prefix: bytes of the receiver's base that the sender holds too.
@@ -208,8 +279,9 @@ pub struct SegmentSpec {
 pub enum PrefixPart {
     /// The whole content of base manifest entry `.0`.
     Entry(u32),
-    /// `len` bytes of base manifest entry `base` from offset `from`: a stretch an rsync delta in
-    /// the segment copies, which the sender therefore holds in its target.
+    /// `len` bytes of base manifest entry `base` from offset `from`: the stretch of a base that
+    /// matches a piece of a large object, or one an rsync delta in the segment copies (which
+    /// the sender therefore holds in its target).
     Range { base: u32, from: u64, len: u64 },
 }
 
@@ -221,22 +293,38 @@ impl PrefixPart {
     }
 }
 
+/// `len` bytes of object `object`, the next ones after what its earlier items gave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     pub object: u32,
+    pub len: u64,
     pub encoding: Encoding,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Encoding {
-    /// The object's bytes (the prefix still helps: zstd finds matches in it).
+    /// The bytes, from the frame (the prefix still helps: zstd finds matches in it).
     Literal,
-    /// A fast_rsync delta of `delta_len` bytes against base manifest entry `base`.
+    /// A fast_rsync delta of `delta_len` bytes from the frame, against base manifest entry
+    /// `base`: its copies may reach anywhere in the base.
     Rsync { base: u32, delta_len: u64 },
-    /// The first `keep` bytes of base manifest entry `base`, then the object's remaining bytes
-    /// from the stream: a file that only grew (a log). The sender compresses only what is new,
-    /// instead of matching the whole old file again.
-    Append { base: u32, keep: u64 },
+    /// The bytes of base manifest entry `base` from offset `from`: nothing from the frame. A
+    /// file that only grew (a log) sends its new part only.
+    Copy { base: u32, from: u64 },
+    /// Zero bytes: a hole of a sparse file. Nothing from the frame, and the receiver makes a
+    /// hole again.
+    Zeros,
+}
+
+impl Encoding {
+    /// Bytes this item takes from its segment's frame.
+    pub fn frame_bytes(&self, len: u64) -> u64 {
+        match *self {
+            Encoding::Literal => len,
+            Encoding::Rsync { delta_len, .. } => delta_len,
+            Encoding::Copy { .. } | Encoding::Zeros => 0,
+        }
+    }
 }
 
 /// What a receiver accepts. Every size read from a pack is checked against these before any
@@ -258,23 +346,35 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Largest object (and base) sent as an rsync delta: the base, the delta and the result are
-    /// all held in memory while it is applied.
-    pub fn max_rsync_bytes(&self) -> u64 {
-        self.max_prefix_bytes / 4
+    /// The limits of a receiver that decodes within `memory` bytes: a quarter for the reference
+    /// prefix, a quarter for the zstd window (the decoder's buffer is the smaller of the window
+    /// and the segment's content), a quarter for the decompressed header, and the rest for
+    /// everything else it holds.
+    pub fn for_memory(memory: u64) -> Limits {
+        let quarter = (memory / 4).max(1 << 20);
+        let window_log = (63 - quarter.leading_zeros()) as u8;
+        Limits {
+            max_header_bytes: quarter,
+            max_object_bytes: 16 << 30,
+            max_total_bytes: 64 << 30,
+            max_prefix_bytes: quarter,
+            max_window_log: window_log.clamp(20, 30),
+            max_changes: 4_000_000,
+        }
+    }
+
+    /// Memory a segment's decoding may take at most: its prefix and its window.
+    pub fn decode_memory(&self) -> u64 {
+        self.max_prefix_bytes + (1u64 << self.max_window_log)
     }
 }
 
+/// Memory the onboard daemon decodes and encodes within by default.
+pub const DEFAULT_MEMORY: u64 = 128 << 20;
+
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_header_bytes: 256 << 20,
-            max_object_bytes: 16 << 30,
-            max_total_bytes: 64 << 30,
-            max_prefix_bytes: 512 << 20,
-            max_window_log: 30,
-            max_changes: 4_000_000,
-        }
+        Limits::for_memory(DEFAULT_MEMORY)
     }
 }
 
@@ -311,33 +411,41 @@ mod tests {
                 put("l", PutKind::Symlink("d/a".into())),
             ],
             objects: vec![300, 70_000],
-            segments: vec![
-                SegmentSpec {
-                    prefix: vec![PrefixPart::Entry(3)],
-                    items: vec![Item {
-                        object: 0,
-                        encoding: Encoding::Literal,
-                    }],
-                    frame_len: 120,
-                    window_log: 20,
-                },
-                SegmentSpec {
-                    prefix: vec![PrefixPart::Range {
-                        base: 5,
-                        from: 4096,
-                        len: 1024,
-                    }],
-                    items: vec![Item {
-                        object: 1,
-                        encoding: Encoding::Rsync {
-                            base: 5,
-                            delta_len: 900,
-                        },
-                    }],
-                    frame_len: 950,
-                    window_log: 20,
+        }
+    }
+
+    fn head() -> SegmentHead {
+        SegmentHead {
+            prefix: vec![
+                PrefixPart::Entry(3),
+                PrefixPart::Range {
+                    base: 5,
+                    from: 4096,
+                    len: 1024,
                 },
             ],
+            items: vec![
+                Item {
+                    object: 0,
+                    len: 300,
+                    encoding: Encoding::Literal,
+                },
+                Item {
+                    object: 1,
+                    len: 60_000,
+                    encoding: Encoding::Copy { base: 5, from: 0 },
+                },
+                Item {
+                    object: 1,
+                    len: 10_000,
+                    encoding: Encoding::Rsync {
+                        base: 5,
+                        delta_len: 900,
+                    },
+                },
+            ],
+            frame_len: 950,
+            window_log: 20,
         }
     }
 
@@ -349,7 +457,7 @@ mod tests {
             header_len: 0x0102_0304,
         };
         let bytes = fixed.encode();
-        let want = [&b"OSPK"[..], &[2], &[7; 32], &[1], &[4, 3, 2, 1]].concat();
+        let want = [&b"OSPK"[..], &[3], &[7; 32], &[1], &[4, 3, 2, 1]].concat();
         assert_eq!(bytes[..], want[..]);
         assert_eq!(
             FixedHeader::decode(&bytes, &ManifestId([7; 32])).unwrap(),
@@ -414,9 +522,9 @@ mod tests {
     }
 
     /// Regression, with `read::tests::header_change_count_is_refused_before_the_changes_are_built`:
-    /// every table of the header is refused on its declared count.
+    /// every table of the header and of a segment head is refused on its declared count.
     #[test]
-    fn every_header_table_is_capped_by_its_count() {
+    fn every_table_is_capped_by_its_count() {
         let tight = Limits {
             max_changes: 5,
             ..Limits::default()
@@ -426,17 +534,76 @@ mod tests {
         b.changes.clear();
         b.objects = vec![1; 6];
         assert_eq!(over(&b, &tight), Some("object count"));
-        let mut b = body();
-        b.objects.pop();
-        assert_eq!(over(&b, &Limits::default()), Some("segment count"));
-        let mut b = body();
-        b.changes.clear();
-        b.segments[0].prefix = vec![PrefixPart::Entry(3); 6];
-        assert_eq!(over(&b, &tight), Some("prefix parts"));
-        let mut b = body();
-        let extra = b.segments[0].items[0];
-        b.segments[1].items.push(extra);
-        assert_eq!(over(&b, &Limits::default()), Some("segment items"));
+        let mut h = head();
+        h.prefix = vec![PrefixPart::Entry(3); MAX_SEGMENT_TABLE as usize + 1];
+        let r = SegmentHead::decode(&h.encode().unwrap());
+        assert!(
+            matches!(
+                r,
+                Err(PackError::OverLimit {
+                    what: "prefix parts",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+        let mut h = head();
+        h.items = vec![h.items[0]; MAX_SEGMENT_TABLE as usize + 1];
+        let r = SegmentHead::decode(&h.encode().unwrap());
+        assert!(
+            matches!(
+                r,
+                Err(PackError::OverLimit {
+                    what: "segment items",
+                    ..
+                })
+            ),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_segment_head_decodes_what_serde_encodes() {
+        let h = head();
+        let raw = h.encode().unwrap();
+        assert_eq!(SegmentHead::decode(&raw).unwrap(), h);
+        let mut longer = raw.clone();
+        longer.push(0);
+        assert!(matches!(
+            SegmentHead::decode(&longer),
+            Err(PackError::Trailing("segment head"))
+        ));
+        assert!(SegmentHead::decode(&raw[..raw.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn segment_lengths_are_varints_and_a_zero_ends_the_pack() {
+        for v in [0u64, 1, 127, 128, 300, 4 << 20, u64::MAX] {
+            let mut buf = Vec::new();
+            write_varint(v, &mut buf);
+            assert_eq!(read_varint(&mut &buf[..]).unwrap(), Some(v));
+            assert_eq!(postcard::to_stdvec(&v).unwrap(), buf, "postcard's varint");
+        }
+        assert_eq!(read_varint(&mut &[][..]).unwrap(), None);
+        assert!(matches!(
+            read_varint(&mut &[0x80][..]),
+            Err(PackError::Truncated)
+        ));
+        assert!(read_varint(&mut &[0xff; 11][..]).is_err());
+    }
+
+    #[test]
+    fn limits_follow_the_memory_they_are_given() {
+        let l = Limits::for_memory(128 << 20);
+        assert_eq!(l, Limits::default());
+        assert_eq!((l.max_prefix_bytes, l.max_window_log), (32 << 20, 25));
+        assert_eq!(l.decode_memory(), 64 << 20);
+        let small = Limits::for_memory(32 << 20);
+        assert_eq!(
+            (small.max_prefix_bytes, small.max_window_log),
+            (8 << 20, 23)
+        );
+        assert_eq!(small.decode_memory(), 16 << 20);
     }
 
     #[test]

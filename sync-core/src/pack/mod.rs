@@ -3,15 +3,20 @@
 //! into it, so it is built once, persisted, and never re-encoded for a retry.
 //!
 //! - [`format`](mod@format): the byte layout and the header types (the only place that knows them).
-//! - [`build`]: plan which objects to send and against which bases; encode.
-//! - [`read`]: decode with every size capped, verify every object and the target root.
+//! - [`build`]: plan which objects to send and against which bases.
+//! - [`encode`]: encode a plan as a stream of segments, in bounded memory; [`anchor`] finds the
+//!   stretches of a large base that a piece of its new version matches.
+//! - [`read`]: decode as a stream with every size capped, verify every object and the target root.
 
+pub mod anchor;
 pub mod build;
+pub mod encode;
 pub mod format;
 pub mod read;
 
-pub use build::{BaseChoice, ContentProvider, Plan, PlanStats, PlannedObject};
-pub use format::{Encoding, Item, Limits, PackHeader, PrefixPart, SegmentSpec};
+pub use build::{BaseChoice, Plan, PlanStats, PlannedObject};
+pub use encode::{ContentProvider, Effort};
+pub use format::{Encoding, Item, Limits, PackHeader, PrefixPart, SegmentHead};
 pub use read::{BaseReader, DecodedPack, ObjectSink, decode_pack, read_header, target_on};
 
 use crate::id::ContentId;

@@ -1,31 +1,54 @@
-//! Decoding a pack on the receiving side. Nothing in it is trusted: every declared size is
-//! checked against [`Limits`] before memory or disk is committed, every base is verified by its
-//! BLAKE3 before it is used, every object is hashed as it is written, and the changes applied to
-//! the base must give exactly the declared target root.
+//! Decoding a pack on the receiving side, as a stream and in bounded memory. Nothing in it is
+//! trusted: every declared size is checked against [`Limits`] before memory or disk is committed,
+//! every base is verified by its BLAKE3 before it is used, every object is hashed as it is
+//! written, and the changes applied to the base must give exactly the declared target root.
+//!
+//! Memory, whatever the pack's or an object's size: the header, one segment head (at most
+//! [`MAX_SEGMENT_HEAD`]), the segment's prefix (at most `max_prefix_bytes`), zstd's window (at
+//! most `2^max_window_log`, and no more than the segment's content), and fixed buffers. Bases are
+//! read in stretches, never whole.
 
 use std::collections::HashSet;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Write};
 
 use super::PackError;
 use super::build::header_dictionary;
 use super::format::{
-    Encoding, FIXED_LEN, FixedHeader, HeaderBody, Limits, PackHeader, PrefixPart, SegmentSpec,
+    Encoding, FIXED_LEN, FixedHeader, HeaderBody, Item, Limits, MAX_SEGMENT_HEAD, PackHeader,
+    PrefixPart, SegmentHead, read_varint,
 };
-use crate::delta::{rsync, zstd_ref};
+use crate::delta::{DeltaError, ReadAt, rsync, zstd_ref};
 use crate::id::ContentId;
 use crate::manifest::{Entry, Manifest, SourceResolver, apply_changes};
 
 /// Reads base content on the receiver.
 pub trait BaseReader {
-    /// The bytes of `entry` (a file of the base manifest). The decoder checks them against the
-    /// entry's id itself; an implementation need not.
-    fn read_base(&self, entry: &Entry) -> Result<Vec<u8>, PackError>;
+    /// Ranged reads of `entry` (a file of the base manifest). The decoder checks its first
+    /// `entry.size()` bytes against the entry's id itself before it uses them; an implementation
+    /// need not.
+    fn open_base(&self, entry: &Entry) -> Result<Box<dyn ReadAt + '_>, PackError>;
 }
 
-/// Takes decoded objects on the receiver (onboard: files in the staging area).
+/// Takes decoded objects on the receiver (onboard: files in the staging area), one at a time:
+/// `begin`, the object's bytes in order through `write` and `zeros`, then `end`.
 pub trait ObjectSink {
-    /// Stores object `index`, whose bytes `data` yields. The decoder counts and hashes what passes.
-    fn put(&mut self, index: u32, data: &mut dyn Read) -> Result<(), PackError>;
+    /// Object `index`, `size` bytes, starts.
+    fn begin(&mut self, index: u32, size: u64) -> Result<(), PackError>;
+    /// The object's next bytes.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), PackError>;
+    /// The object's next `len` bytes are zeros (a hole, where the sink can make one).
+    fn zeros(&mut self, len: u64) -> Result<(), PackError> {
+        let buf = [0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            self.write(&buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+    /// The object is whole (the decoder has counted its bytes; it checks the hash after).
+    fn end(&mut self) -> Result<(), PackError>;
 }
 
 #[derive(Debug)]
@@ -74,14 +97,13 @@ pub fn read_header(
         target_root: body.target_root,
         changes: body.changes,
         objects: body.objects,
-        segments: body.segments,
     })
 }
 
 fn read_exact(r: &mut dyn Read, buf: &mut [u8]) -> Result<(), PackError> {
     r.read_exact(buf).map_err(|e| match e.kind() {
         std::io::ErrorKind::UnexpectedEof => PackError::Truncated,
-        _ => PackError::Io(e),
+        _ => PackError::from(e),
     })
 }
 
@@ -100,31 +122,6 @@ pub(crate) fn validate(
     base: &Manifest,
     limits: &Limits,
 ) -> Result<(), PackError> {
-    check_sizes(header, limits)?;
-    let mut seen = HashSet::new();
-    for seg in &header.segments {
-        check(
-            "window log",
-            seg.window_log as u64,
-            limits.max_window_log as u64,
-        )?;
-        check_prefix(seg, base, limits)?;
-        check_items(seg, &header.objects, base, limits, &mut seen)?;
-    }
-    if seen.len() != header.objects.len() {
-        return Err(PackError::Structure(format!(
-            "{} objects declared, {} carried",
-            header.objects.len(),
-            seen.len()
-        )));
-    }
-    // Structure of the changes (paths, kinds, sources) before any byte is decoded.
-    apply_changes(base, &header.changes, &Sizes(&header.objects))?;
-    Ok(())
-}
-
-/// The header's counts and declared object sizes against the limits.
-fn check_sizes(header: &PackHeader, limits: &Limits) -> Result<(), PackError> {
     check(
         "change count",
         header.changes.len() as u64,
@@ -138,9 +135,15 @@ fn check_sizes(header: &PackHeader, limits: &Limits) -> Result<(), PackError> {
     let mut total = 0u64;
     for &size in &header.objects {
         check("object size", size, limits.max_object_bytes)?;
+        if size == 0 {
+            return Err(PackError::Structure("an object of 0 bytes".into()));
+        }
         total = total.saturating_add(size);
     }
-    check("total object size", total, limits.max_total_bytes)
+    check("total object size", total, limits.max_total_bytes)?;
+    // Structure of the changes (paths, kinds, sources) before any byte is decoded.
+    apply_changes(base, &header.changes, &Sizes(&header.objects))?;
+    Ok(())
 }
 
 /// Base manifest entry `i`, which a pack may only name as a base if it is a file.
@@ -149,109 +152,6 @@ fn base_file(base: &Manifest, i: u32) -> Result<&Entry, PackError> {
         .get(i as usize)
         .filter(|e| e.file_id().is_some())
         .ok_or_else(|| PackError::Structure(format!("base entry #{i} is not a file")))
-}
-
-/// Checks a segment's reference prefix. Every base the prefix reads costs a read and a hash of
-/// the whole base, so the parts are held to what the sender makes: at most one whole entry per
-/// item, and ranges only of the bases the segment's rsync deltas patch, each base's ranges
-/// together (read once).
-fn check_prefix(seg: &SegmentSpec, base: &Manifest, limits: &Limits) -> Result<(), PackError> {
-    let rsync_bases: HashSet<u32> = seg
-        .items
-        .iter()
-        .filter_map(|i| match i.encoding {
-            Encoding::Rsync { base, .. } => Some(base),
-            _ => None,
-        })
-        .collect();
-    let entries = seg
-        .prefix
-        .iter()
-        .filter(|p| matches!(p, PrefixPart::Entry(_)))
-        .count();
-    if entries > seg.items.len() {
-        return Err(PackError::Structure(format!(
-            "{entries} whole prefix entries for {} items",
-            seg.items.len()
-        )));
-    }
-    let mut ranged: Vec<u32> = Vec::new();
-    let mut prefix = 0u64;
-    for part in &seg.prefix {
-        let size = base_file(base, part.base())?.size();
-        let len = match *part {
-            PrefixPart::Entry(_) => size,
-            PrefixPart::Range { base: b, from, len } => {
-                if !rsync_bases.contains(&b) {
-                    return Err(PackError::Structure(format!(
-                        "prefix range of base #{b}, which no delta of the segment patches"
-                    )));
-                }
-                if ranged.last() != Some(&b) {
-                    if ranged.contains(&b) {
-                        return Err(PackError::Structure(format!(
-                            "prefix ranges of base #{b} are not together"
-                        )));
-                    }
-                    ranged.push(b);
-                }
-                if len == 0 || from.checked_add(len).is_none_or(|end| end > size) {
-                    return Err(PackError::Structure(format!(
-                        "prefix range {from}+{len} of a {size}-byte base"
-                    )));
-                }
-                // The whole base is read (and held) to take the range.
-                check("prefix range base size", size, limits.max_rsync_bytes())?;
-                len
-            }
-        };
-        prefix = prefix.saturating_add(len);
-    }
-    check("prefix size", prefix, limits.max_prefix_bytes)
-}
-
-/// Checks a segment's items: each names a declared object not carried before (`seen` holds
-/// those of earlier segments), and its encoding fits its base and the limits.
-fn check_items(
-    seg: &SegmentSpec,
-    objects: &[u64],
-    base: &Manifest,
-    limits: &Limits,
-    seen: &mut HashSet<u32>,
-) -> Result<(), PackError> {
-    for item in &seg.items {
-        let size = *objects
-            .get(item.object as usize)
-            .ok_or_else(|| PackError::Structure(format!("item names object #{}", item.object)))?;
-        if !seen.insert(item.object) {
-            return Err(PackError::Structure(format!(
-                "object #{} is carried twice",
-                item.object
-            )));
-        }
-        if let Encoding::Append { base: b, keep } = item.encoding {
-            let base_size = base_file(base, b)?.size();
-            if keep != base_size || keep > size {
-                return Err(PackError::Structure(format!(
-                    "object #{} keeps {keep} bytes of a {base_size}-byte base and is {size}",
-                    item.object
-                )));
-            }
-            // The base is held in memory while the object is written.
-            check("append base size", base_size, limits.max_prefix_bytes)?;
-        }
-        if let Encoding::Rsync { base: b, delta_len } = item.encoding {
-            check("rsync object size", size, limits.max_rsync_bytes())?;
-            check(
-                "rsync base size",
-                base_file(base, b)?.size(),
-                limits.max_rsync_bytes(),
-            )?;
-            // A delta is never much larger than the literal it replaces.
-            check("rsync delta", delta_len, size + size / 4 + 4096)?;
-        }
-    }
-    Ok(())
 }
 
 /// Resolves objects by declared size only, to check a changeset's structure before decoding.
@@ -292,81 +192,8 @@ pub fn target_on(now: &Manifest, decoded: &DecodedPack) -> Result<Manifest, Pack
     )?)
 }
 
-/// Counts and hashes what the sink reads.
-struct Tee<'a> {
-    inner: &'a mut dyn Read,
-    hasher: blake3::Hasher,
-    count: u64,
-}
-
-impl Read for Tee<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
-        Ok(n)
-    }
-}
-
-fn verified_base(reader: &dyn BaseReader, entry: &Entry) -> Result<Vec<u8>, PackError> {
-    let bytes = reader.read_base(entry)?;
-    let expected = entry.file_id().expect("validated as a file");
-    // The length too: a manifest naming the right content with a wrong size must not lead a
-    // later step past the end of the bytes.
-    if ContentId::of(&bytes) != expected || bytes.len() as u64 != entry.size() {
-        return Err(PackError::BaseChanged {
-            path: entry.path.to_string(),
-            expected,
-        });
-    }
-    Ok(bytes)
-}
-
-/// The last base a segment read, verified: the ranges of one base and the delta against it
-/// share one read.
-#[derive(Default)]
-struct HeldBase(Option<(u32, Vec<u8>)>);
-
-impl HeldBase {
-    fn get(
-        &mut self,
-        reader: &dyn BaseReader,
-        base: &Manifest,
-        index: u32,
-    ) -> Result<&[u8], PackError> {
-        if self.0.as_ref().is_none_or(|(i, _)| *i != index) {
-            self.0 = None; // the old one goes before the new one is read
-            let bytes = verified_base(reader, &base.entries()[index as usize])?;
-            self.0 = Some((index, bytes));
-        }
-        Ok(&self.0.as_ref().expect("just held").1)
-    }
-}
-
-/// Stores one object through the sink, hashing it; the sink must take exactly `size` bytes.
-fn put_object(
-    sink: &mut dyn ObjectSink,
-    index: u32,
-    size: u64,
-    data: &mut dyn Read,
-) -> Result<(ContentId, u64), PackError> {
-    let mut limited = data.take(size);
-    let mut tee = Tee {
-        inner: &mut limited,
-        hasher: blake3::Hasher::new(),
-        count: 0,
-    };
-    sink.put(index, &mut tee)?;
-    // Whatever the sink left unread still belongs to this object.
-    std::io::copy(&mut tee, &mut std::io::sink())?;
-    if tee.count != size {
-        return Err(PackError::Truncated);
-    }
-    Ok((ContentId(*tee.hasher.finalize().as_bytes()), size))
-}
-
 /// Marks read errors of a segment's zstd frame, so that they surface as [`PackError::Frame`]
-/// even after passing through an [`ObjectSink`]'s `std::io` plumbing.
+/// even after passing through `std::io` plumbing.
 struct FrameReader<R>(R);
 
 #[derive(Debug)]
@@ -388,6 +215,167 @@ impl<R: Read> Read for FrameReader<R> {
     }
 }
 
+/// Bytes read at a time from a base, a frame or a delta.
+const BUF: usize = 64 * 1024;
+/// Open bases kept between segments.
+const OPEN_BASES: usize = 4;
+
+/// The bases a pack reads: opened when first named, verified whole once (read through a fixed
+/// buffer and hashed), then read in stretches.
+struct Bases<'a> {
+    reader: &'a dyn BaseReader,
+    base: &'a Manifest,
+    open: Vec<(u32, Box<dyn ReadAt + 'a>)>,
+    verified: HashSet<u32>,
+}
+
+impl<'a> Bases<'a> {
+    fn new(reader: &'a dyn BaseReader, base: &'a Manifest) -> Self {
+        Self {
+            reader,
+            base,
+            open: Vec::new(),
+            verified: HashSet::new(),
+        }
+    }
+
+    fn changed(entry: &Entry) -> PackError {
+        PackError::BaseChanged {
+            path: entry.path.to_string(),
+            expected: entry.file_id().unwrap_or_else(ContentId::empty),
+        }
+    }
+
+    /// Base entry `b`, open and verified.
+    fn get(&mut self, b: u32) -> Result<&dyn ReadAt, PackError> {
+        let entry = &self.base.entries()[b as usize];
+        if let Some(at) = self.open.iter().position(|(i, _)| *i == b) {
+            let held = self.open.remove(at);
+            self.open.push(held);
+        } else {
+            if self.open.len() >= OPEN_BASES {
+                self.open.remove(0);
+            }
+            let file = self.reader.open_base(entry)?;
+            if !self.verified.contains(&b) {
+                if !matches(file.as_ref(), entry)? {
+                    return Err(Self::changed(entry));
+                }
+                self.verified.insert(b);
+            }
+            self.open.push((b, file));
+        }
+        Ok(self.open.last().expect("just pushed").1.as_ref())
+    }
+
+    /// Reads `len` bytes of base `b` from `from` onto the end of `out`.
+    fn read(&mut self, b: u32, from: u64, len: u64, out: &mut Vec<u8>) -> Result<(), PackError> {
+        let entry = &self.base.entries()[b as usize];
+        let start = out.len();
+        out.resize(start + len as usize, 0);
+        self.get(b)?
+            .read_exact_at(&mut out[start..], from)
+            .map_err(|_| Self::changed(entry))
+    }
+
+    /// After a root mismatch: the first base that no longer holds what it held, if any (a pod
+    /// may change a file while the pack is decoded).
+    fn recheck(&mut self) -> Option<PackError> {
+        let verified: Vec<u32> = self.verified.iter().copied().collect();
+        for b in verified {
+            let entry = &self.base.entries()[b as usize];
+            let same = self
+                .reader
+                .open_base(entry)
+                .and_then(|f| matches(f.as_ref(), entry));
+            if !matches!(same, Ok(true)) {
+                return Some(Self::changed(entry));
+            }
+        }
+        None
+    }
+}
+
+/// Whether the first `entry.size()` bytes of `file` hash to the entry's id.
+fn matches(file: &dyn ReadAt, entry: &Entry) -> Result<bool, PackError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; BUF * 4];
+    let mut at = 0u64;
+    while at < entry.size() {
+        let n = (entry.size() - at).min(buf.len() as u64) as usize;
+        if file.read_exact_at(&mut buf[..n], at).is_err() {
+            return Ok(false);
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(entry.file_id() == Some(ContentId(*hasher.finalize().as_bytes())))
+}
+
+/// The object being written: its bytes go to the sink and the hasher.
+struct Open {
+    index: u32,
+    size: u64,
+    written: u64,
+    hasher: blake3::Hasher,
+}
+
+/// Where decoded bytes go: the open object, through the sink, counted and hashed.
+struct Output<'s> {
+    sink: &'s mut dyn ObjectSink,
+    open: Option<Open>,
+    /// The sink's own error, kept while it passes through `std::io::Write`.
+    failed: Option<PackError>,
+}
+
+impl Output<'_> {
+    fn open(&mut self) -> &mut Open {
+        self.open
+            .as_mut()
+            .expect("items checked: an object is open")
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<(), PackError> {
+        let o = self.open();
+        o.hasher.update(bytes);
+        o.written += bytes.len() as u64;
+        self.sink.write(bytes)
+    }
+
+    fn zeros(&mut self, len: u64) -> Result<(), PackError> {
+        let o = self.open();
+        let zero = [0u8; BUF];
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(BUF as u64) as usize;
+            o.hasher.update(&zero[..n]);
+            left -= n as u64;
+        }
+        o.written += len;
+        self.sink.zeros(len)
+    }
+
+    /// The sink's error if it failed inside `std::io`, else `e`.
+    fn error(&mut self, e: impl Into<PackError>) -> PackError {
+        self.failed.take().unwrap_or_else(|| e.into())
+    }
+}
+
+impl Write for Output<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.put(buf) {
+            Ok(()) => Ok(buf.len()),
+            Err(e) => {
+                self.failed = Some(e);
+                Err(std::io::Error::other("the object sink failed"))
+            }
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Decodes a whole pack read from `r` against the receiver's `base` manifest.
 pub fn decode_pack(
     r: &mut dyn Read,
@@ -398,17 +386,53 @@ pub fn decode_pack(
 ) -> Result<DecodedPack, PackError> {
     let header = read_header(r, base, limits)?;
     validate(&header, base, limits)?;
-    let mut objects = vec![(ContentId::empty(), 0u64); header.objects.len()];
-    for seg in &header.segments {
-        decode_segment(r, seg, &header.objects, base, bases, sink, &mut objects)?;
+    let mut d = Decoder {
+        header: &header,
+        base,
+        limits,
+        bases: Bases::new(bases, base),
+        out: Output {
+            sink,
+            open: None,
+            failed: None,
+        },
+        objects: vec![None; header.objects.len()],
+    };
+    loop {
+        let len = read_varint(r)?.ok_or(PackError::Truncated)?;
+        if len == 0 {
+            break;
+        }
+        check("segment head", len, MAX_SEGMENT_HEAD)?;
+        let mut raw = vec![0u8; len as usize];
+        read_exact(r, &mut raw)?;
+        let head = SegmentHead::decode(&raw)?;
+        drop(raw);
+        d.check(&head)?;
+        d.segment(r, &head)?;
+    }
+    if d.out.open.is_some() || d.objects.iter().any(Option::is_none) {
+        let carried = d.objects.iter().filter(|o| o.is_some()).count();
+        return Err(PackError::Structure(format!(
+            "{} objects declared, {carried} carried whole",
+            header.objects.len()
+        )));
     }
     let mut probe = [0u8; 1];
     if r.read(&mut probe)? != 0 {
         return Err(PackError::Trailing("pack"));
     }
+    let objects: Vec<(ContentId, u64)> = std::mem::take(&mut d.objects)
+        .into_iter()
+        .map(|o| o.expect("all carried"))
+        .collect();
+    let mut bases_used = d.bases;
     let target = apply_changes(base, &header.changes, &Hashed(objects.clone()))?;
     let actual = target.root();
     if actual != header.target_root {
+        if let Some(changed) = bases_used.recheck() {
+            return Err(changed);
+        }
         return Err(crate::manifest::ManifestError::RootMismatch {
             expected: header.target_root,
             actual,
@@ -422,73 +446,235 @@ pub fn decode_pack(
     })
 }
 
-/// Decodes one segment's frame from `r` into the sink, recording each object's id and size in
-/// `objects` (by index); the frame must end exactly where the header said.
-fn decode_segment(
-    r: &mut dyn Read,
-    seg: &SegmentSpec,
-    sizes: &[u64],
-    base: &Manifest,
-    bases: &dyn BaseReader,
-    sink: &mut dyn ObjectSink,
-    objects: &mut [(ContentId, u64)],
-) -> Result<(), PackError> {
-    // Ranges of one base and the rsync delta against it read the base once.
-    let mut held = HeldBase::default();
-    let mut prefix = Vec::new();
-    for part in &seg.prefix {
-        match *part {
-            PrefixPart::Entry(b) => {
-                prefix.extend_from_slice(&verified_base(bases, &base.entries()[b as usize])?)
-            }
-            PrefixPart::Range { base: b, from, len } => {
-                let bytes = held.get(bases, base, b)?;
-                prefix.extend_from_slice(&bytes[from as usize..(from + len) as usize])
-            }
+struct Decoder<'h, 'a, 's> {
+    header: &'h PackHeader,
+    base: &'a Manifest,
+    limits: &'a Limits,
+    bases: Bases<'a>,
+    out: Output<'s>,
+    /// Id and size of each object carried whole so far.
+    objects: Vec<Option<(ContentId, u64)>>,
+}
+
+impl Decoder<'_, '_, '_> {
+    /// Checks a segment head against the base, the limits and the objects carried so far,
+    /// before any of its bytes are read.
+    fn check(&self, head: &SegmentHead) -> Result<(), PackError> {
+        check(
+            "window log",
+            head.window_log as u64,
+            self.limits.max_window_log as u64,
+        )?;
+        if head.items.is_empty() {
+            return Err(PackError::Structure("a segment without items".into()));
         }
-    }
-    let mut frame = BufReader::new(r.take(seg.frame_len));
-    {
-        let dec = zstd_ref::decoder(&mut frame, &prefix, seg.window_log as u32)?;
-        // A frame that does not decode is bad data from the sender, not a storage failure.
-        let mut dec = FrameReader(dec);
-        for item in &seg.items {
-            let size = sizes[item.object as usize];
-            let hashed = match item.encoding {
-                Encoding::Literal => put_object(sink, item.object, size, &mut dec)?,
-                Encoding::Append { base: b, keep } => {
-                    held = HeldBase::default(); // one base in memory at a time
-                    let base_bytes = verified_base(bases, &base.entries()[b as usize])?;
-                    let mut joined = std::io::Read::chain(&base_bytes[..keep as usize], &mut dec);
-                    put_object(sink, item.object, size, &mut joined)?
-                }
-                Encoding::Rsync { base: b, delta_len } => {
-                    let mut delta = Vec::new();
-                    (&mut dec).take(delta_len).read_to_end(&mut delta)?;
-                    if delta.len() as u64 != delta_len {
-                        return Err(PackError::Truncated);
+        let mut prefix = 0u64;
+        for part in &head.prefix {
+            let size = base_file(self.base, part.base())?.size();
+            let len = match *part {
+                PrefixPart::Entry(_) => size,
+                PrefixPart::Range { from, len, .. } => {
+                    if len == 0 || from.checked_add(len).is_none_or(|end| end > size) {
+                        return Err(PackError::Structure(format!(
+                            "prefix range {from}+{len} of a {size}-byte base"
+                        )));
                     }
-                    let out = rsync::apply(held.get(bases, base, b)?, &delta, size)?;
-                    put_object(sink, item.object, size, &mut &out[..])?
+                    len
                 }
             };
-            objects[item.object as usize] = hashed;
+            prefix = prefix.saturating_add(len);
         }
-        let mut probe = [0u8; 1];
-        if dec.read(&mut probe)? != 0 {
-            return Err(PackError::Trailing("segment"));
+        check("prefix size", prefix, self.limits.max_prefix_bytes)?;
+        // The items, walked as the decoder will: one object open at a time, each carried once.
+        let mut open = self
+            .out
+            .open
+            .as_ref()
+            .map(|o| (o.index, o.size - o.written));
+        let mut started = HashSet::new();
+        let mut frame = 0u64;
+        for item in &head.items {
+            let left = match open {
+                Some((index, left)) if index == item.object => left,
+                Some((index, _)) => {
+                    return Err(PackError::Structure(format!(
+                        "object #{} starts before object #{index} is whole",
+                        item.object
+                    )));
+                }
+                None => {
+                    let size = *self
+                        .header
+                        .objects
+                        .get(item.object as usize)
+                        .ok_or_else(|| {
+                            PackError::Structure(format!("item names object #{}", item.object))
+                        })?;
+                    if self.objects[item.object as usize].is_some() || !started.insert(item.object)
+                    {
+                        return Err(PackError::Structure(format!(
+                            "object #{} is carried twice",
+                            item.object
+                        )));
+                    }
+                    size
+                }
+            };
+            if item.len == 0 || item.len > left {
+                return Err(PackError::Structure(format!(
+                    "an item of {} bytes where object #{} has {left} left",
+                    item.len, item.object
+                )));
+            }
+            self.check_encoding(item)?;
+            frame = frame.saturating_add(item.encoding.frame_bytes(item.len));
+            open = (item.len < left).then_some((item.object, left - item.len));
         }
+        if (frame == 0) != (head.frame_len == 0) {
+            return Err(PackError::Structure(format!(
+                "a frame of {} bytes for {frame} bytes of payload",
+                head.frame_len
+            )));
+        }
+        Ok(())
     }
-    // The frame must end exactly where the header said.
-    let mut rest = Vec::new();
-    frame.read_to_end(&mut rest)?;
-    if !rest.is_empty() {
-        return Err(PackError::Trailing("segment frame"));
+
+    fn check_encoding(&self, item: &Item) -> Result<(), PackError> {
+        match item.encoding {
+            Encoding::Literal | Encoding::Zeros => {}
+            Encoding::Copy { base: b, from } => {
+                let size = base_file(self.base, b)?.size();
+                if from.checked_add(item.len).is_none_or(|end| end > size) {
+                    return Err(PackError::Structure(format!(
+                        "a copy of {from}+{} from a {size}-byte base",
+                        item.len
+                    )));
+                }
+            }
+            Encoding::Rsync { base: b, delta_len } => {
+                base_file(self.base, b)?;
+                // A delta is never much larger than the literal it replaces.
+                check("rsync delta", delta_len, item.len + item.len / 4 + 4096)?;
+            }
+        }
+        Ok(())
     }
-    if frame.into_inner().limit() != 0 {
-        return Err(PackError::Truncated);
+
+    /// Decodes one segment (its head checked) from `r`.
+    fn segment(&mut self, r: &mut dyn Read, head: &SegmentHead) -> Result<(), PackError> {
+        let mut prefix = Vec::new();
+        for part in &head.prefix {
+            let (from, len) = match *part {
+                PrefixPart::Entry(b) => (0, self.base.entries()[b as usize].size()),
+                PrefixPart::Range { from, len, .. } => (from, len),
+            };
+            self.bases.read(part.base(), from, len, &mut prefix)?;
+        }
+        let mut frame = BufReader::with_capacity(BUF, r.take(head.frame_len));
+        {
+            // A frame that does not decode is bad data from the sender, not a storage failure.
+            let mut dec: Box<dyn Read + '_> = if head.frame_len == 0 {
+                Box::new(std::io::empty())
+            } else {
+                Box::new(FrameReader(zstd_ref::decoder(
+                    &mut frame,
+                    &prefix,
+                    head.window_log as u32,
+                )?))
+            };
+            for item in &head.items {
+                self.item(item, &mut dec)?;
+            }
+            let mut probe = [0u8; 1];
+            if dec.read(&mut probe)? != 0 {
+                return Err(PackError::Trailing("segment"));
+            }
+        }
+        // The frame must end exactly where the head said.
+        let mut rest = [0u8; 1];
+        if frame.read(&mut rest)? != 0 {
+            return Err(PackError::Trailing("segment frame"));
+        }
+        if frame.into_inner().limit() != 0 {
+            return Err(PackError::Truncated);
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// Decodes one item into the open object (opening it first, closing it once whole).
+    fn item(&mut self, item: &Item, dec: &mut dyn Read) -> Result<(), PackError> {
+        if self.out.open.is_none() {
+            let size = self.header.objects[item.object as usize];
+            self.out.sink.begin(item.object, size)?;
+            self.out.open = Some(Open {
+                index: item.object,
+                size,
+                written: 0,
+                hasher: blake3::Hasher::new(),
+            });
+        }
+        match item.encoding {
+            Encoding::Literal => {
+                let mut buf = vec![0u8; BUF];
+                let mut left = item.len;
+                while left > 0 {
+                    let n = left.min(BUF as u64) as usize;
+                    dec.read_exact(&mut buf[..n]).map_err(truncated)?;
+                    self.out.put(&buf[..n])?;
+                    left -= n as u64;
+                }
+            }
+            Encoding::Zeros => self.out.zeros(item.len)?,
+            Encoding::Copy { base: b, from } => {
+                let mut buf = Vec::with_capacity(BUF);
+                let mut done = 0u64;
+                while done < item.len {
+                    let n = (item.len - done).min(BUF as u64);
+                    buf.clear();
+                    self.bases.read(b, from + done, n, &mut buf)?;
+                    self.out.put(&buf)?;
+                    done += n;
+                }
+            }
+            Encoding::Rsync { base: b, delta_len } => {
+                let base_len = self.base.entries()[b as usize].size();
+                let base = self.bases.get(b)?;
+                let mut delta = Read::take(&mut *dec, delta_len);
+                let applied =
+                    rsync::apply_stream(base, base_len, &mut delta, item.len, &mut self.out);
+                if let Err(e) = applied {
+                    return Err(match e {
+                        DeltaError::Output(io) => self.out.error(io),
+                        other => other.into(),
+                    });
+                }
+                if delta.limit() != 0 {
+                    return Err(PackError::Structure(format!(
+                        "an rsync delta ends {} bytes before its declared length",
+                        delta.limit()
+                    )));
+                }
+            }
+        }
+        let o = self.out.open();
+        if o.written == o.size {
+            let o = self.out.open.take().expect("open");
+            self.out.sink.end()?;
+            let id = ContentId(*o.hasher.finalize().as_bytes());
+            self.objects[o.index as usize] = Some((id, o.size));
+        }
+        Ok(())
+    }
+}
+
+/// A frame that ends before its items do is a truncated pack; any other read error (a frame
+/// that does not decode) is passed on.
+fn truncated(e: std::io::Error) -> PackError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        PackError::Truncated
+    } else {
+        e.into()
+    }
 }
 
 #[cfg(test)]

@@ -50,16 +50,7 @@ impl RecordDecoder {
 pub fn encode_message(msg: &Message) -> Vec<u8> {
     let body = postcard::to_stdvec(msg).expect("messages always serialize");
     let mut out = Vec::with_capacity(body.len() + 5);
-    let mut n = body.len() as u64;
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            break;
-        }
-        out.push(byte | 0x80);
-    }
+    crate::pack::format::write_varint(body.len() as u64, &mut out);
     out.extend_from_slice(&body);
     out
 }

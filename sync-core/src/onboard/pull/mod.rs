@@ -22,7 +22,7 @@ pub use source::{SentVersion, Signing, VolumeSource};
 
 use crate::id::{ContentId, ManifestId, PackId};
 use crate::manifest::{Manifest, PathFilter, SkipReason, Skipped};
-use crate::pack::{PackError, Plan};
+use crate::pack::{Effort, PackError, Plan};
 use crate::path::{PodName, VolumePath};
 use crate::state::{PullPack, PullPackKey};
 use crate::wire::blob::{self, BlobError};
@@ -36,6 +36,8 @@ const MAX_COPY_MANIFEST: usize = 16 << 20;
 /// Files found changing while a pull pack is encoded (after the check just before encoding
 /// found the rest), each pinned to the copy's version, before the pull gives up for this pass.
 const MAX_PULL_RETRIES: u32 = 64;
+/// Content of a pull pack's segment: the node encodes in the memory the pods share.
+const PULL_SEGMENT_BYTES: u64 = 8 << 20;
 /// Content one pull pack carries at most, by default, with the bases it is encoded against:
 /// the node holds them in memory while it encodes, so a first pull of a large volume comes as
 /// several packs, and a larger file is left out (see [`OnboardService::set_pull_pack_cap`]).
@@ -253,7 +255,18 @@ impl OnboardService {
             tries += 1;
             let signatures = self.kept_signatures(job, &plan)?;
             bytes.clear();
-            let encoded = plan.encode(&job.base, &source, &signatures, &self.limits, &mut bytes);
+            let effort = Effort {
+                segment_bytes: PULL_SEGMENT_BYTES,
+                ..Effort::max()
+            };
+            let encoded = plan.encode(
+                &job.base,
+                &source,
+                &signatures,
+                &self.limits,
+                &effort,
+                &mut bytes,
+            );
             let kept_sigs = source.into_signatures();
             match encoded {
                 Ok(_) => {

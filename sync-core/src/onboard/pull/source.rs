@@ -16,6 +16,8 @@ use std::io::Read;
 
 use cap_std::fs::Dir;
 
+use crate::delta::ReadAt;
+use crate::delta::rsync::SignatureBuilder;
 use crate::id::ContentId;
 use crate::manifest::Manifest;
 use crate::pack::{ContentProvider, PackError};
@@ -44,6 +46,8 @@ pub struct VolumeSource<'a> {
     /// them. Only the answer is kept: a volume may hold many grown files, and keeping each
     /// one's bytes until the encoder asks for them would hold them all at once.
     checked: std::cell::RefCell<HashMap<ContentId, bool>>,
+    /// Bases read whole and found to be their id.
+    verified: std::cell::RefCell<HashSet<ContentId>>,
 }
 
 impl<'a> VolumeSource<'a> {
@@ -63,6 +67,7 @@ impl<'a> VolumeSource<'a> {
             sent,
             max_file,
             checked: Default::default(),
+            verified: Default::default(),
         }
     }
 
@@ -92,18 +97,6 @@ impl<'a> VolumeSource<'a> {
             return false;
         };
         hashes_to(self.dir, path, *len, id, false)
-    }
-
-    /// The bytes of a sent version `id` when the file it was sent from still starts with them.
-    fn sent_prefix(&self, id: &ContentId) -> Option<Vec<u8>> {
-        let (path, len) = self.sent.get(id)?;
-        if *len > self.max_file {
-            return None;
-        }
-        let f = volume::open_nofollow(self.dir, path).ok()?;
-        let mut out = Vec::with_capacity(*len as usize);
-        f.take(*len).read_to_end(&mut out).ok()?;
-        (out.len() as u64 == *len && ContentId::of(&out) == *id).then_some(out)
     }
 
     /// The planned objects whose file no longer holds the content the scan found (the pod
@@ -156,7 +149,12 @@ fn hashes_to(dir: &Dir, path: &VolumePath, len: u64, id: &ContentId, whole: bool
 }
 
 impl ContentProvider for VolumeSource<'_> {
-    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
+    fn open_target(
+        &self,
+        path: &VolumePath,
+        id: &ContentId,
+        _size: u64,
+    ) -> Result<Box<dyn Read + '_>, PackError> {
         let changed = || PackError::SourceChanged {
             path: path.to_string(),
         };
@@ -168,27 +166,33 @@ impl ContentProvider for VolumeSource<'_> {
                 limit: self.max_file,
             });
         }
-        // A pod may be writing it right now: what does not hash to the scanned id is not sent,
-        // and no more than the scanned size is read.
-        let bytes = volume::read_file_sized(self.dir, path, *size).map_err(|_| changed())?;
-        if ContentId::of(&bytes) != *id {
-            return Err(changed());
-        }
-        Ok(bytes)
+        // A pod may be writing it right now: the encoder sends nothing that does not hash to
+        // the scanned id, and no more than the scanned size is read.
+        let file = volume::open_nofollow(self.dir, path).map_err(|_| changed())?;
+        Ok(Box::new(file.into_std().take(*size)))
     }
 
-    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
-        if let Some((path, size)) = self.now.get(id) {
-            if *size > self.max_file {
-                return Ok(None);
-            }
-            if let Ok(bytes) = volume::read_file_sized(self.dir, path, *size)
-                && ContentId::of(&bytes) == *id
-            {
-                return Ok(Some(bytes));
-            }
+    fn open_base(
+        &self,
+        id: &ContentId,
+        _size: u64,
+    ) -> Result<Option<Box<dyn ReadAt + '_>>, PackError> {
+        // A base must be the exact bytes of `id`: each is read whole once and hashed before it
+        // is used (a pod may have written it since the scan), then read in stretches.
+        let (path, len) = match (self.now.get(id), self.sent.get(id)) {
+            (Some((path, size)), _) if *size <= self.max_file => (path, *size),
+            (_, Some((path, len))) if *len <= self.max_file && self.may_hold(id) => (path, *len),
+            _ => return Ok(None),
+        };
+        let verified = self.verified.borrow().contains(id);
+        if !verified && !hashes_to(self.dir, path, len, id, false) {
+            return Ok(None);
         }
-        Ok(self.sent_prefix(id))
+        self.verified.borrow_mut().insert(*id);
+        match volume::open_nofollow(self.dir, path) {
+            Ok(f) => Ok(Some(Box::new(f.into_std()))),
+            Err(_) => Ok(None),
+        }
     }
 }
 
@@ -212,10 +216,14 @@ fn kept_block_for(len: u64) -> u32 {
 }
 
 /// Wraps a [`VolumeSource`] and keeps an rsync signature of every target it reads, so that
-/// the next pull can send a changed-in-place file as a delta against this version.
+/// the next pull can send a changed-in-place file as a delta against this version. The
+/// signature is built as the encoder reads the target, and kept once the encoder found the
+/// bytes to be the target's id.
 pub struct Signing<'a> {
     inner: VolumeSource<'a>,
     sigs: std::cell::RefCell<HashMap<ContentId, Vec<u8>>>,
+    /// Signatures of targets read whole, until the encoder vouches for them.
+    read: std::rc::Rc<std::cell::RefCell<HashMap<ContentId, Vec<u8>>>>,
 }
 
 impl<'a> Signing<'a> {
@@ -223,6 +231,7 @@ impl<'a> Signing<'a> {
         Self {
             inner,
             sigs: Default::default(),
+            read: Default::default(),
         }
     }
 
@@ -244,19 +253,63 @@ impl<'a> Signing<'a> {
 }
 
 impl ContentProvider for Signing<'_> {
-    fn target(&self, path: &VolumePath, id: &ContentId) -> Result<Vec<u8>, PackError> {
-        let bytes = self.inner.target(path, id)?;
-        if bytes.len() >= SIGN_MIN_BYTES {
-            self.sigs.borrow_mut().insert(
-                *id,
-                crate::delta::rsync::signature_with(&bytes, kept_block_for(bytes.len() as u64)),
-            );
+    fn open_target(
+        &self,
+        path: &VolumePath,
+        id: &ContentId,
+        size: u64,
+    ) -> Result<Box<dyn Read + '_>, PackError> {
+        let inner = self.inner.open_target(path, id, size)?;
+        if size < SIGN_MIN_BYTES as u64 {
+            return Ok(inner);
         }
-        Ok(bytes)
+        Ok(Box::new(SigningReader {
+            inner,
+            builder: Some(SignatureBuilder::new(kept_block_for(size))),
+            left: size,
+            id: *id,
+            read: self.read.clone(),
+        }))
     }
 
-    fn base(&self, id: &ContentId) -> Result<Option<Vec<u8>>, PackError> {
-        self.inner.base(id)
+    fn open_base(
+        &self,
+        id: &ContentId,
+        size: u64,
+    ) -> Result<Option<Box<dyn ReadAt + '_>>, PackError> {
+        self.inner.open_base(id, size)
+    }
+
+    fn verified(&self, id: &ContentId) -> Result<(), PackError> {
+        if let Some(sig) = self.read.borrow_mut().remove(id) {
+            self.sigs.borrow_mut().insert(*id, sig);
+        }
+        Ok(())
+    }
+}
+
+/// A target's reader that builds its signature from the bytes that pass.
+struct SigningReader<'a> {
+    inner: Box<dyn Read + 'a>,
+    builder: Option<SignatureBuilder>,
+    left: u64,
+    id: ContentId,
+    read: std::rc::Rc<std::cell::RefCell<HashMap<ContentId, Vec<u8>>>>,
+}
+
+impl Read for SigningReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(b) = &mut self.builder {
+            let keep = (n as u64).min(self.left) as usize;
+            b.feed(&buf[..keep]);
+            self.left -= keep as u64;
+            if self.left == 0 {
+                let sig = self.builder.take().expect("just matched").finish();
+                self.read.borrow_mut().insert(self.id, sig);
+            }
+        }
+        Ok(n)
     }
 }
 
@@ -274,7 +327,8 @@ pub(super) fn kept_signature_len(len: u64) -> u64 {
 mod tests {
     use super::*;
     use crate::manifest::{ScanOptions, StatCache, scan_dir};
-    use crate::pack::{Limits, Plan};
+    use crate::pack::{Effort, Limits, Plan};
+    use crate::testing::{read_base, read_target};
     use cap_std::ambient_authority;
 
     fn scan(dir: &Dir) -> Manifest {
@@ -336,7 +390,12 @@ mod tests {
             len: old.len() as u64,
         }];
         let source = VolumeSource::new(&dir, &now, &sent, u64::MAX);
-        assert_eq!(source.base(&old_id).unwrap().as_deref(), Some(&old[..]));
+        assert_eq!(
+            read_base(&source, &old_id, old.len() as u64)
+                .unwrap()
+                .as_deref(),
+            Some(&old[..])
+        );
 
         let plan = Plan::new(&ground, &now, &|id| source.may_hold(id));
         let mut pack = Vec::new();
@@ -345,6 +404,7 @@ mod tests {
             &source,
             &Default::default(),
             &Limits::default(),
+            &Effort::max(),
             &mut pack,
         )
         .unwrap();
@@ -373,11 +433,16 @@ mod tests {
             len: 9,
         }];
         let source = VolumeSource::new(&dir, &now, &sent, u64::MAX);
-        assert!(source.base(&ContentId::of(b"old bytes")).unwrap().is_none());
+        assert!(
+            read_base(&source, &ContentId::of(b"old bytes"), 9)
+                .unwrap()
+                .is_none()
+        );
     }
 
     /// A pod that grows a file (or punches a huge hole into it) after the scan: the node reads
-    /// no more than the scanned size, finds it changed, and does not hold a base over the cap.
+    /// no more than the scanned size (which still is the scanned content), and does not hold a
+    /// base over the cap.
     #[test]
     fn a_file_grown_past_its_scanned_size_is_not_read_whole() {
         let t = tempfile::tempdir().unwrap();
@@ -392,13 +457,17 @@ mod tests {
         let e = &now.entries()[0];
         let id = e.file_id().unwrap();
         let source = VolumeSource::new(&dir, &now, &[], 1 << 20);
-        assert!(matches!(
-            source.target(&e.path, &id),
-            Err(PackError::SourceChanged { .. })
-        ));
-        assert!(source.base(&id).unwrap().is_none());
+        assert_eq!(
+            read_target(&source, &e.path, &id, e.size()).unwrap(),
+            b"scanned bytes"
+        );
+        assert_eq!(
+            read_base(&source, &id, e.size()).unwrap().unwrap(),
+            b"scanned bytes"
+        );
         let capped = VolumeSource::new(&dir, &now, &[], 4);
         assert!(!capped.may_hold(&id), "a base over the cap is not held");
+        assert!(read_base(&capped, &id, e.size()).unwrap().is_none());
     }
 
     #[test]
@@ -407,12 +476,17 @@ mod tests {
         std::fs::write(t.path().join("out.csv"), b"a,b\n1,2\n").unwrap();
         let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
         let now = scan(&dir);
-        std::fs::write(t.path().join("out.csv"), b"a,b\n1,2\n3,4\n").unwrap();
+        std::fs::write(t.path().join("out.csv"), b"a,b\n9,9\n").unwrap();
         let source = VolumeSource::new(&dir, &now, &[], u64::MAX);
         let e = &now.entries()[0];
         assert!(matches!(
-            source.target(&e.path, &e.file_id().unwrap()),
+            read_target(&source, &e.path, &e.file_id().unwrap(), e.size()),
             Err(PackError::SourceChanged { .. })
         ));
+        assert!(
+            read_base(&source, &e.file_id().unwrap(), e.size())
+                .unwrap()
+                .is_none()
+        );
     }
 }

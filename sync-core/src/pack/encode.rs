@@ -1,0 +1,718 @@
+//! Encoding a planned pack as a stream, in memory bounded by the [`Effort`] and the receiver's
+//! [`Limits`], whatever the size of a file or of the pack.
+//!
+//! The header goes out first (the plan knows it), then segment after segment as each is
+//! compressed. Objects are read through their providers in pieces: a file smaller than a
+//! segment joins other files in one zstd frame (small files share a frame's overhead and match
+//! each other); a larger one travels in pieces of its own. What a piece is encoded against:
+//!
+//! - the whole base entry as the zstd prefix, when the sender holds the base's exact bytes and
+//!   base and object are small enough for one segment (what `zstd --patch-from` does);
+//! - for a larger object whose base the sender holds, the stretches of the base the piece
+//!   matches ([`anchor::BaseIndex`]): an edit anywhere, or an insertion that shifts everything
+//!   after it, still finds its old bytes, and neither end holds more than a piece and its
+//!   stretches;
+//! - a copy of the whole base, then the rest, for a file that only grew (a log);
+//! - an rsync delta against the receiver's signature, when only the receiver holds the base,
+//!   with the unchanged stretches around each change as prefix ranges where they pay;
+//! - nothing: literal.
+//!
+//! Memory, per segment being built: the segment's content (at most [`Effort::segment_bytes`] and
+//! a piece's delta), the piece being read, the prefix (at most the receiver's
+//! `max_prefix_bytes`), the compressed frame, and zstd's own state for the level and window.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+use super::PackError;
+use super::anchor::BaseIndex;
+use super::build::{BaseChoice, Plan, PlanStats, PlannedObject, header_dictionary};
+use super::format::{
+    Encoding, FIXED_LEN, FixedHeader, HeaderBody, Item, Limits, PrefixPart, SegmentHead,
+    write_varint,
+};
+use crate::delta::{ReadAt, rsync, zstd_ref};
+use crate::id::ContentId;
+use crate::manifest::Manifest;
+use crate::path::VolumePath;
+
+/// An object that starts with its whole base is sent as a copy of the base and its new bytes
+/// from this base size on (below it, matching the base in the prefix costs nothing worth saving).
+const APPEND_MIN_BYTES: u64 = 64 * 1024;
+/// Unchanged bytes of an rsync-delta'd object put in the prefix on each side of a changed
+/// stretch: a changed page compresses against the pages around it, which both ends hold.
+const CONTEXT_BYTES: u64 = 16 * 1024;
+/// Ranges one segment names at most; changed stretches past them compress without neighbours.
+const MAX_RANGES_PER_SEGMENT: usize = 65_536;
+/// Around each stretch of a base a large object's piece matches, this much more of the base
+/// goes into the prefix: the changed bytes between two matches find their old versions there.
+const ANCHOR_MARGIN: u64 = 64 * 1024;
+/// Target bytes read at a time.
+const READ_BUF: usize = 1 << 20;
+
+/// What the sender reads while encoding.
+pub trait ContentProvider {
+    /// A reader of target content `id`, `size` bytes, found at `path` in the target tree. The
+    /// encoder hashes everything it reads and refuses content that is not `id`
+    /// ([`PackError::SourceChanged`]); it may open the same content more than once.
+    fn open_target(
+        &self,
+        path: &VolumePath,
+        id: &ContentId,
+        size: u64,
+    ) -> Result<Box<dyn Read + '_>, PackError>;
+
+    /// Random access to the exact bytes of `id` (`size` bytes), if the sender holds them: a base
+    /// it can encode against.
+    fn open_base(
+        &self,
+        id: &ContentId,
+        size: u64,
+    ) -> Result<Option<Box<dyn ReadAt + '_>>, PackError>;
+
+    /// Every byte of target `id` was read and matched its id. Called once per object, after
+    /// its last byte.
+    fn verified(&self, _id: &ContentId) -> Result<(), PackError> {
+        Ok(())
+    }
+}
+
+/// How hard the encoder works, and in how much memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effort {
+    /// zstd level.
+    pub level: i32,
+    /// zstd worker threads per frame (0: the calling thread). One worker keeps level 19's
+    /// long-distance matching against a prefix good (see [`zstd_ref`]).
+    pub workers: u32,
+    /// Content of a segment the encoder aims for; a larger object travels in pieces of this
+    /// size. Both ends hold about this much per segment.
+    pub segment_bytes: u64,
+}
+
+impl Effort {
+    /// The most compression: what a narrow link wants (level 19, 32 MiB segments).
+    pub fn max() -> Effort {
+        Effort {
+            level: zstd_ref::LEVEL,
+            workers: 1,
+            segment_bytes: 32 << 20,
+        }
+    }
+}
+
+impl Default for Effort {
+    fn default() -> Self {
+        Effort::max()
+    }
+}
+
+impl Plan {
+    /// Encodes the pack into `out` as it goes: header, then each segment as soon as it is
+    /// compressed. `signatures` holds the receiver's signature for each entry of
+    /// [`Plan::signature_requests`]; a missing one makes that object literal.
+    pub fn encode(
+        &self,
+        base: &Manifest,
+        provider: &dyn ContentProvider,
+        signatures: &HashMap<u32, Vec<u8>>,
+        limits: &Limits,
+        effort: &Effort,
+        out: &mut dyn Write,
+    ) -> Result<PlanStats, PackError> {
+        let mut stats = PlanStats {
+            objects: self.objects.len() as u64,
+            object_bytes: self.object_bytes(),
+            ..Default::default()
+        };
+        let (fixed, header) = self.header(base)?;
+        out.write_all(&fixed.encode())?;
+        out.write_all(&header)?;
+        stats.pack_bytes = (FIXED_LEN + header.len()) as u64;
+        let mut enc = Encoder {
+            base,
+            provider,
+            signatures,
+            limits,
+            effort,
+            segment: Segment::default(),
+            out,
+            stats: &mut stats,
+        };
+        for (index, object, class) in enc.order(&self.objects)? {
+            enc.object(index, object, class)?;
+        }
+        enc.flush()?;
+        enc.out.write_all(&[0])?;
+        stats.pack_bytes += 1;
+        Ok(stats)
+    }
+
+    /// The header frame (compressed against the base manifest when it can be) and the fixed
+    /// part that leads it.
+    fn header(&self, base: &Manifest) -> Result<(FixedHeader, Vec<u8>), PackError> {
+        let body = HeaderBody {
+            target_root: self.target_root,
+            changes: self.changes.clone(),
+            objects: self.objects.iter().map(|o| o.size).collect(),
+        };
+        let raw = postcard::to_stdvec(&body).map_err(|e| PackError::Header(e.to_string()))?;
+        let dict = header_dictionary(base);
+        let mut packed = Vec::new();
+        zstd_ref::compress(
+            dict.as_deref().unwrap_or(&[]),
+            &mut &raw[..],
+            raw.len() as u64,
+            &mut packed,
+        )?;
+        let header_len = u32::try_from(packed.len()).map_err(|_| PackError::OverLimit {
+            what: "header",
+            value: packed.len() as u64,
+            limit: u32::MAX as u64,
+        })?;
+        let fixed = FixedHeader {
+            base_root: self.base_root,
+            dictionary: dict.is_some(),
+            header_len,
+        };
+        Ok((fixed, packed))
+    }
+}
+
+/// How an object travels, as far as the order of the pack goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Class {
+    /// Against a base the sender holds.
+    Prefixed,
+    Literal,
+    /// As rsync deltas: segments of their own.
+    Rsync,
+}
+
+/// The segment being filled.
+#[derive(Default)]
+struct Segment {
+    items: Vec<Item>,
+    /// The payloads of the items, back to back: what the frame compresses.
+    content: Vec<u8>,
+    parts: Vec<PrefixPart>,
+    prefix_len: u64,
+    /// Unchanged neighbours of rsync deltas' changes, tried as extra prefix at the end, with
+    /// their bytes (taken from the target: only the receiver holds the base).
+    ranges: Vec<PrefixPart>,
+    range_bytes: Vec<u8>,
+    rsync: bool,
+}
+
+impl Segment {
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+struct Encoder<'a> {
+    base: &'a Manifest,
+    provider: &'a dyn ContentProvider,
+    signatures: &'a HashMap<u32, Vec<u8>>,
+    limits: &'a Limits,
+    effort: &'a Effort,
+    segment: Segment,
+    out: &'a mut dyn Write,
+    stats: &'a mut PlanStats,
+}
+
+/// A target being read: hashed as it goes, so the object is checked once its last byte is in.
+struct Target<'r> {
+    reader: Box<dyn Read + 'r>,
+    hasher: blake3::Hasher,
+    left: u64,
+    path: VolumePath,
+}
+
+impl Target<'_> {
+    /// The next `n` bytes (at most what is left) appended to `buf`.
+    fn read_into(&mut self, n: u64, buf: &mut Vec<u8>) -> Result<(), PackError> {
+        let n = n.min(self.left);
+        let start = buf.len();
+        buf.resize(start + n as usize, 0);
+        self.reader
+            .read_exact(&mut buf[start..])
+            .map_err(|_| self.changed())?;
+        self.hasher.update(&buf[start..]);
+        self.left -= n;
+        Ok(())
+    }
+
+    /// Reads and hashes the next `n` bytes without keeping them.
+    fn skip(&mut self, n: u64) -> Result<(), PackError> {
+        let mut buf = Vec::with_capacity(READ_BUF);
+        let mut left = n;
+        while left > 0 {
+            buf.clear();
+            let step = left.min(READ_BUF as u64);
+            self.read_into(step, &mut buf)?;
+            left -= step;
+        }
+        Ok(())
+    }
+
+    /// Checks the whole object was read and is `id`. (Bytes past the size are never read: a
+    /// file that grew since the scan but still begins with `id`'s bytes gives `id`.)
+    fn finish(self, id: &ContentId) -> Result<(), PackError> {
+        if self.left != 0 || ContentId(*self.hasher.finalize().as_bytes()) != *id {
+            return Err(self.changed());
+        }
+        Ok(())
+    }
+
+    fn changed(&self) -> PackError {
+        PackError::SourceChanged {
+            path: self.path.to_string(),
+        }
+    }
+}
+
+impl<'a> Encoder<'a> {
+    /// The objects in the order the segments take them: prefixed objects first, in path order
+    /// so prefix and content run in step; then literals clustered by file type; then rsync
+    /// deltas. An rsync object small enough to be one piece is tried first: if its delta does
+    /// not pay it goes with the literals.
+    fn order(
+        &mut self,
+        objects: &'a [PlannedObject],
+    ) -> Result<Vec<(u32, &'a PlannedObject, Class)>, PackError> {
+        let mut keyed = Vec::with_capacity(objects.len());
+        for (i, o) in objects.iter().enumerate() {
+            let class = match o.base {
+                BaseChoice::Prefix(b) => {
+                    let entry = &self.base.entries()[b as usize];
+                    let id = entry.file_id().expect("planned on a file");
+                    match self.provider.open_base(&id, entry.size())? {
+                        Some(_) => Class::Prefixed,
+                        None => Class::Literal,
+                    }
+                }
+                BaseChoice::Rsync(b) if self.signatures.contains_key(&b) => {
+                    if o.size <= self.effort.segment_bytes && !self.rsync_pays(o, b)? {
+                        Class::Literal
+                    } else {
+                        Class::Rsync
+                    }
+                }
+                _ => Class::Literal,
+            };
+            keyed.push(((class, sort_key(&o.path)), i as u32, o));
+        }
+        keyed.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(keyed
+            .into_iter()
+            .map(|((class, _), i, o)| (i, o, class))
+            .collect())
+    }
+
+    /// Whether a one-piece object's rsync delta is worth sending.
+    fn rsync_pays(&self, o: &PlannedObject, b: u32) -> Result<bool, PackError> {
+        let mut t = self.open(o)?;
+        let mut piece = Vec::new();
+        t.read_into(o.size, &mut piece)?;
+        let delta = rsync::diff(&self.signatures[&b], &piece)?;
+        Ok(pays(delta.len() as u64, o.size))
+    }
+
+    fn open(&self, o: &PlannedObject) -> Result<Target<'a>, PackError> {
+        Ok(Target {
+            reader: self.provider.open_target(&o.path, &o.id, o.size)?,
+            hasher: blake3::Hasher::new(),
+            left: o.size,
+            path: o.path.clone(),
+        })
+    }
+
+    fn object(&mut self, index: u32, o: &PlannedObject, class: Class) -> Result<(), PackError> {
+        let mut target = self.open(o)?;
+        match (class, o.base) {
+            (Class::Prefixed, BaseChoice::Prefix(b)) => {
+                let entry = &self.base.entries()[b as usize];
+                let id = entry.file_id().expect("planned on a file");
+                match self.provider.open_base(&id, entry.size())? {
+                    Some(base) => {
+                        self.stats.prefixed += 1;
+                        self.prefixed(index, o, b, entry.size(), base.as_ref(), &mut target)?
+                    }
+                    None => {
+                        self.stats.literal += 1;
+                        self.literal(index, &mut target)?
+                    }
+                }
+            }
+            (Class::Rsync, BaseChoice::Rsync(b)) => {
+                if self.rsynced(index, b, &mut target)? {
+                    self.stats.rsynced += 1;
+                } else {
+                    self.stats.literal += 1;
+                }
+            }
+            _ => {
+                self.stats.literal += 1;
+                self.literal(index, &mut target)?
+            }
+        }
+        target.finish(&o.id)?;
+        self.provider.verified(&o.id)
+    }
+
+    /// An object whose base `b` (`base_len` bytes) the sender holds.
+    fn prefixed(
+        &mut self,
+        index: u32,
+        o: &PlannedObject,
+        b: u32,
+        base_len: u64,
+        base: &dyn ReadAt,
+        target: &mut Target<'a>,
+    ) -> Result<(), PackError> {
+        if base_len >= APPEND_MIN_BYTES
+            && o.size >= base_len
+            && self.starts_with(o, base, base_len)?
+        {
+            // Grew at the end only: the base is copied, the new part sent.
+            target.skip(base_len)?;
+            self.add(
+                Item {
+                    object: index,
+                    len: base_len,
+                    encoding: Encoding::Copy { base: b, from: 0 },
+                },
+                &[],
+                Vec::new(),
+                false,
+            )?;
+            return self.literal(index, target);
+        }
+        if base_len <= self.limits.max_prefix_bytes && o.size <= self.effort.segment_bytes {
+            let mut piece = Vec::new();
+            target.read_into(o.size, &mut piece)?;
+            let parts = vec![PrefixPart::Entry(b)];
+            let item = Item {
+                object: index,
+                len: o.size,
+                encoding: Encoding::Literal,
+            };
+            return self.add(item, &piece, parts, false);
+        }
+        // Too large for one segment: each piece against the stretches of the base it matches.
+        let index_of_base = BaseIndex::build(base, base_len)?;
+        let piece_len = self.piece_len();
+        let budget = self.limits.max_prefix_bytes;
+        let mut piece = Vec::new();
+        while target.left > 0 {
+            piece.clear();
+            target.read_into(piece_len, &mut piece)?;
+            let parts = index_of_base
+                .ranges_for(&piece, ANCHOR_MARGIN, budget)
+                .into_iter()
+                .map(|(from, len)| PrefixPart::Range { base: b, from, len })
+                .collect();
+            let item = Item {
+                object: index,
+                len: piece.len() as u64,
+                encoding: Encoding::Literal,
+            };
+            self.add(item, &piece, parts, false)?;
+        }
+        Ok(())
+    }
+
+    /// Whether target `o` begins with the `base_len` bytes of `base`, compared in stretches.
+    fn starts_with(
+        &self,
+        o: &PlannedObject,
+        base: &dyn ReadAt,
+        base_len: u64,
+    ) -> Result<bool, PackError> {
+        let mut t = self.open(o)?;
+        let (mut ours, mut theirs) = (Vec::with_capacity(READ_BUF), vec![0u8; READ_BUF]);
+        let mut at = 0u64;
+        while at < base_len {
+            let n = (base_len - at).min(READ_BUF as u64);
+            ours.clear();
+            t.read_into(n, &mut ours)?;
+            base.read_exact_at(&mut theirs[..n as usize], at)?;
+            if ours[..] != theirs[..n as usize] {
+                return Ok(false);
+            }
+            at += n;
+        }
+        Ok(true)
+    }
+
+    /// Literal pieces of what is left of `target`.
+    fn literal(&mut self, index: u32, target: &mut Target<'a>) -> Result<(), PackError> {
+        let mut piece = Vec::new();
+        while target.left > 0 {
+            // Fill the segment being built before starting another.
+            let room = self
+                .effort
+                .segment_bytes
+                .saturating_sub(self.segment.content.len() as u64);
+            let step = if room >= (64 << 10).min(target.left) && !self.segment.rsync {
+                room
+            } else {
+                self.effort.segment_bytes
+            };
+            piece.clear();
+            target.read_into(step.max(1), &mut piece)?;
+            let item = Item {
+                object: index,
+                len: piece.len() as u64,
+                encoding: Encoding::Literal,
+            };
+            self.add(item, &piece, Vec::new(), false)?;
+        }
+        Ok(())
+    }
+
+    /// Rsync deltas of `target`'s pieces against base `b`, each where it pays (literal where it
+    /// does not). Whether any piece went as a delta.
+    fn rsynced(&mut self, index: u32, b: u32, target: &mut Target<'a>) -> Result<bool, PackError> {
+        let signatures = self.signatures;
+        let signature = signatures[&b].as_slice();
+        let mut any = false;
+        let mut piece = Vec::new();
+        while target.left > 0 {
+            piece.clear();
+            target.read_into(self.effort.segment_bytes, &mut piece)?;
+            let len = piece.len() as u64;
+            let delta = rsync::diff(signature, &piece)?;
+            if !pays(delta.len() as u64, len) {
+                let item = Item {
+                    object: index,
+                    len,
+                    encoding: Encoding::Literal,
+                };
+                self.add(item, &piece, Vec::new(), true)?;
+                continue;
+            }
+            any = true;
+            let item = Item {
+                object: index,
+                len,
+                encoding: Encoding::Rsync {
+                    base: b,
+                    delta_len: delta.len() as u64,
+                },
+            };
+            self.add_rsync(item, &delta, &piece, b)?;
+        }
+        Ok(any)
+    }
+
+    /// Pieces of a large object against stretches of its base: half a segment each, so that a
+    /// piece and the stretches it matches fit in one prefix.
+    fn piece_len(&self) -> u64 {
+        (self.effort.segment_bytes / 2)
+            .min(
+                self.limits
+                    .max_prefix_bytes
+                    .saturating_sub(4 * ANCHOR_MARGIN),
+            )
+            .max(64 << 10)
+    }
+
+    /// Adds an item (its frame payload and the prefix parts it needs) to the segment, starting
+    /// another first when it would not fit. `rsync_family`: the item belongs with rsync deltas.
+    fn add(
+        &mut self,
+        item: Item,
+        payload: &[u8],
+        parts: Vec<PrefixPart>,
+        rsync_family: bool,
+    ) -> Result<(), PackError> {
+        let parts_len: u64 = parts
+            .iter()
+            .filter(|p| !self.segment.parts.contains(p))
+            .map(|p| self.part_len(p))
+            .sum();
+        let s = &self.segment;
+        let fits = s.is_empty()
+            || (s.rsync == rsync_family
+                && s.content.len() as u64 + payload.len() as u64 <= self.effort.segment_bytes
+                && s.prefix_len + parts_len <= self.limits.max_prefix_bytes);
+        if !fits {
+            self.flush()?;
+        }
+        for part in parts.iter() {
+            let len = self.part_len(part);
+            let s = &mut self.segment;
+            if s.parts.contains(part) {
+                continue;
+            }
+            if s.prefix_len + len > self.limits.max_prefix_bytes {
+                break;
+            }
+            s.prefix_len += len;
+            s.parts.push(*part);
+        }
+        let s = &mut self.segment;
+        s.rsync = rsync_family;
+        s.content.extend_from_slice(payload);
+        s.items.push(item);
+        Ok(())
+    }
+
+    /// An rsync delta of `piece` and the unchanged neighbours of its changes.
+    fn add_rsync(
+        &mut self,
+        item: Item,
+        delta: &[u8],
+        piece: &[u8],
+        b: u32,
+    ) -> Result<(), PackError> {
+        self.add(item, delta, Vec::new(), true)?;
+        let max_prefix = self.limits.max_prefix_bytes;
+        let s = &mut self.segment;
+        for (from, at, len) in context(&rsync::copies(delta)?, piece, CONTEXT_BYTES) {
+            if s.prefix_len + s.range_bytes.len() as u64 + len > max_prefix
+                || s.ranges.len() >= MAX_RANGES_PER_SEGMENT
+            {
+                break;
+            }
+            s.ranges.push(PrefixPart::Range { base: b, from, len });
+            s.range_bytes
+                .extend_from_slice(&piece[at as usize..(at + len) as usize]);
+        }
+        Ok(())
+    }
+
+    fn part_len(&self, part: &PrefixPart) -> u64 {
+        match *part {
+            PrefixPart::Entry(b) => self.base.entries()[b as usize].size(),
+            PrefixPart::Range { len, .. } => len,
+        }
+    }
+
+    /// The bytes of `parts`, read from the bases the sender holds.
+    fn prefix_bytes(&self, parts: &[PrefixPart], out: &mut Vec<u8>) -> Result<(), PackError> {
+        let mut open: Option<(u32, Box<dyn ReadAt + 'a>)> = None;
+        for part in parts {
+            let b = part.base();
+            if open.as_ref().is_none_or(|(i, _)| *i != b) {
+                let entry = &self.base.entries()[b as usize];
+                let id = entry.file_id().expect("planned on a file");
+                let reader = self.provider.open_base(&id, entry.size())?.ok_or_else(|| {
+                    PackError::SourceChanged {
+                        path: entry.path.to_string(),
+                    }
+                })?;
+                open = Some((b, reader));
+            }
+            let (from, len) = match *part {
+                PrefixPart::Entry(_) => (0, self.part_len(part)),
+                PrefixPart::Range { from, len, .. } => (from, len),
+            };
+            let start = out.len();
+            out.resize(start + len as usize, 0);
+            let (_, reader) = open.as_ref().expect("just opened");
+            reader.read_exact_at(&mut out[start..], from)?;
+        }
+        Ok(())
+    }
+
+    /// Compresses the segment being built and writes its head and frame.
+    fn flush(&mut self) -> Result<(), PackError> {
+        let seg = std::mem::take(&mut self.segment);
+        if seg.is_empty() {
+            return Ok(());
+        }
+        let mut prefix = Vec::with_capacity(seg.prefix_len as usize);
+        self.prefix_bytes(&seg.parts, &mut prefix)?;
+        let mut parts = seg.parts;
+        let (mut frame, mut window_log) = if seg.content.is_empty() {
+            (Vec::new(), 0)
+        } else {
+            self.compress(&prefix, &seg.content)?
+        };
+        // Unchanged neighbours of the rsync deltas' literal bytes, nearest the deltas. They make a
+        // changed database page cost its change; but level 19's parser also takes short matches
+        // from them that cost more than literals (decimal text compresses worse with a prefix of
+        // more decimal text), so they stay only where they make the frame smaller.
+        if !seg.ranges.is_empty() && !seg.content.is_empty() {
+            prefix.extend_from_slice(&seg.range_bytes);
+            let (with, wl) = self.compress(&prefix, &seg.content)?;
+            if with.len() < frame.len() {
+                (frame, window_log) = (with, wl);
+                parts.extend(seg.ranges);
+            }
+        }
+        drop(prefix);
+        let head = SegmentHead {
+            prefix: parts,
+            items: seg.items,
+            frame_len: frame.len() as u64,
+            window_log: window_log as u8,
+        }
+        .encode()?;
+        let mut len = Vec::with_capacity(10);
+        write_varint(head.len() as u64, &mut len);
+        self.out.write_all(&len)?;
+        self.out.write_all(&head)?;
+        self.out.write_all(&frame)?;
+        self.stats.pack_bytes += (len.len() + head.len() + frame.len()) as u64;
+        Ok(())
+    }
+
+    fn compress(&self, prefix: &[u8], content: &[u8]) -> Result<(Vec<u8>, u32), PackError> {
+        let mut frame = Vec::new();
+        let window_log = zstd_ref::compress_with(
+            prefix,
+            &mut &content[..],
+            content.len() as u64,
+            self.limits.max_window_log as u32,
+            self.effort.level,
+            self.effort.workers,
+            &mut frame,
+        )?;
+        Ok((frame, window_log))
+    }
+}
+
+/// A delta pays when it saves an eighth of the literal.
+fn pays(delta_len: u64, len: u64) -> bool {
+    delta_len < len - len / 8
+}
+
+/// The copied stretches of a target within `width` bytes of a changed (literal) one, as
+/// `(offset in the base, offset in the target, length)`, in target order.
+fn context(copies: &[rsync::Copied], target: &[u8], width: u64) -> Vec<(u64, u64, u64)> {
+    let mut out = Vec::new();
+    for (i, c) in copies.iter().enumerate() {
+        let end = c.target + c.len;
+        let changed_before = c.target
+            > i.checked_sub(1)
+                .map_or(0, |p| copies[p].target + copies[p].len);
+        let changed_after = end < copies.get(i + 1).map_or(target.len() as u64, |n| n.target);
+        let mut take = |from: u64, to: u64| {
+            if from < to {
+                out.push((c.base + (from - c.target), from, to - from));
+            }
+        };
+        if c.len <= 2 * width && (changed_before || changed_after) {
+            take(c.target, end);
+            continue;
+        }
+        if changed_before {
+            take(c.target, c.target + width);
+        }
+        if changed_after {
+            take(end - width, end);
+        }
+    }
+    out
+}
+
+/// Clusters literal files by type (extension), then name, as archivers do for solid compression.
+fn sort_key(path: &VolumePath) -> (String, String) {
+    let name = path.name();
+    let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+    (ext.to_string(), path.to_string())
+}
