@@ -85,7 +85,8 @@ timed() { # OUT CMD... -> runs CMD under GNU time; T=seconds, M=peak MiB
   shift
   local rc=0
   /usr/bin/time -f '%e %M' -o "$out.time" timeout "$TIMEOUT" "$@" || rc=$?
-  read -r T M <"$out.time" || true
+  # GNU time writes "Command exited with non-zero status N" first when it did.
+  read -r T M < <(tail -1 "$out.time") || true
   M=$(mib "${M:-0}")
   return $rc
 }

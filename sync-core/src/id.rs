@@ -65,6 +65,39 @@ impl PackId {
         Self(*blake3::hash(bytes).as_bytes())
     }
 
+    /// The id of a push sent while its pack is encoded: the node, pod and folder it goes to,
+    /// the states it goes from and to, and what makes this push unlike any other (the time
+    /// and the process). Two pushes of identical folders to two pods are two pushes, and a push
+    /// planned again is a new one: its bytes may differ from the first one's.
+    pub fn for_plan(
+        node: &NodeId,
+        pod: &str,
+        dest: Option<&str>,
+        base_root: &ManifestId,
+        target_root: &ManifestId,
+    ) -> Self {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut h = blake3::Hasher::new_derive_key("orbit-sync 2026-11 planned push id");
+        h.update(&node.0);
+        for part in [pod, dest.unwrap_or("")] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(&[dest.is_some() as u8]);
+        h.update(&base_root.0);
+        h.update(&target_root.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        h.update(&now.as_nanos().to_le_bytes());
+        h.update(&std::process::id().to_le_bytes());
+        h.update(
+            &SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_le_bytes(),
+        );
+        Self(*h.finalize().as_bytes())
+    }
+
     /// The id of a push: the pack's bytes (their BLAKE3, `pack`) and the node, pod and folder
     /// (`dest`, or the whole volume) it goes to. Identical folders pushed to two pods are two
     /// pushes, never one.

@@ -36,7 +36,11 @@ pub enum WindowError {
 /// Where a pack transfer stands.
 #[derive(Debug, Clone)]
 pub struct Window {
+    /// The bytes there are to send: the pack's length, or, while it is being encoded, what is
+    /// encoded so far.
     total: u64,
+    /// `total` is the pack's length.
+    whole: bool,
     /// The next byte to send.
     next: u64,
     /// Everything below this is durable on the other side.
@@ -53,6 +57,7 @@ impl Window {
     pub fn new(total: u64, from: u64, rtt: Duration, rate: Option<f64>) -> Self {
         Self {
             total,
+            whole: true,
             next: from.min(total),
             acked: from.min(total),
             rtt,
@@ -61,8 +66,35 @@ impl Window {
         }
     }
 
+    /// A transfer of a pack still being encoded: `available` bytes of it so far, of which the
+    /// receiver holds `from`.
+    pub fn growing(available: u64, from: u64, rtt: Duration, rate: Option<f64>) -> Self {
+        Self {
+            whole: false,
+            total: available,
+            next: from,
+            acked: from,
+            ..Self::new(available, from, rtt, rate)
+        }
+    }
+
+    /// More of a growing pack is encoded: `available` bytes, the whole pack when `whole`.
+    pub fn grow(&mut self, available: u64, whole: bool) {
+        self.total = self.total.max(available);
+        self.whole |= whole;
+    }
+
+    /// The bytes there are to send (see [`Window::growing`]).
     pub fn total(&self) -> u64 {
         self.total
+    }
+    /// The pack's length is known.
+    pub fn whole(&self) -> bool {
+        self.whole
+    }
+    /// Everything encoded so far is sent, and more is to come.
+    pub fn waiting_for_bytes(&self) -> bool {
+        !self.whole && self.next >= self.total
     }
     pub fn sent(&self) -> u64 {
         self.next
@@ -74,7 +106,7 @@ impl Window {
         self.rate
     }
     pub fn all_sent(&self) -> bool {
-        self.next == self.total
+        self.whole && self.next == self.total
     }
     pub fn in_flight(&self) -> u64 {
         self.next - self.acked
@@ -186,6 +218,25 @@ mod tests {
             last = b;
         }
         assert_eq!(last, 10_000);
+    }
+
+    #[test]
+    fn a_growing_pack_is_sent_as_it_grows() {
+        let mut u = Window::growing(0, 0, secs(1.0), None);
+        assert_eq!(u.next_frame(u64::MAX), None);
+        assert!(u.waiting_for_bytes() && !u.all_sent());
+        u.grow(10_000, false);
+        assert_eq!(u.next_frame(u64::MAX), Some((0, 4096)));
+        while u.next_frame(u64::MAX).is_some() {}
+        assert_eq!(u.sent(), 10_000);
+        assert!(u.waiting_for_bytes() && !u.all_sent());
+        u.grow(12_000, true);
+        assert!(!u.waiting_for_bytes());
+        assert_eq!(u.next_frame(u64::MAX), Some((10_000, 12_000)));
+        assert!(u.all_sent());
+        // A resumed pack still being encoded starts where the receiver is.
+        let u = Window::growing(5_000, 3_000, secs(1.0), None);
+        assert_eq!((u.sent(), u.acked()), (3_000, 3_000));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Golden fixtures for every byte format: a manifest (and its root id), a pack, and a message
-//! stream, committed under `tests/golden/` (with the stream of protocol 3, `messages-v3.bin`,
-//! which today's encoder still produces for the messages protocol 3 had). Each format is checked both ways: encoding today's
+//! stream, committed under `tests/golden/` (with the streams of protocols 3 and 4,
+//! `messages-v3.bin` and `messages-v4.bin`, which today's encoder still produces for the
+//! messages they had, but the one protocol 5 changed). Each format is checked both ways: encoding today's
 //! fixed inputs gives exactly the committed bytes, and decoding the committed bytes gives the
 //! expected values. A change to a byte layout without a version bump therefore fails here.
 //!
@@ -512,7 +513,7 @@ fn fixed_messages() -> Vec<Message> {
         Message::PackOffer {
             pod,
             pack: PackId([0x44; 32]),
-            len: 1 << 33,
+            len: Some(1 << 33),
             base_root: ManifestId([0x33; 32]),
             target_root: ManifestId([0x55; 32]),
             scope: Some(VolumePath::new("in/images").unwrap()),
@@ -590,11 +591,60 @@ fn fixed_messages() -> Vec<Message> {
             ],
             more: 3,
         },
+        // Protocol 5.
+        Message::PackOffer {
+            pod: PodName::new("camera-1").unwrap(),
+            pack: PackId([0x45; 32]),
+            len: None,
+            base_root: ManifestId([0x33; 32]),
+            target_root: ManifestId([0x55; 32]),
+            scope: None,
+        },
+        Message::PackEnd {
+            pack: PackId([0x45; 32]),
+            len: 123_456_789,
+        },
     ]
 }
 
 /// How many of [`fixed_messages`] protocol 3 had: protocol 4 only added `Skipped`.
 const PROTOCOL_3_MESSAGES: usize = 20;
+/// How many of [`fixed_messages`] protocol 4 had.
+const PROTOCOL_4_MESSAGES: usize = 21;
+
+/// A committed message stream, message by message (each with its varint length).
+fn framed(mut stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while !stream.is_empty() {
+        let (len, rest) = postcard::take_from_bytes::<u64>(stream).expect("a length");
+        let head = stream.len() - rest.len();
+        let whole = head + len as usize;
+        out.push(stream[..whole].to_vec());
+        stream = &stream[whole..];
+    }
+    out
+}
+
+/// Each message of an older protocol's fixture encodes today exactly as it did, but those a
+/// later protocol changed (`changed`: their indexes).
+fn encode_as_before(fixture: &str, count: usize, changed: &[usize]) {
+    let msgs = fixed_messages();
+    let old = framed(&committed(fixture));
+    assert_eq!(old.len(), count);
+    for (i, (m, then)) in msgs[..count].iter().zip(&old).enumerate() {
+        if !changed.contains(&i) {
+            assert_eq!(&encode_message(m), then, "message #{i} of {fixture}: {m:?}");
+        }
+    }
+}
+
+/// Index of the first `PackOffer` in [`fixed_messages`]: protocol 5 made its length optional.
+fn pack_offer_index() -> usize {
+    fixed_messages()
+        .iter()
+        .position(|m| matches!(m, Message::PackOffer { .. }))
+        .unwrap()
+}
 
 #[test]
 fn message_stream_is_unchanged() {
@@ -611,14 +661,19 @@ fn message_stream_is_unchanged() {
     assert_eq!(decoded, msgs);
 }
 
-/// Protocol 4 added a message and changed none: the messages protocol 3 had encode exactly as
-/// its fixture (committed with protocol 3) has them.
+/// Protocol 4 added a message and changed none; protocol 5 added `PackEnd` and made
+/// `PackOffer`'s length optional: every other message protocols 3 and 4 had encodes exactly as
+/// their fixtures (committed with them) have it.
 #[test]
-fn protocol_3_messages_encode_as_before() {
-    let msgs = fixed_messages();
-    let stream: Vec<u8> = msgs[..PROTOCOL_3_MESSAGES]
-        .iter()
-        .flat_map(encode_message)
-        .collect();
-    assert_eq!(stream, committed("messages-v3.bin"));
+fn older_protocols_messages_encode_as_before() {
+    encode_as_before(
+        "messages-v3.bin",
+        PROTOCOL_3_MESSAGES,
+        &[pack_offer_index()],
+    );
+    encode_as_before(
+        "messages-v4.bin",
+        PROTOCOL_4_MESSAGES,
+        &[pack_offer_index()],
+    );
 }

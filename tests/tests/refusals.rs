@@ -236,7 +236,7 @@ fn send_hostile_pack(
         link.send(&Message::PackOffer {
             pod,
             pack,
-            len: bytes.len() as u64,
+            len: Some(bytes.len() as u64),
             base_root: base.root(),
             target_root,
             scope: None,

@@ -174,34 +174,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    /// Waits for local work while keeping the link alive: keep-alives out, the other side's
-    /// keep-alives taken.
-    pub(super) async fn keep_alive_while<T>(
-        &mut self,
-        job: tokio::task::JoinHandle<T>,
-    ) -> Result<T, GroundError> {
-        tokio::pin!(job);
-        loop {
-            match self.next_or(&mut job).await? {
-                Event::Other(r) => {
-                    return r.map_err(|e| GroundError::Io {
-                        path: "(encoding)".into(),
-                        source: std::io::Error::other(e.to_string()),
-                    });
-                }
-                Event::Message(Message::KeepAlive) | Event::KeptAlive => {}
-                Event::Message(Message::Error { kind, message }) => {
-                    return Err(remote(kind, message));
-                }
-                Event::Message(_) => {
-                    return Err(GroundError::Unexpected {
-                        expected: "nothing while encoding",
-                    });
-                }
-            }
-        }
-    }
-
     /// The pod's current manifest, learned as cheaply as the ground's knowledge allows, and
     /// recorded as known.
     pub async fn manifest(

@@ -30,6 +30,7 @@ use crate::wire::ErrorKind;
 
 mod budget;
 mod client;
+mod encoding;
 pub mod pass;
 mod pull;
 mod push;
@@ -50,6 +51,9 @@ pub enum GroundError {
     /// the onboard side refused or failed a request
     #[error("onboard: {message}")]
     Remote { kind: ErrorKind, message: String },
+    /// the encoder of the pack being sent stopped (its own error says why)
+    #[error("the pack's encoder stopped")]
+    EncodingStopped,
     /// the onboard side sent something out of turn
     #[error("protocol error: expected {expected}, got another message")]
     Unexpected { expected: &'static str },
@@ -146,10 +150,6 @@ pub struct Ground {
     pub store: ObjectStore,
 }
 
-/// Name prefix of a pack being encoded, then `<pid>-<n>`.
-const ENCODING_PREFIX: &str = ".encoding-";
-static ENCODING_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 impl Ground {
     pub fn open(dir: &Path) -> Result<Self, GroundError> {
         std::fs::create_dir_all(dir.join("packs")).map_err(io_at(dir))?;
@@ -159,35 +159,7 @@ impl Ground {
             store: ObjectStore::open(&dir.join("objects")).map_err(io_at(dir))?,
         };
         ground.roll_forward_pulls();
-        ground.sweep_encodings();
         Ok(ground)
-    }
-
-    /// Removes the packs a killed process left half encoded (its pid is gone).
-    fn sweep_encodings(&self) {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("packs")) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name();
-            let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(ENCODING_PREFIX)) else {
-                continue;
-            };
-            let pid = rest.split('-').next().unwrap_or("");
-            if !Path::new("/proc").join(pid).exists() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
-
-    /// A temporary file of `packs/` for a pack being encoded (its id is its hash, known once
-    /// it is whole). Left-overs of a killed process are swept when the ground opens.
-    fn encoding_path(&self) -> PathBuf {
-        self.dir.join("packs").join(format!(
-            "{ENCODING_PREFIX}{}-{}",
-            std::process::id(),
-            ENCODING_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ))
     }
 
     /// Where a queued push's pack is kept until it applies.

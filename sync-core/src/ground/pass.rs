@@ -108,6 +108,7 @@ mod tests {
             summary: Default::default(),
             created_at: 0,
             finished_at: None,
+            hash: None,
         }
     }
 

@@ -14,6 +14,7 @@ use cap_std::fs::Dir;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::encoding::{Encoding, Job};
 use super::queue::{self, Fate, Next, held_note, scopes_overlap};
 use super::{Allowance, Client, Ground, GroundError, Progress, io_at};
 use crate::delta::ReadAt;
@@ -355,11 +356,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.check_limits(&plan)?;
         let signatures = self.signatures(u.pod, &plan).await?;
         let provider = content_provider(ground, u)?;
-        let (encoded, stats) = self
-            .encode(ground, &plan, u.base, provider, signatures)
+        let q = self.outgoing_row(u, &plan, &summary)?;
+        // Uploads a process killed while encoding left at the node: dropped there.
+        self.cancels.extend(ground.abandoned_encodings(&self.node));
+        let job = Job {
+            plan,
+            base: u.base.clone(),
+            provider,
+            signatures,
+            limits: self.limits.clone(),
+            effort: Effort::max(),
+        };
+        let path = ground.encoding_path(&self.node, &q.pack);
+        let encoding = Encoding::start(path.clone(), job).map_err(io_at(&path))?;
+        let (mut report, stats) = self
+            .send_encoding(ground, q, encoding, allow, progress)
             .await?;
-        let q = self.queue_pack(ground, u, &plan, &summary, encoded)?;
-        let mut report = self.send_queued(ground, &q, allow, progress).await?;
         report.plan = PlanCounts::from(&stats);
         Ok(report)
     }
@@ -386,74 +398,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         Ok(())
     }
 
-    /// Encodes the pack into a file of `packs/` (in the memory the effort sets, whatever its
-    /// size). A large pack takes a while: off this thread, so the link stays alive meanwhile.
-    async fn encode(
-        &mut self,
-        ground: &Ground,
-        plan: &Plan,
-        base: &Manifest,
-        provider: Box<dyn ContentProvider + Send>,
-        signatures: HashMap<u32, Vec<u8>>,
-    ) -> Result<(EncodedPack, PlanStats), GroundError> {
-        let (job_plan, job_base, limits) = (plan.clone(), base.clone(), self.limits.clone());
-        let tmp = ground.encoding_path();
-        let job_tmp = tmp.clone();
-        let job = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::create(&job_tmp)?;
-            let mut out = HashingWriter {
-                inner: std::io::BufWriter::with_capacity(1 << 20, file),
-                hasher: blake3::Hasher::new(),
-                len: 0,
-            };
-            let stats = job_plan.encode(
-                &job_base,
-                provider.as_ref(),
-                &signatures,
-                &limits,
-                &Effort::max(),
-                &mut out,
-            )?;
-            let file = out.inner.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            let pack = EncodedPack {
-                tmp: job_tmp,
-                hash: *out.hasher.finalize().as_bytes(),
-                len: out.len,
-            };
-            Ok::<_, PackError>((pack, stats))
-        });
-        let done = self.keep_alive_while(job).await;
-        if !matches!(done, Ok(Ok(_))) {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        Ok(done??)
-    }
-
-    /// Puts the encoded pack in `packs/` under its id and queues it.
-    fn queue_pack(
+    /// The queue row of the push `u` plans: written once its pack is whole.
+    fn outgoing_row(
         &self,
-        ground: &Ground,
         u: &Update<'_>,
         plan: &Plan,
         summary: &ChangeSummary,
-        encoded: EncodedPack,
     ) -> Result<OutgoingPack, GroundError> {
         let dest_name = u.dest.map(|d| d.to_string());
-        let pack = PackId::for_push(
-            &encoded.hash,
+        let pack = PackId::for_plan(
             &self.node,
             u.pod.as_str(),
             dest_name.as_deref(),
+            &plan.base_root,
+            &plan.target_root,
         );
-        let path = ground.pack_path(&pack);
-        // A queued pack on disk is never torn: written and synced under a temporary name.
-        std::fs::rename(&encoded.tmp, &path).map_err(io_at(&path))?;
-        let q = OutgoingPack {
+        Ok(OutgoingPack {
             pack,
             node: self.node,
             pod: u.pod.clone(),
-            len: encoded.len,
+            len: 0,
             acked: 0,
             base_root: plan.base_root,
             target_root: plan.target_root,
@@ -473,35 +437,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             summary: summary.clone(),
             created_at: crate::state::now_secs(),
             finished_at: None,
-        };
-        ground.db.insert_outgoing(&q)?;
-        Ok(q)
-    }
-}
-
-/// A pack encoded into a temporary file of `packs/`.
-struct EncodedPack {
-    tmp: std::path::PathBuf,
-    hash: [u8; 32],
-    len: u64,
-}
-
-/// Counts and hashes what passes to the pack file.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: blake3::Hasher,
-    len: u64,
-}
-
-impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+            hash: None,
+        })
     }
 }
 

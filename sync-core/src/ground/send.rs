@@ -10,9 +10,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{Instant, sleep_until};
 
 use super::client::{Event, remote};
+use super::encoding::Encoding;
 use super::{Allowance, Client, Ground, GroundError, Progress, PushReport, io_at};
 use crate::id::{ManifestId, NodeId, PackId};
 use crate::link::{ACK_INTERVAL, LinkError, sleep_until_opt};
+use crate::pack::{PackError, PlanStats};
 use crate::path::VolumePath;
 use crate::state::{OutgoingPack, PackState};
 use crate::window::Window;
@@ -30,13 +32,18 @@ enum Sent {
 /// One pack upload on this connection, as it goes.
 struct Sending<'p> {
     pack: PackId,
-    /// The queued pack's file: frames are read from it as they go.
+    /// The pack's file: frames are read from it as they go.
     file: &'p std::fs::File,
+    /// The encoder still writing the file, if it is.
+    encoding: Option<&'p Encoding>,
+    /// The pack's end was told to the node (a pack offered while it was encoded).
+    end_sent: bool,
     up: Window,
     /// The upload's clock: acknowledgements measure the link's rate against it.
     clock: Instant,
-    /// The link's own time, for rate estimates: from the first frame to each acknowledgement
-    /// in turn (scanning, encoding and the node's apply are not the link).
+    /// The link's own time, for rate estimates: while bytes are in flight, from a frame sent
+    /// with none in flight to each acknowledgement in turn (scanning, encoding, the node's
+    /// apply and waits for the encoder are not the link).
     link_since: Option<Instant>,
     /// Out of budget or time: nothing more is sent, and the upload ends once what is in flight
     /// is acknowledged (or the wait for it ends).
@@ -74,7 +81,11 @@ impl Sending<'_> {
                 l.offset
             }
         };
-        if offset <= self.up.sent() && !self.up.all_sent() && self.up.in_flight() == 0 {
+        if offset <= self.up.sent()
+            && !self.up.all_sent()
+            && self.up.in_flight() == 0
+            && !(self.up.waiting_for_bytes() && offset >= self.up.total())
+        {
             self.stopped = true;
         }
         offset
@@ -126,6 +137,87 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<PushReport, GroundError> {
         let (path, file) = self.load_queued(ground, q)?;
+        let mut q = q.clone();
+        let sent = self
+            .send_pack(ground, &mut q, &file, None, allow, progress)
+            .await;
+        self.report_sent(ground, &q, &path, sent)
+    }
+
+    /// Sends a pack while it is encoded (see [`super::encoding`]): its first bytes go as soon
+    /// as the encoder writes them. `q` is its queue row, which is written once the pack is
+    /// whole; if the upload stops first (budget, deadline, link), this waits for the encoder,
+    /// so the pack is queued whole for the next pass.
+    pub(super) async fn send_encoding(
+        &mut self,
+        ground: &Ground,
+        mut q: OutgoingPack,
+        encoding: Encoding,
+        allow: &Allowance,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(PushReport, PlanStats), GroundError> {
+        let file = std::fs::File::open(&encoding.path).map_err(io_at(&encoding.path))?;
+        let sent = self
+            .send_pack(ground, &mut q, &file, Some(&encoding), allow, progress)
+            .await;
+        // Whatever happened on the link, the encoder ends first: a pack half written is
+        // neither queued nor kept.
+        let encoded = match self.wait_for_encoder(encoding, sent.is_ok()).await {
+            Ok(e) => e,
+            Err(e) => {
+                self.drop_encoding(ground, &q);
+                return Err(e.into());
+            }
+        };
+        if q.len == 0 {
+            let acked = match &sent {
+                Ok((Sent::Incomplete { acked, .. }, _)) => *acked,
+                _ => 0,
+            };
+            self.queue_encoded(
+                ground,
+                &mut q,
+                &encoded.path,
+                encoded.len,
+                encoded.hash,
+                acked,
+            )?;
+        }
+        let stats = encoded.stats;
+        let path = ground.pack_path(&q.pack);
+        Ok((self.report_sent(ground, &q, &path, sent)?, stats))
+    }
+
+    /// Waits for the encoder to end, keeping the link alive meanwhile when it still is.
+    async fn wait_for_encoder(
+        &mut self,
+        encoding: Encoding,
+        link_up: bool,
+    ) -> Result<super::encoding::Encoded, PackError> {
+        let finish = encoding.finish();
+        tokio::pin!(finish);
+        if link_up {
+            loop {
+                match self.next_or(&mut finish).await {
+                    Ok(Event::Other(r)) => return r,
+                    // Late acknowledgements: the next offer asks the node where it stands.
+                    Ok(Event::Message(_) | Event::KeptAlive) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        finish.await
+    }
+
+    /// The push report of an upload that ended with `sent`; a pack the node will never take
+    /// is dropped from the queue.
+    fn report_sent(
+        &mut self,
+        ground: &Ground,
+        q: &OutgoingPack,
+        path: &Path,
+        sent: Result<(Sent, u64), GroundError>,
+    ) -> Result<PushReport, GroundError> {
         let mut report = PushReport {
             content_bytes: q.content_bytes,
             pack_bytes: q.len,
@@ -134,7 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             resumed_from: q.acked,
             ..PushReport::new(&q.pod, &self.node, q.summary.clone(), q.base_root)
         };
-        let sent = match self.send_pack(ground, q, &file, allow, progress).await {
+        let sent = match sent {
             Err(
                 e @ GroundError::Remote {
                     kind:
@@ -154,7 +246,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         };
         match sent {
             (Sent::Applied(root), from) => {
-                record_applied(ground, &self.node, q, &path, root)?;
+                record_applied(ground, &self.node, q, path, root)?;
                 report.complete = true;
                 report.acked = q.len;
                 report.resumed_from = from;
@@ -166,6 +258,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             }
         }
         Ok(report)
+    }
+
+    /// The encoder wrote the whole pack: it moves to its place in `packs/` and its queue row
+    /// is written, with what the node has acknowledged so far.
+    fn queue_encoded(
+        &mut self,
+        ground: &Ground,
+        q: &mut OutgoingPack,
+        written: &Path,
+        len: u64,
+        hash: [u8; 32],
+        acked: u64,
+    ) -> Result<(), GroundError> {
+        let path = ground.pack_path(&q.pack);
+        std::fs::rename(written, &path).map_err(io_at(&path))?;
+        q.len = len;
+        q.hash = Some(hash);
+        q.acked = acked;
+        q.state = if acked > 0 {
+            PackState::Sending
+        } else {
+            PackState::Queued
+        };
+        ground.db.insert_outgoing(q)?;
+        Ok(())
+    }
+
+    /// A pack whose encoding failed: its file goes, and the node drops what it staged.
+    fn drop_encoding(&mut self, ground: &Ground, q: &OutgoingPack) {
+        let _ = std::fs::remove_file(ground.encoding_path(&self.node, &q.pack));
+        let _ = std::fs::remove_file(ground.pack_path(&q.pack));
+        let _ = ground.db.delete_outgoing(&q.pack);
+        self.cancels.push(q.pack);
     }
 
     /// A queued pack's file, checked against its row (read through a fixed buffer). A damaged
@@ -180,9 +305,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         let mut hasher = blake3::Hasher::new();
         let len = std::io::copy(&mut file, &mut hasher).map_err(io_at(&path))?;
         let hash = *hasher.finalize().as_bytes();
-        // Packs queued before push ids named their pod are named by their bytes alone.
+        // Packs queued before push ids named their pod are named by their bytes alone; since
+        // packs are sent while they are encoded, the row holds the pack's hash.
         let named = PackId::for_push(&hash, &q.node, q.pod.as_str(), q.dest.as_deref());
-        if len != q.len || (q.pack != named && q.pack != PackId(hash)) {
+        let intact = match q.hash {
+            Some(h) => h == hash,
+            None => q.pack == named || q.pack == PackId(hash),
+        };
+        if len != q.len || !intact {
             self.discard_queued(ground, q)?;
             return Err(GroundError::Io {
                 path: path.display().to_string(),
@@ -198,23 +328,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     async fn send_pack(
         &mut self,
         ground: &Ground,
-        q: &OutgoingPack,
+        q: &mut OutgoingPack,
         file: &std::fs::File,
+        encoding: Option<&Encoding>,
         allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(Sent, u64), GroundError> {
-        let total = q.len;
+        let total = encoding.is_none().then_some(q.len);
         let from = self.offer(ground, q, total).await?;
+        let up = match encoding {
+            None => Window::new(q.len, from, self.rtt, allow.rate),
+            Some(e) => Window::growing(e.progress().written, from, self.rtt, allow.rate),
+        };
         let mut s = Sending {
             pack: q.pack,
             file,
-            up: Window::new(total, from, self.rtt, allow.rate),
+            encoding,
+            end_sent: false,
+            up,
             clock: Instant::now(),
             link_since: None,
             stopped: false,
         };
         progress(s.progress());
         loop {
+            self.follow_encoder(ground, q, &mut s).await?;
             let limit =
                 (!s.stopped).then(|| allow.limit(&s.up, s.up.sent(), self.wire_total(), self.rtt));
             let limit = s.take_limit(limit);
@@ -233,6 +371,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 }
                 // Out of budget or time (`stopped`): ask for a last acknowledgement and stop.
                 None if s.stopped => self.last_ack(allow.deadline).await?,
+                // Everything encoded so far is on its way: wait for the encoder (or for
+                // acknowledgements meanwhile).
+                None if s.up.waiting_for_bytes() && limit > s.up.sent() => {
+                    let enc = s.encoding.expect("only a growing pack waits for bytes");
+                    match self.next_or(enc.advanced()).await? {
+                        Event::Message(m) => Some(vec![m]),
+                        Event::KeptAlive | Event::Other(()) => Some(Vec::new()),
+                    }
+                }
                 // Otherwise the window is full, or the rest may not land by the deadline at
                 // the rate known so far: wait for acknowledgements.
                 None => self.await_acks(allow.deadline).await?,
@@ -256,7 +403,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         &mut self,
         ground: &Ground,
         q: &OutgoingPack,
-        total: u64,
+        total: Option<u64>,
     ) -> Result<u64, GroundError> {
         let pack = q.pack;
         self.send_cancels().await?;
@@ -276,7 +423,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             })
             .await?;
         let from = match self.recv().await? {
-            Message::PackAccept { pack: p, offset } if p == pack && offset <= total => offset,
+            Message::PackAccept { pack: p, offset }
+                if p == pack && total.is_none_or(|t| offset <= t) =>
+            {
+                offset
+            }
             _ => {
                 return Err(GroundError::Unexpected {
                     expected: "PackAccept",
@@ -287,6 +438,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             .db
             .set_outgoing_progress(&pack, from, PackState::Sending)?;
         Ok(from)
+    }
+
+    /// Takes what the encoder wrote since the last look into the window; once the pack is
+    /// whole, queues it and tells the node its length.
+    async fn follow_encoder(
+        &mut self,
+        ground: &Ground,
+        q: &mut OutgoingPack,
+        s: &mut Sending<'_>,
+    ) -> Result<(), GroundError> {
+        let Some(enc) = s.encoding else {
+            return Ok(());
+        };
+        let p = enc.progress();
+        if p.failed {
+            // The caller hears why from the encoder itself.
+            return Err(GroundError::EncodingStopped);
+        }
+        s.up.grow(p.written, p.whole.is_some());
+        if let (Some(len), Some(hash), false) = (p.whole, p.hash, s.end_sent) {
+            self.queue_encoded(ground, q, &enc.path, len, hash, s.up.acked())?;
+            self.tx
+                .send(&Message::PackEnd { pack: s.pack, len })
+                .await?;
+            s.end_sent = true;
+        }
+        Ok(())
     }
 
     /// Writes a frame while reading whatever comes back meanwhile: every message is kept, as
@@ -367,12 +545,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                     self.on_link.1 += mark.elapsed();
                     *mark = Instant::now();
                 }
+                // Nothing in flight: the link idles until the next frame (a sender waiting for
+                // its encoder), and that is not its time.
+                if s.up.in_flight() == 0 {
+                    s.link_since = None;
+                }
                 ground
                     .db
                     .set_outgoing_progress(&s.pack, offset, PackState::Sending)?;
                 progress(s.progress());
             }
-            Message::PackApplied { pack: p, root } if p == s.pack && s.up.all_sent() => {
+            Message::PackApplied { pack: p, root }
+                if p == s.pack && s.up.all_sent() && (s.encoding.is_none() || s.end_sent) =>
+            {
                 let total = s.up.total();
                 progress(Progress {
                     pack: s.pack,

@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::{
-    ACK_INTERVAL, Link, LinkError, LinkWriter, ServeOptions, Waited, keep_alive_until,
-    sleep_until_opt,
+    ACK_INTERVAL, ACK_WHEN_QUIET, Link, LinkError, LinkWriter, ServeOptions, Waited,
+    keep_alive_until, sleep_until_opt,
 };
 use crate::onboard::{OnboardService, OnboardSession, Outcome};
 use crate::wire::{LinkKey, Message};
@@ -84,6 +84,7 @@ where
     let mut conn = Conn {
         session: Some(svc.session()),
         flush_at: None,
+        ack_cap: None,
         place,
     };
     let result = conn.run(&mut inbox, &mut tx).await;
@@ -127,6 +128,8 @@ struct Conn<'p> {
     session: Option<OnboardSession>,
     /// When the next acknowledgement is due, while received bytes wait for one.
     flush_at: Option<Instant>,
+    /// When it is due at the latest: [`ACK_INTERVAL`] after the first byte it covers.
+    ack_cap: Option<Instant>,
     /// The connection's place with the accept loop, until the peer's first record confirms it.
     place: Option<&'p mut dyn Place>,
 }
@@ -155,6 +158,7 @@ impl Conn<'_> {
                 }
                 Waited::Done(Next::AckDue) => {
                     self.flush_at = None;
+                    self.ack_cap = None;
                     // An fsync can take seconds on flash: keep the link alive meanwhile.
                     let out = self.alive_while(tx, flush).await?;
                     if !out.replies.is_empty() {
@@ -207,11 +211,16 @@ impl Conn<'_> {
             .session
             .as_ref()
             .is_some_and(|s| s.unacknowledged() > 0);
-        self.flush_at = match (waiting, self.flush_at) {
+        // Due ACK_INTERVAL after the first unacknowledged byte at most, and sooner once the peer
+        // has paused: a sender waiting for its encoder hears at once what arrived, so what it
+        // measures is the link, not the wait for the ack timer.
+        let now = Instant::now();
+        self.ack_cap = match (waiting, self.ack_cap) {
             (false, _) => None,
-            (true, None) => Some(Instant::now() + ACK_INTERVAL),
-            (true, due) => due,
+            (true, None) => Some(now + ACK_INTERVAL),
+            (true, cap) => cap,
         };
+        self.flush_at = self.ack_cap.map(|cap| cap.min(now + ACK_WHEN_QUIET));
         Ok(ControlFlow::Continue(()))
     }
 

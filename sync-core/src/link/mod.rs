@@ -63,6 +63,9 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
 /// every 256 KiB). Each acknowledgement costs about 25 bytes on the downlink; at 9.6 kbit/s
 /// one every 3 s is 0.6% of the link.
 pub const ACK_INTERVAL: Duration = Duration::from_secs(3);
+/// ... and once the peer has sent nothing for this long (it stopped, or waits for its
+/// encoder), without waiting for [`ACK_INTERVAL`].
+pub const ACK_WHEN_QUIET: Duration = Duration::from_millis(50);
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::time::Instant;

@@ -46,8 +46,8 @@ impl OnboardSession {
         // A pack offered while another is half received on this connection: keep what came.
         self.flush();
         let (pack, len) = (offered.pack, offered.len);
-        let cap = self.svc.limits.max_total_bytes + self.svc.limits.max_header_bytes;
-        if len > cap {
+        let cap = self.svc.max_pack_len();
+        if let Some(len) = len.filter(|&len| len > cap) {
             return Err(Refusal::new(
                 ErrorKind::TooLarge,
                 format!("a pack of {len} bytes is over this node's limit of {cap}"),
@@ -57,11 +57,20 @@ impl OnboardSession {
         // stops writing before we look at what it left.
         let claim = self.svc.claim(&pack);
         let known = self.svc.db().incoming(&pack)?;
-        let known = known.filter(|k| k.pod == offered.pod && k.len == len);
+        // The same pack: the same pod, and the same length where both know it (a pack offered
+        // while it was encoded has none yet).
+        let known = known
+            .filter(|k| k.pod == offered.pod && (k.len == len || k.len.is_none() || len.is_none()));
         if let Some(answer) = self.svc.check_offer(&offered, claim, known.is_some())? {
             return Ok(answer);
         }
-        let mut info = known.unwrap_or(offered);
+        let mut info = match known {
+            Some(k) => IncomingPack {
+                len: k.len.or(len),
+                ..k
+            },
+            None => offered,
+        };
         let (file, unsynced) = self.svc.open_staged(&mut info)?;
         self.svc.db().put_incoming(&info)?;
         let offset = info.received + unsynced;
@@ -72,7 +81,7 @@ impl OnboardSession {
             claim,
         });
         let accept = Message::PackAccept { pack, offset };
-        if offset < len {
+        if info_len(&self.incoming) != Some(offset) {
             return Ok(Outcome::replies(vec![accept]));
         }
         // Everything is here already (the daemon died between the last byte and the apply).
@@ -96,7 +105,8 @@ impl OnboardSession {
             ));
         }
         let at = rx.info.received + rx.unsynced;
-        if offset != at || at + bytes.len() as u64 > rx.info.len {
+        let end = rx.info.len.unwrap_or(self.svc.max_pack_len());
+        if offset != at || at + bytes.len() as u64 > end {
             return Err(Refusal::new(
                 ErrorKind::Protocol,
                 format!("data at offset {offset} does not continue the pack at {at}"),
@@ -106,12 +116,36 @@ impl OnboardSession {
             return Err(self.drop_incoming(e));
         }
         rx.unsynced += bytes.len() as u64;
-        if at + bytes.len() as u64 == rx.info.len {
+        if Some(at + bytes.len() as u64) == rx.info.len {
             return self.complete();
         }
         if rx.unsynced >= ACK_EVERY_BYTES {
             return Ok(Outcome::replies(self.flush().into_iter().collect()));
         }
+        Ok(Outcome::default())
+    }
+
+    /// The pack offered while it was encoded is whole at `len` bytes: received already, or once
+    /// the rest comes.
+    pub(super) fn end(&mut self, pack: PackId, len: u64) -> Result<Outcome, Refusal> {
+        let Some(rx) = self.incoming.as_mut().filter(|r| r.info.pack == pack) else {
+            return Err(Refusal::new(
+                ErrorKind::Protocol,
+                "the end of a pack not accepted on this connection",
+            ));
+        };
+        let at = rx.info.received + rx.unsynced;
+        if rx.info.len.is_some_and(|l| l != len) || at > len || len > self.svc.max_pack_len() {
+            return Err(Refusal::new(
+                ErrorKind::Protocol,
+                format!("a pack of {len} bytes, of which {at} were sent"),
+            ));
+        }
+        rx.info.len = Some(len);
+        if at == len {
+            return self.complete();
+        }
+        self.svc.db().put_incoming(&rx.info)?;
         Ok(Outcome::default())
     }
 
@@ -151,10 +185,14 @@ impl OnboardSession {
             drop(rx.file);
             self.svc.release(&rx.info.pack, rx.claim);
             self.svc.discard(&rx.info.pack);
+            let size = rx
+                .info
+                .len
+                .map(|l| format!("a {} pack", crate::units::fmt_bytes(l)))
+                .unwrap_or_else(|| "this pack".into());
             Refusal::storage(format!(
-                "no space left on this node's state disk for a {} pack; the partial upload was \
-                 dropped",
-                crate::units::fmt_bytes(rx.info.len)
+                "no space left on this node's state disk for {size}; the partial upload was \
+                 dropped"
             ))
         } else {
             Refusal::internal(e)
@@ -193,6 +231,11 @@ impl OnboardSession {
     }
 }
 
+/// The length of the pack being received, when known.
+fn info_len(incoming: &Option<Receiving>) -> Option<u64> {
+    incoming.as_ref().and_then(|r| r.info.len)
+}
+
 /// Whether an offered pack can apply to the pod's volume as it is now.
 enum Fit {
     Fits,
@@ -201,6 +244,11 @@ enum Fit {
 }
 
 impl OnboardService {
+    /// The longest pack this node takes: all the content it accepts and a whole header.
+    fn max_pack_len(&self) -> u64 {
+        self.limits.max_total_bytes + self.limits.max_header_bytes
+    }
+
     /// Before a byte is sent (or resent): is the offered pack still applicable? Already
     /// applied (the ground missed our answer): that answer, at once. Built on a volume state
     /// that is gone: refused, and what was `staged` of it dropped. Either way the connection's
@@ -226,7 +274,7 @@ impl OnboardService {
             Fit::Applied(root) => Ok(Some(Outcome::replies(vec![
                 Message::PackAccept {
                     pack,
-                    offset: offered.len,
+                    offset: offered.len.unwrap_or(offered.received),
                 },
                 Message::PackApplied { pack, root },
             ]))),
@@ -295,7 +343,7 @@ impl OnboardService {
         // came out of an authenticated record), so keep them; after a reboot they may be torn.
         let unsynced = if !self.boot.is_empty() && info.boot == self.boot && on_disk > info.received
         {
-            on_disk.min(info.len) - info.received
+            on_disk.min(info.len.unwrap_or(u64::MAX)) - info.received
         } else {
             0
         };
@@ -361,7 +409,7 @@ mod tests {
             .put_incoming(&IncomingPack {
                 pack,
                 pod,
-                len,
+                len: Some(len),
                 received: 200,
                 base_root: Manifest::default().root(),
                 target_root: ManifestId([1; 32]),
@@ -378,7 +426,7 @@ mod tests {
         let out = s.handle(Message::PackOffer {
             pod: PodName::new("p".to_string()).unwrap(),
             pack,
-            len,
+            len: Some(len),
             base_root: Manifest::default().root(),
             target_root: ManifestId([1; 32]),
             scope: None,
@@ -415,6 +463,62 @@ mod tests {
             offer(&svc, pack, len),
             Message::PackAccept { pack, offset: 120 }
         );
+    }
+
+    /// A pack offered while it is encoded has no length until its end is told; bytes come
+    /// meanwhile, and the end completes it (or waits for the bytes still missing). An end that
+    /// contradicts what came, or comes for another pack, is refused.
+    #[test]
+    fn a_pack_offered_while_encoded_completes_at_its_end() {
+        let (_t, svc) = super::super::service_for_test();
+        let svc = Arc::new(svc);
+        let pack = PackId([9; 32]);
+        let mut s = svc.session();
+        let out = s.handle(Message::PackOffer {
+            pod: PodName::new("p".to_string()).unwrap(),
+            pack,
+            len: None,
+            base_root: Manifest::default().root(),
+            target_root: ManifestId([1; 32]),
+            scope: None,
+        });
+        assert_eq!(out.replies, vec![Message::PackAccept { pack, offset: 0 }]);
+        assert_eq!(svc.db().incoming(&pack).unwrap().unwrap().len, None);
+        let data = |offset: u64, n: usize| Message::PackData {
+            offset,
+            bytes: vec![1; n],
+        };
+        assert!(s.handle(data(0, 3000)).replies.is_empty());
+        // Another pack's end, and an end before bytes already sent: refused.
+        let other = s.handle(Message::PackEnd {
+            pack: PackId([8; 32]),
+            len: 5000,
+        });
+        assert!(matches!(
+            &other.replies[..],
+            [Message::Error {
+                kind: ErrorKind::Protocol,
+                ..
+            }]
+        ));
+        let short = s.handle(Message::PackEnd { pack, len: 2000 });
+        assert!(matches!(
+            &short.replies[..],
+            [Message::Error {
+                kind: ErrorKind::Protocol,
+                ..
+            }]
+        ));
+        // The length, known before the last bytes: recorded, and they complete the pack.
+        assert!(
+            s.handle(Message::PackEnd { pack, len: 5000 })
+                .replies
+                .is_empty()
+        );
+        assert_eq!(svc.db().incoming(&pack).unwrap().unwrap().len, Some(5000));
+        let done = s.handle(data(3000, 2000));
+        assert_eq!(done.replies, vec![Message::PackAck { offset: 5000 }]);
+        assert!(done.more, "the apply follows");
     }
 
     #[test]

@@ -89,6 +89,7 @@ impl OnboardSession {
                 scope,
             }),
             Message::PackData { offset, bytes } => self.data(offset, &bytes),
+            Message::PackEnd { pack, len } => self.end(pack, len),
             Message::KeepAlive => Ok(Outcome::default()),
             Message::PullRequest {
                 pod,
@@ -162,6 +163,7 @@ fn message_name(m: &Message) -> &'static str {
         Message::SignatureRequest { .. } => "SignatureRequest",
         Message::Signatures { .. } => "Signatures",
         Message::PackOffer { .. } => "PackOffer",
+        Message::PackEnd { .. } => "PackEnd",
         Message::PackAccept { .. } => "PackAccept",
         Message::PackData { .. } => "PackData",
         Message::PackAck { .. } => "PackAck",

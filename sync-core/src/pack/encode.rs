@@ -128,7 +128,12 @@ impl Plan {
         let (fixed, header) = self.header(base)?;
         out.write_all(&fixed.encode())?;
         out.write_all(&header)?;
+        // The header can go on the link now, while the first segment is compressed.
+        out.flush()?;
         stats.pack_bytes = (FIXED_LEN + header.len()) as u64;
+        // A pack larger than a segment starts with small segments that grow to the full size,
+        // so its first bytes are ready in moments even at the highest level.
+        let ramp = self.object_bytes() > effort.segment_bytes;
         let mut enc = Encoder {
             base,
             provider,
@@ -138,12 +143,15 @@ impl Plan {
             segment: Segment::default(),
             out,
             stats: &mut stats,
+            segments: 0,
+            ramp,
         };
         for (index, object, class) in enc.order(&self.objects)? {
             enc.object(index, object, class)?;
         }
         enc.flush()?;
         enc.out.write_all(&[0])?;
+        enc.out.flush()?;
         stats.pack_bytes += 1;
         Ok(stats)
     }
@@ -219,7 +227,14 @@ struct Encoder<'a> {
     segment: Segment,
     out: &'a mut dyn Write,
     stats: &'a mut PlanStats,
+    /// Segments written so far.
+    segments: u32,
+    /// Segments start at [`RAMP_START`] and double up to the effort's size.
+    ramp: bool,
 }
+
+/// The first segment of a large pack holds this much, the next twice that, and so on.
+const RAMP_START: u64 = 256 << 10;
 
 /// A target being read: hashed as it goes, so the object is checked once its last byte is in.
 struct Target<'r> {
@@ -319,6 +334,16 @@ impl<'a> Encoder<'a> {
         Ok(pays(delta.len() as u64, o.size))
     }
 
+    /// Content the segment being built aims for.
+    fn segment_bytes(&self) -> u64 {
+        let full = self.effort.segment_bytes;
+        if self.ramp {
+            full.min(RAMP_START << self.segments.min(32))
+        } else {
+            full
+        }
+    }
+
     fn open(&self, o: &PlannedObject) -> Result<Target<'a>, PackError> {
         Ok(Target {
             reader: self.provider.open_target(&o.path, &o.id, o.size)?,
@@ -358,6 +383,12 @@ impl<'a> Encoder<'a> {
             }
         }
         target.finish(&o.id)?;
+        // The object's last item says "the rest" (its length is in the header).
+        if let Some(last) = self.segment.items.last_mut()
+            && last.object == index
+        {
+            last.len = 0;
+        }
         self.provider.verified(&o.id)
     }
 
@@ -452,13 +483,12 @@ impl<'a> Encoder<'a> {
         while target.left > 0 {
             // Fill the segment being built before starting another.
             let room = self
-                .effort
-                .segment_bytes
+                .segment_bytes()
                 .saturating_sub(self.segment.content.len() as u64);
             let step = if room >= (64 << 10).min(target.left) && !self.segment.rsync {
                 room
             } else {
-                self.effort.segment_bytes
+                self.segment_bytes()
             };
             piece.clear();
             target.read_into(step.max(1), &mut piece)?;
@@ -481,7 +511,7 @@ impl<'a> Encoder<'a> {
         let mut piece = Vec::new();
         while target.left > 0 {
             piece.clear();
-            target.read_into(self.effort.segment_bytes, &mut piece)?;
+            target.read_into(self.segment_bytes(), &mut piece)?;
             let len = piece.len() as u64;
             let delta = rsync::diff(signature, &piece)?;
             if !pays(delta.len() as u64, len) {
@@ -510,7 +540,7 @@ impl<'a> Encoder<'a> {
     /// Pieces of a large object against stretches of its base: half a segment each, so that a
     /// piece and the stretches it matches fit in one prefix.
     fn piece_len(&self) -> u64 {
-        (self.effort.segment_bytes / 2)
+        (self.segment_bytes() / 2)
             .min(
                 self.limits
                     .max_prefix_bytes
@@ -536,7 +566,7 @@ impl<'a> Encoder<'a> {
         let s = &self.segment;
         let fits = s.is_empty()
             || (s.rsync == rsync_family
-                && s.content.len() as u64 + payload.len() as u64 <= self.effort.segment_bytes
+                && s.content.len() as u64 + payload.len() as u64 <= self.segment_bytes()
                 && s.prefix_len + parts_len <= self.limits.max_prefix_bytes);
         if !fits {
             self.flush()?;
@@ -657,6 +687,8 @@ impl<'a> Encoder<'a> {
         self.out.write_all(&len)?;
         self.out.write_all(&head)?;
         self.out.write_all(&frame)?;
+        self.out.flush()?;
+        self.segments += 1;
         self.stats.pack_bytes += (len.len() + head.len() + frame.len()) as u64;
         Ok(())
     }

@@ -297,6 +297,8 @@ impl PrefixPart {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     pub object: u32,
+    /// Bytes of the object this item gives; 0: all that is left of it (its last item). Most
+    /// files travel whole, in one item, and then their length is not said twice.
     pub len: u64,
     pub encoding: Encoding,
 }

@@ -408,8 +408,8 @@ pub fn decode_pack(
         read_exact(r, &mut raw)?;
         let head = SegmentHead::decode(&raw)?;
         drop(raw);
-        d.check(&head)?;
-        d.segment(r, &head)?;
+        let lens = d.check(&head)?;
+        d.segment(r, &head, &lens)?;
     }
     if d.out.open.is_some() || d.objects.iter().any(Option::is_none) {
         let carried = d.objects.iter().filter(|o| o.is_some()).count();
@@ -458,8 +458,9 @@ struct Decoder<'h, 'a, 's> {
 
 impl Decoder<'_, '_, '_> {
     /// Checks a segment head against the base, the limits and the objects carried so far,
-    /// before any of its bytes are read.
-    fn check(&self, head: &SegmentHead) -> Result<(), PackError> {
+    /// before any of its bytes are read. Returns each item's length (an item's 0 is the rest
+    /// of its object).
+    fn check(&self, head: &SegmentHead) -> Result<Vec<u64>, PackError> {
         check(
             "window log",
             head.window_log as u64,
@@ -493,6 +494,7 @@ impl Decoder<'_, '_, '_> {
             .map(|o| (o.index, o.size - o.written));
         let mut started = HashSet::new();
         let mut frame = 0u64;
+        let mut lens = Vec::with_capacity(head.items.len());
         for item in &head.items {
             let left = match open {
                 Some((index, left)) if index == item.object => left,
@@ -520,15 +522,17 @@ impl Decoder<'_, '_, '_> {
                     size
                 }
             };
-            if item.len == 0 || item.len > left {
+            let len = if item.len == 0 { left } else { item.len };
+            if len > left {
                 return Err(PackError::Structure(format!(
-                    "an item of {} bytes where object #{} has {left} left",
-                    item.len, item.object
+                    "an item of {len} bytes where object #{} has {left} left",
+                    item.object
                 )));
             }
-            self.check_encoding(item)?;
-            frame = frame.saturating_add(item.encoding.frame_bytes(item.len));
-            open = (item.len < left).then_some((item.object, left - item.len));
+            self.check_encoding(item, len)?;
+            frame = frame.saturating_add(item.encoding.frame_bytes(len));
+            open = (len < left).then_some((item.object, left - len));
+            lens.push(len);
         }
         if (frame == 0) != (head.frame_len == 0) {
             return Err(PackError::Structure(format!(
@@ -536,32 +540,37 @@ impl Decoder<'_, '_, '_> {
                 head.frame_len
             )));
         }
-        Ok(())
+        Ok(lens)
     }
 
-    fn check_encoding(&self, item: &Item) -> Result<(), PackError> {
+    /// Checks an item of `len` bytes against its base and the limits.
+    fn check_encoding(&self, item: &Item, len: u64) -> Result<(), PackError> {
         match item.encoding {
             Encoding::Literal | Encoding::Zeros => {}
             Encoding::Copy { base: b, from } => {
                 let size = base_file(self.base, b)?.size();
-                if from.checked_add(item.len).is_none_or(|end| end > size) {
+                if from.checked_add(len).is_none_or(|end| end > size) {
                     return Err(PackError::Structure(format!(
-                        "a copy of {from}+{} from a {size}-byte base",
-                        item.len
+                        "a copy of {from}+{len} from a {size}-byte base"
                     )));
                 }
             }
             Encoding::Rsync { base: b, delta_len } => {
                 base_file(self.base, b)?;
                 // A delta is never much larger than the literal it replaces.
-                check("rsync delta", delta_len, item.len + item.len / 4 + 4096)?;
+                check("rsync delta", delta_len, len + len / 4 + 4096)?;
             }
         }
         Ok(())
     }
 
-    /// Decodes one segment (its head checked) from `r`.
-    fn segment(&mut self, r: &mut dyn Read, head: &SegmentHead) -> Result<(), PackError> {
+    /// Decodes one segment (its head checked, its items `lens` bytes long) from `r`.
+    fn segment(
+        &mut self,
+        r: &mut dyn Read,
+        head: &SegmentHead,
+        lens: &[u64],
+    ) -> Result<(), PackError> {
         let mut prefix = Vec::new();
         for part in &head.prefix {
             let (from, len) = match *part {
@@ -582,8 +591,8 @@ impl Decoder<'_, '_, '_> {
                     head.window_log as u32,
                 )?))
             };
-            for item in &head.items {
-                self.item(item, &mut dec)?;
+            for (item, &len) in head.items.iter().zip(lens) {
+                self.item(item, len, &mut dec)?;
             }
             let mut probe = [0u8; 1];
             if dec.read(&mut probe)? != 0 {
@@ -601,8 +610,9 @@ impl Decoder<'_, '_, '_> {
         Ok(())
     }
 
-    /// Decodes one item into the open object (opening it first, closing it once whole).
-    fn item(&mut self, item: &Item, dec: &mut dyn Read) -> Result<(), PackError> {
+    /// Decodes one item, `len` bytes, into the open object (opening it first, closing it once
+    /// whole).
+    fn item(&mut self, item: &Item, len: u64, dec: &mut dyn Read) -> Result<(), PackError> {
         if self.out.open.is_none() {
             let size = self.header.objects[item.object as usize];
             self.out.sink.begin(item.object, size)?;
@@ -616,7 +626,7 @@ impl Decoder<'_, '_, '_> {
         match item.encoding {
             Encoding::Literal => {
                 let mut buf = vec![0u8; BUF];
-                let mut left = item.len;
+                let mut left = len;
                 while left > 0 {
                     let n = left.min(BUF as u64) as usize;
                     dec.read_exact(&mut buf[..n]).map_err(truncated)?;
@@ -624,12 +634,12 @@ impl Decoder<'_, '_, '_> {
                     left -= n as u64;
                 }
             }
-            Encoding::Zeros => self.out.zeros(item.len)?,
+            Encoding::Zeros => self.out.zeros(len)?,
             Encoding::Copy { base: b, from } => {
                 let mut buf = Vec::with_capacity(BUF);
                 let mut done = 0u64;
-                while done < item.len {
-                    let n = (item.len - done).min(BUF as u64);
+                while done < len {
+                    let n = (len - done).min(BUF as u64);
                     buf.clear();
                     self.bases.read(b, from + done, n, &mut buf)?;
                     self.out.put(&buf)?;
@@ -640,8 +650,7 @@ impl Decoder<'_, '_, '_> {
                 let base_len = self.base.entries()[b as usize].size();
                 let base = self.bases.get(b)?;
                 let mut delta = Read::take(&mut *dec, delta_len);
-                let applied =
-                    rsync::apply_stream(base, base_len, &mut delta, item.len, &mut self.out);
+                let applied = rsync::apply_stream(base, base_len, &mut delta, len, &mut self.out);
                 if let Err(e) = applied {
                     return Err(match e {
                         DeltaError::Output(io) => self.out.error(io),

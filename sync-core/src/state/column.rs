@@ -104,6 +104,15 @@ pub(super) fn blob32(v: Vec<u8>, what: &'static str) -> Result<[u8; 32], StateEr
     v.try_into().map_err(|_| StateError::Corrupt(what))
 }
 
+/// A pack's length in its column: -1 while it is not known yet (a pack still being encoded).
+pub(crate) fn pack_len_to(len: Option<u64>) -> i64 {
+    len.map_or(-1, |l| l as i64)
+}
+
+pub(crate) fn pack_len_from(v: i64) -> Option<u64> {
+    u64::try_from(v).ok()
+}
+
 #[cfg(test)]
 mod tests {
     //! Each typed column written and read back through a real state file, and the exact text
@@ -136,6 +145,7 @@ mod tests {
             summary,
             created_at: n.into(),
             finished_at: None,
+            hash: None,
         }
     }
 

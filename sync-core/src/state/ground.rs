@@ -44,10 +44,13 @@ pub struct OutgoingPack {
     pub summary: ChangeSummary,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// The BLAKE3 of the pack's bytes (rows of packs queued before packs were sent while
+    /// encoded have none: their id is that hash, with the node, pod and folder).
+    pub hash: Option<[u8; 32]>,
 }
 
 const OUTGOING_COLUMNS: &str = "pack, node, pod, len, acked, base_root, target_root, target, \
-     source, dest, state, priority, content_bytes, summary, created_at, finished_at";
+     source, dest, state, priority, content_bytes, summary, created_at, finished_at, hash";
 
 fn outgoing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutgoingPack, StateError>> {
     let pack: Vec<u8> = r.get(0)?;
@@ -67,9 +70,11 @@ fn outgoing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutgoingPack, 
         r.get::<_, String>(13)?,
         r.get::<_, i64>(14)?,
         r.get::<_, Option<i64>>(15)?,
+        r.get::<_, Option<Vec<u8>>>(16)?,
     );
     Ok((|| {
-        let (len, acked, source, dest, state, priority, content, summary, created, finished) = rest;
+        let (len, acked, source, dest, state, priority, content, summary, created, finished, hash) =
+            rest;
         Ok(OutgoingPack {
             pack: PackId(blob32(pack, "pack id")?),
             node: NodeId::from_hex(&node).ok_or(StateError::Corrupt("node id"))?,
@@ -88,6 +93,7 @@ fn outgoing_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<OutgoingPack, 
             summary: summary_from_column(&summary),
             created_at: created,
             finished_at: finished,
+            hash: hash.map(|h| blob32(h, "pack hash")).transpose()?,
         })
     })())
 }
@@ -161,7 +167,7 @@ impl Db {
         self.conn().execute(
             &format!(
                 "INSERT OR REPLACE INTO outgoing ({OUTGOING_COLUMNS})
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
             ),
             params![
                 &p.pack.0[..],
@@ -180,6 +186,7 @@ impl Db {
                 summary_column(&p.summary),
                 p.created_at,
                 p.finished_at,
+                p.hash.as_ref().map(|h| &h[..]),
             ],
         )?;
         Ok(())

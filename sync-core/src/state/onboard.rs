@@ -37,7 +37,8 @@ impl Shelf {
 pub struct IncomingPack {
     pub pack: PackId,
     pub pod: PodName,
-    pub len: u64,
+    /// `None` while the ground is still encoding it (it says the length at the end).
+    pub len: Option<u64>,
     pub received: u64,
     pub base_root: ManifestId,
     pub target_root: ManifestId,
@@ -206,7 +207,7 @@ impl Db {
         Ok(Some(IncomingPack {
             pack: *pack,
             pod: PodName::new(pod).map_err(|_| StateError::Corrupt("pod name"))?,
-            len: len as u64,
+            len: super::column::pack_len_from(len),
             received: received as u64,
             base_root: ManifestId(blob32(base, "manifest root")?),
             target_root: ManifestId(blob32(target, "manifest root")?),
@@ -226,7 +227,7 @@ impl Db {
             params![
                 &p.pack.0[..],
                 p.pod.as_str(),
-                p.len as i64,
+                super::column::pack_len_to(p.len),
                 p.received as i64,
                 &p.base_root.0[..],
                 &p.target_root.0[..],

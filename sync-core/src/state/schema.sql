@@ -213,3 +213,9 @@ CREATE TABLE pulled_copy (
 ALTER TABLE pull_journal ADD COLUMN pulled_node TEXT;
 ALTER TABLE pull_journal ADD COLUMN pulled_pod TEXT;
 ALTER TABLE pull_journal ADD COLUMN pulled BLOB;
+
+-- migration 7
+-- Ground: a pack is sent while it is encoded, so its id is no longer the hash of its bytes; the
+-- hash is kept here to check the queued file before it is sent again (NULL for older rows,
+-- whose id still says it).
+ALTER TABLE outgoing ADD COLUMN hash BLOB;

@@ -7,8 +7,10 @@ use crate::manifest::Skipped;
 use crate::pack::Limits;
 use crate::path::{PodName, VolumePath};
 
-/// Version 4 added [`Message::Skipped`]; every message of version 3 encodes as it did.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// Version 5 sends a pack while it is encoded: [`Message::PackOffer`]'s length is optional and
+/// [`Message::PackEnd`] gives it once known; every other message of version 4 encodes as it
+/// did. Version 4 added [`Message::Skipped`].
+pub const PROTOCOL_VERSION: u16 = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -40,14 +42,15 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         blob: Vec<u8>,
     },
-    /// Ground → onboard: a pack of `len` bytes for `pod` is coming. `scope`: the folder the
+    /// Ground → onboard: a pack of `len` bytes for `pod` is coming (`None`: it is still being
+    /// encoded, and [`Message::PackEnd`] follows its last byte). `scope`: the folder the
     /// push replaces (`--dest`); the pack changes nothing outside it but that folder's
     /// ancestors, so it still applies if the pod changed only files elsewhere since
     /// `base_root`. `None`: the whole volume, which must still be at `base_root`.
     PackOffer {
         pod: PodName,
         pack: PackId,
-        len: u64,
+        len: Option<u64>,
         base_root: ManifestId,
         target_root: ManifestId,
         scope: Option<VolumePath>,
@@ -112,6 +115,9 @@ pub enum Message {
     ///
     /// [`MAX_SKIPPED_NAMED`]: crate::manifest::MAX_SKIPPED_NAMED
     Skipped { entries: Vec<Skipped>, more: u64 },
+    /// Ground → onboard: the pack accepted on this connection, offered while it was being
+    /// encoded, is whole at `len` bytes.
+    PackEnd { pack: PackId, len: u64 },
 }
 
 /// How a pod's manifest travels: not at all when the ground's copy is current, as the changes
