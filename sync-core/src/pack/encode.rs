@@ -431,19 +431,27 @@ impl<'a> Encoder<'a> {
             };
             return self.add(item, &piece, parts, false);
         }
-        // Too large for one segment: each piece against the stretches of the base it matches.
-        let index_of_base = BaseIndex::build(base, base_len)?;
+        // Too large for one segment: each piece against the whole base when it is small, else
+        // against the stretches of the base the piece matches.
+        let small_base = base_len <= self.limits.max_prefix_bytes / 2;
+        let index_of_base = match small_base {
+            true => None,
+            false => Some(BaseIndex::build(base, base_len)?),
+        };
         let piece_len = self.piece_len();
         let budget = self.limits.max_prefix_bytes;
         let mut piece = Vec::new();
         while target.left > 0 {
             piece.clear();
             target.read_into(piece_len, &mut piece)?;
-            let parts = index_of_base
-                .ranges_for(&piece, ANCHOR_MARGIN, budget)
-                .into_iter()
-                .map(|(from, len)| PrefixPart::Range { base: b, from, len })
-                .collect();
+            let parts = match &index_of_base {
+                None => vec![PrefixPart::Entry(b)],
+                Some(index) => index
+                    .ranges_for(&piece, ANCHOR_MARGIN, budget)
+                    .into_iter()
+                    .map(|(from, len)| PrefixPart::Range { base: b, from, len })
+                    .collect(),
+            };
             let item = Item {
                 object: index,
                 len: piece.len() as u64,

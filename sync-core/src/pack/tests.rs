@@ -727,3 +727,33 @@ fn an_older_pack_version_is_refused() {
         "pack format version 2 is not supported (this build reads version 3)"
     );
 }
+
+/// Regression (fuzz seeds): a file larger than a segment whose old version is small went in
+/// pieces with no prefix at all (its base was too small for any stretch to be found), so an
+/// edit cost the whole file. Each piece now compresses against the whole small base.
+#[test]
+fn a_large_file_with_a_small_base_compresses_each_piece_against_it() {
+    let old = text(400, 3);
+    let new: Vec<u8> = old.repeat(20);
+    let mut blobs = Blobs::default();
+    let base = manifest(&[("log.txt", &old)], &mut blobs);
+    let target = manifest(&[("log.txt", &new)], &mut blobs);
+    let effort = Effort {
+        segment_bytes: 64 << 10,
+        ..Effort::max()
+    };
+    let (pack, _) = build_with(&base, &target, &blobs, &blobs, &Limits::default(), &effort);
+    let parts = PackParts::of(&pack, &base);
+    assert!(parts.segments.len() > 1);
+    assert!(
+        parts
+            .segments
+            .iter()
+            .all(|(h, _)| h.prefix == vec![PrefixPart::Entry(0)]),
+        "{:?}",
+        parts.parts()
+    );
+    let (d, sink) = decode(&pack, &base, &blobs).unwrap();
+    assert_eq!(d.target.root(), target.root());
+    assert_eq!(sink.objects[&0], new);
+}
