@@ -55,6 +55,12 @@ struct ServeArgs {
     /// every 3 s; what was received before is kept and the next connection resumes after it).
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     idle_timeout: u64,
+    /// Memory the daemon decodes packs within, e.g. 128MiB, 48MiB: a quarter of it for a
+    /// segment's reference prefix, a quarter for zstd's window, a quarter for a pack's list of
+    /// changes; grounds encode for it (they learn it when they connect). Files of any size
+    /// still cross, in pieces; a smaller bound costs some compression on large changed files.
+    #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_size)]
+    memory: u64,
     /// Refuse any single file larger than this many bytes.
     #[arg(long, value_name = "BYTES")]
     max_object_bytes: Option<u64>,
@@ -129,7 +135,10 @@ fn run_serve(args: ServeArgs) -> Result<()> {
     opts.check()
         .context("checking --max-connections, --max-unauthenticated and --handshake-timeout")?;
     let key = read_key(&args.key)?;
-    let mut limits = Limits::default();
+    if args.memory < 16 << 20 {
+        anyhow::bail!("--memory {} is too small: at least 16MiB", args.memory);
+    }
+    let mut limits = Limits::for_memory(args.memory);
     if let Some(v) = args.max_object_bytes {
         limits.max_object_bytes = v;
     }

@@ -86,12 +86,15 @@ impl Chunker {
     }
 }
 
-/// Where each chunk of a base starts, by the chunk's hash (the first occurrence of a repeated
-/// chunk).
+/// Where each chunk of a base starts, by the chunk's hash; [`REPEATED`] for a chunk the base
+/// holds more than once (runs of zeros, say), which says nothing about where a piece lies.
 pub struct BaseIndex {
     chunks: HashMap<u64, u64>,
     len: u64,
 }
+
+/// The place of a chunk found more than once in the base.
+const REPEATED: u64 = u64::MAX;
 
 impl BaseIndex {
     /// Indexes the first `len` bytes of `base`, read through a fixed buffer.
@@ -101,7 +104,10 @@ impl BaseIndex {
         let mut buf = vec![0u8; READ_BUF.min(len as usize).max(1)];
         let (mut at, mut start) = (0u64, 0u64);
         let mut record = |n: usize, hash: u64| {
-            chunks.entry(hash).or_insert(start);
+            chunks
+                .entry(hash)
+                .and_modify(|at| *at = REPEATED)
+                .or_insert(start);
             start += n as u64;
         };
         while at < len {
@@ -114,35 +120,67 @@ impl BaseIndex {
         Ok(BaseIndex { chunks, len })
     }
 
-    /// The stretches of the base that `piece` matches, each widened by `margin` on both sides,
-    /// joined where they touch, at most `budget` bytes in all (the ones covering the most
-    /// matched bytes first), in base order: `(from, len)`.
-    pub fn ranges_for(&self, piece: &[u8], margin: u64, budget: u64) -> Vec<(u64, u64)> {
-        let mut matched: Vec<(u64, u64)> = Vec::new();
+    /// The stretches of the base that `piece` (at offset `at` of the target) matches, in base
+    /// order as `(from, len)`, at most `budget` bytes in all. First the stretch the piece lies
+    /// on if it moved as a whole: the offset shift (base offset less target offset) most of its
+    /// matched bytes agree on, across the whole piece and `margin` on both sides (an edit in
+    /// place, or everything after an insertion, finds all of its old bytes there, repeated
+    /// ones included); then the other matched chunks, each widened by `margin`, the ones
+    /// covering the most matched bytes first. Chunks the base holds more than once say nothing
+    /// about where the piece lies, and are left to zstd to find in those stretches. A piece
+    /// with no chunk found once (all zeros, say) lies where the piece before it did: `shift`
+    /// is that piece's shift, and is set to this one's.
+    pub fn ranges_for(
+        &self,
+        piece: &[u8],
+        at: u64,
+        margin: u64,
+        budget: u64,
+        shift: &mut i128,
+    ) -> Vec<(u64, u64)> {
+        // (offset in the piece, offset in the base, length) of each chunk found once.
+        let mut matched: Vec<(u64, u64, u64)> = Vec::new();
+        let mut offset = 0u64;
         let mut chunker = Chunker::default();
         let mut record = |n: usize, hash: u64| {
-            if let Some(&from) = self.chunks.get(&hash) {
-                matched.push((from, n as u64));
+            if let Some(&from) = self.chunks.get(&hash)
+                && from != REPEATED
+            {
+                matched.push((offset, from, n as u64));
             }
+            offset += n as u64;
         };
         chunker.feed(piece, &mut record);
         chunker.finish(&mut record);
-        // Widened and joined, with the matched bytes each stretch covers.
-        let mut widened: Vec<(u64, u64, u64)> = matched
+        let mut shifts: HashMap<i128, u64> = HashMap::new();
+        for &(t, b, n) in &matched {
+            *shifts.entry(b as i128 - (at + t) as i128).or_default() += n;
+        }
+        // Widened stretches with the matched bytes each covers; the moved piece's first.
+        let mut widened: Vec<(u64, u64, u64)> = Vec::new();
+        let (moved, bytes) = shifts
             .iter()
-            .map(|&(from, n)| {
-                let start = from.saturating_sub(margin);
-                let end = (from + n + margin).min(self.len);
-                (start, end, n)
-            })
-            .collect();
+            .max_by_key(|(s, b)| (**b, -**s))
+            .map_or((*shift, 0), |(&s, &b)| (s, b));
+        *shift = moved;
+        let start = (at as i128 + moved - margin as i128).clamp(0, self.len as i128) as u64;
+        let end = (at as i128 + moved + (piece.len() + margin as usize) as i128)
+            .clamp(0, self.len as i128) as u64;
+        if start < end {
+            widened.push((start, end, u64::MAX / 2 + bytes));
+        }
+        for &(_, from, n) in &matched {
+            let start = from.saturating_sub(margin);
+            let end = (from + n + margin).min(self.len);
+            widened.push((start, end, n));
+        }
         widened.sort_unstable();
         let mut joined: Vec<(u64, u64, u64)> = Vec::new();
         for (start, end, n) in widened {
             match joined.last_mut() {
                 Some(last) if start <= last.1 => {
                     last.1 = last.1.max(end);
-                    last.2 += n;
+                    last.2 = last.2.saturating_add(n);
                 }
                 _ => joined.push((start, end, n)),
             }
@@ -201,13 +239,17 @@ mod tests {
         target.extend_from_slice(&base);
         let index = BaseIndex::build(&base[..], base.len() as u64).unwrap();
         let piece = &target[5 << 20..6 << 20]; // base bytes 4 MiB..5 MiB
-        let ranges = index.ranges_for(piece, 64 * 1024, 8 << 20);
+        let ranges = index.ranges_for(piece, 5 << 20, 64 * 1024, 8 << 20, &mut 0);
         assert_eq!(ranges.len(), 1, "{ranges:?}");
         let (from, len) = ranges[0];
         assert!(from <= 4 << 20 && from + len >= 5 << 20, "{ranges:?}");
         assert!(len <= (1 << 20) + 2 * 64 * 1024 + 2 * MAX_CHUNK as u64);
         // Nothing matches new bytes.
-        assert!(index.ranges_for(&target[..1 << 20], 0, 8 << 20).len() <= 1);
+        // New bytes match nothing: the piece is taken to lie where the one before it did.
+        let mut shift = -(1 << 20);
+        let new = index.ranges_for(&target[..1 << 20], 0, 0, 8 << 20, &mut shift);
+        assert!(new.is_empty(), "{new:?}");
+        assert_eq!(shift, -(1 << 20));
     }
 
     #[test]
@@ -217,14 +259,32 @@ mod tests {
         // A piece made of two far-apart stretches of the base: 512 KiB and 64 KiB.
         let mut piece = base[100_000..100_000 + (512 << 10)].to_vec();
         piece.extend_from_slice(&base[3_000_000..3_000_000 + (64 << 10)]);
-        let all = index.ranges_for(&piece, 0, u64::MAX);
+        let all = index.ranges_for(&piece, 100_000, 0, u64::MAX, &mut 0);
         assert_eq!(all.len(), 2, "{all:?}");
-        let kept = index.ranges_for(&piece, 0, 600 << 10);
+        let kept = index.ranges_for(&piece, 100_000, 0, 600 << 10, &mut 0);
         let total: u64 = kept.iter().map(|r| r.1).sum();
         assert!(total <= 600 << 10);
         assert!(
             kept[0].0 < 1_000_000,
             "the larger stretch is kept first: {kept:?}"
         );
+    }
+
+    /// A disk image: mostly zeros (chunks the base holds many times, which locate nothing),
+    /// with a few random bytes per MiB. A piece edited in place still gets the stretch it lies
+    /// on, zeros and all, from the few chunks found once.
+    #[test]
+    fn repeated_chunks_locate_nothing_and_the_piece_keeps_its_place() {
+        let mut base = vec![0u8; 8 << 20];
+        for mib in 0..8 {
+            let at = mib << 20;
+            base[at..at + 8192].copy_from_slice(&random_bytes(8192, mib as u64));
+        }
+        let index = BaseIndex::build(&base[..], base.len() as u64).unwrap();
+        let mut piece = base[3 << 20..5 << 20].to_vec();
+        piece[500_000..504_096].copy_from_slice(&random_bytes(4096, 99));
+        let ranges = index.ranges_for(&piece, 3 << 20, 64 << 10, 4 << 20, &mut 0);
+        let covers = |from: u64, to: u64| ranges.iter().any(|&(s, n)| s <= from && s + n >= to);
+        assert!(covers(3 << 20, 5 << 20), "{ranges:?}");
     }
 }

@@ -438,16 +438,17 @@ impl<'a> Encoder<'a> {
             true => None,
             false => Some(BaseIndex::build(base, base_len)?),
         };
-        let piece_len = self.piece_len();
         let budget = self.limits.max_prefix_bytes;
         let mut piece = Vec::new();
+        let mut shift = 0i128;
         while target.left > 0 {
+            let at = o.size - target.left;
             piece.clear();
-            target.read_into(piece_len, &mut piece)?;
+            target.read_into(self.piece_len(), &mut piece)?;
             let parts = match &index_of_base {
                 None => vec![PrefixPart::Entry(b)],
                 Some(index) => index
-                    .ranges_for(&piece, ANCHOR_MARGIN, budget)
+                    .ranges_for(&piece, at, ANCHOR_MARGIN, budget, &mut shift)
                     .into_iter()
                     .map(|(from, len)| PrefixPart::Range { base: b, from, len })
                     .collect(),

@@ -571,7 +571,16 @@ impl Decoder<'_, '_, '_> {
         head: &SegmentHead,
         lens: &[u64],
     ) -> Result<(), PackError> {
-        let mut prefix = Vec::new();
+        // Sized once: a buffer grown by doubling would take up to twice the prefix.
+        let total: u64 = head
+            .prefix
+            .iter()
+            .map(|p| match *p {
+                PrefixPart::Entry(b) => self.base.entries()[b as usize].size(),
+                PrefixPart::Range { len, .. } => len,
+            })
+            .sum();
+        let mut prefix = Vec::with_capacity(total as usize);
         for part in &head.prefix {
             let (from, len) = match *part {
                 PrefixPart::Entry(b) => (0, self.base.entries()[b as usize].size()),

@@ -757,3 +757,35 @@ fn a_large_file_with_a_small_base_compresses_each_piece_against_it() {
     assert_eq!(d.target.root(), target.root());
     assert_eq!(sink.objects[&0], new);
 }
+
+/// Regression: a disk image (mostly zeros, a few random bytes at the start of each MiB) edited
+/// in place, larger than a segment: its pieces were cut at 128 KiB whatever the segment's size,
+/// and a piece that matched no chunk found once in the base (zeros only, or a random head whose
+/// base chunk began in the zeros before it) got no prefix, so those heads went again as new
+/// bytes: 1.6 times the edits. A piece now lies where the one before it did.
+#[test]
+fn a_large_image_edited_in_place_costs_its_edits() {
+    let mb = 1usize << 20;
+    let mut old = vec![0u8; 40 * mb];
+    for (i, chunk) in old.chunks_mut(mb).enumerate() {
+        chunk[..8192].copy_from_slice(&random_bytes(8192, 1 ^ (i as u64) << 8));
+    }
+    let mut new = old.clone();
+    let mut changed = 0;
+    for at in (300_000..new.len()).step_by(400 << 10) {
+        new[at..at + 4096].copy_from_slice(&random_bytes(4096, at as u64));
+        changed += 4096;
+    }
+    let mut blobs = Blobs::default();
+    let base = manifest(&[("disk.img", &old)], &mut blobs);
+    let target = manifest(&[("disk.img", &new)], &mut blobs);
+    let limits = Limits::for_memory(32 << 20);
+    let (pack, _) = build_with(&base, &target, &blobs, &blobs, &limits, &Effort::max());
+    assert!(
+        pack.len() < changed + changed / 20,
+        "a pack of {} bytes for {changed} bytes of edits",
+        pack.len()
+    );
+    let (d, _) = decode_with(&pack, &base, &blobs, &limits).unwrap();
+    assert_eq!(d.target.root(), target.root());
+}
