@@ -233,8 +233,10 @@ struct Encoder<'a> {
     ramp: bool,
 }
 
-/// The first segment of a large pack holds this much, the next twice that, and so on.
-const RAMP_START: u64 = 256 << 10;
+/// The first segment of a large pack holds this much, the next twice that, and so on (about a
+/// second of level 19 on one core). Segments of rsync deltas do not ramp: their content is the
+/// deltas, small and quick to make, and splitting them only loses compression.
+const RAMP_START: u64 = 1 << 20;
 
 /// A target being read: hashed as it goes, so the object is checked once its last byte is in.
 struct Target<'r> {
@@ -520,7 +522,7 @@ impl<'a> Encoder<'a> {
         let mut piece = Vec::new();
         while target.left > 0 {
             piece.clear();
-            target.read_into(self.segment_bytes(), &mut piece)?;
+            target.read_into(self.effort.segment_bytes, &mut piece)?;
             let len = piece.len() as u64;
             let delta = rsync::diff(signature, &piece)?;
             if !pays(delta.len() as u64, len) {
@@ -575,7 +577,12 @@ impl<'a> Encoder<'a> {
         let s = &self.segment;
         let fits = s.is_empty()
             || (s.rsync == rsync_family
-                && s.content.len() as u64 + payload.len() as u64 <= self.segment_bytes()
+                && s.content.len() as u64 + payload.len() as u64
+                    <= if rsync_family {
+                        self.effort.segment_bytes
+                    } else {
+                        self.segment_bytes()
+                    }
                 && s.prefix_len + parts_len <= self.limits.max_prefix_bytes);
         if !fits {
             self.flush()?;
