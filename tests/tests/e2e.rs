@@ -751,15 +751,26 @@ fn a_pack_is_on_the_link_before_its_encoding_ends() {
         ob.dir.path().join("state/staging"),
     );
     let mut overlap = None;
+    let t0 = std::time::Instant::now();
+    let (mut seen_encoding, mut seen_staged) = (None, None);
     while push.try_wait().unwrap().is_none() {
         let encoding = files_named(&packs, ".encoding-");
         let staged: u64 = files_named(&staging, "").iter().map(|f| f.1).sum();
+        if !encoding.is_empty() {
+            seen_encoding.get_or_insert(t0.elapsed());
+        }
+        if staged > 0 {
+            seen_staged.get_or_insert(t0.elapsed());
+        }
         if !encoding.is_empty() && staged > 0 {
             overlap = Some((encoding[0].1, staged));
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    // (Regression: after the first segment the sender waited for a keep-alive tick, 3 s,
+    // rather than for the encoder; the node then staged nothing until then.)
+    eprintln!("pack file seen at {seen_encoding:?}, staged bytes at {seen_staged:?}");
     let out = push.wait_with_output().unwrap();
     assert!(
         out.status.success(),

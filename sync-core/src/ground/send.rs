@@ -373,7 +373,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 None if s.stopped => self.last_ack(allow.deadline).await?,
                 // Everything encoded so far is on its way: wait for the encoder (or for
                 // acknowledgements meanwhile).
-                None if s.up.waiting_for_bytes() && limit > s.up.sent() => {
+                None if s.up.waiting_for_bytes() && limit >= s.up.total() => {
                     let enc = s.encoding.expect("only a growing pack waits for bytes");
                     match self.next_or(enc.advanced()).await? {
                         Event::Message(m) => Some(vec![m]),

@@ -101,6 +101,48 @@ impl Effort {
     }
 }
 
+/// zstd levels the engine uses and the input each compresses per second on one core, about (a
+/// low figure, as a small ARM core gives: the choice must keep the link busy there too).
+const LEVEL_SPEEDS: [(i32, f64); 8] = [
+    (19, 1.0e6),
+    (17, 2.0e6),
+    (15, 4.0e6),
+    (12, 12.0e6),
+    (9, 25.0e6),
+    (6, 40.0e6),
+    (3, 100.0e6),
+    (1, 200.0e6),
+];
+
+impl Effort {
+    /// The effort for a link of `rate` bytes per second and a sender with `cores` cores: the
+    /// highest level that still compresses four times faster than the link carries (packs
+    /// shrink to about half, and the rest is margin), so the link never waits for the CPU.
+    /// Without a rate, the most compression: the narrow uplink is the common case.
+    pub fn for_link(rate: Option<f64>, cores: usize) -> Effort {
+        let Some(rate) = rate.filter(|r| r.is_finite() && *r > 0.0) else {
+            return Effort::max();
+        };
+        let cores = cores.max(1);
+        let needed = 4.0 * rate;
+        let (level, _) = LEVEL_SPEEDS
+            .iter()
+            .copied()
+            .find(|&(level, speed)| {
+                // Long-distance matching wants one zstd worker (see zstd_ref); below, the
+                // frame's work is spread over the cores.
+                let workers = if level >= 16 { 1 } else { cores };
+                speed * workers as f64 >= needed
+            })
+            .unwrap_or(LEVEL_SPEEDS[LEVEL_SPEEDS.len() - 1]);
+        Effort {
+            level,
+            workers: if level >= 16 { 1 } else { cores.min(8) as u32 },
+            ..Effort::max()
+        }
+    }
+}
+
 impl Default for Effort {
     fn default() -> Self {
         Effort::max()
@@ -763,4 +805,25 @@ fn sort_key(path: &VolumePath) -> (String, String) {
     let name = path.name();
     let ext = name.rsplit_once('.').map(|(_, e)| e).unwrap_or("");
     (ext.to_string(), path.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_level_follows_the_link_and_the_cores() {
+        let level = |bits_per_s: f64, cores| Effort::for_link(Some(bits_per_s / 8.0), cores).level;
+        // The narrow uplink keeps the most compression; so does an unknown link.
+        assert_eq!(level(9_600.0, 1), 19);
+        assert_eq!(level(1e6, 2), 19);
+        assert_eq!(Effort::for_link(None, 8), Effort::max());
+        // Faster links trade compression for speed, more so with fewer cores.
+        assert_eq!(level(10e6, 2), 15);
+        assert_eq!(level(100e6, 2), 9);
+        assert_eq!(level(100e6, 8), 12);
+        assert_eq!(level(10e9, 2), 1);
+        assert_eq!(Effort::for_link(Some(12.5e6), 2).workers, 2);
+        assert_eq!(Effort::for_link(Some(1_200.0), 2).workers, 1);
+    }
 }
