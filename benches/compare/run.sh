@@ -10,6 +10,7 @@
 #   SYNC_BUILD=0    never run cargo; use target/release binaries if present
 #   SYNC_BUILD=force  always run cargo build first (picks up new code)
 #   PUSH_TIMEOUT=900  seconds allowed per sync-ground push
+#   SYNC_RATE="--rate 9600bit"  the link rate sync-ground is told (it sets the effort)
 #   SYNC_BIN_DIR=DIR  take sync-onboard/sync-ground from DIR instead of
 #                   target/release (never builds; e.g. to test this script)
 #
@@ -50,6 +51,9 @@ CORPUS=${CORPUS:-$HERE/.corpus}
 WORK=$HERE/.work
 SYNC_BUILD=${SYNC_BUILD:-auto}
 PUSH_TIMEOUT=${PUSH_TIMEOUT:-900} # seconds per sync-ground push
+# The uplink these figures are for: the engine picks its effort from the link's rate, and on
+# loopback it would measure a fast link after the first push.
+read -r -a SYNC_RATE <<<"${SYNC_RATE:---rate 9600bit}"
 CASES=(binary tree)
 
 log() { echo "run: $*" >&2; }
@@ -185,12 +189,12 @@ sync_case() { # NAME V1DIR V2DIR DIR -> R=bytes | ERR | MISMATCH
   # `timeout` so a hung push fails the run instead of blocking it forever.
   cp -a "$v1" "$d/src"
   if ! timeout "$PUSH_TIMEOUT" "$GROUND" push "$d/src" --pod "$name" --to "127.0.0.1:$port" --key "$d/key" \
-      --state "$d/gstate" --json >"$d/push1.json" 2>"$d/push1.err"; then
+      --state "$d/gstate" --json "${SYNC_RATE[@]}" >"$d/push1.json" 2>"$d/push1.err"; then
     fail "sync-ground push v1 ($name), see $d/push1.err"; cleanup; return
   fi
   rm -rf "$d/src" && cp -a "$v2" "$d/src"
   if ! timeout "$PUSH_TIMEOUT" "$GROUND" push "$d/src" --pod "$name" --to "127.0.0.1:$port" --key "$d/key" \
-      --state "$d/gstate" --json >"$d/push2.json" 2>"$d/push2.err"; then
+      --state "$d/gstate" --json "${SYNC_RATE[@]}" >"$d/push2.json" 2>"$d/push2.err"; then
     fail "sync-ground push v2 ($name), see $d/push2.err"; cleanup; return
   fi
   cleanup

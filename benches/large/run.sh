@@ -13,7 +13,8 @@
 #   ZSTD_LEVEL=19      level of the zstd --patch-from column (--long=31, -T0)
 #   SYNC_BUILD, SYNC_BIN_DIR   as in benches/compare (lib/common.sh)
 #   TIMEOUT=3600       seconds allowed per transfer
-#   EXTRA="--rate 9600bit"   more flags for sync-ground push and pull
+#   EXTRA="--rate 9600bit"   flags for sync-ground push and pull (the rate sets the engine's
+#                      effort: the default is the narrow uplink's, level 19)
 #
 # Versions (benches/src/bin/large-file.rs, seeded: the same bytes on every run):
 #   new        4 in 10 of its 1 MiB blocks random bytes, the rest sensor log lines
@@ -44,7 +45,7 @@ read -r -a DIRECTIONS <<<"${DIRECTIONS:-push pull}"
 TOOLS=" ${TOOLS:-sync rsync zstd} "
 ZSTD_LEVEL=${ZSTD_LEVEL:-19}
 TIMEOUT=${TIMEOUT:-3600}
-read -r -a EXTRA <<<"${EXTRA:-}"
+read -r -a EXTRA <<<"${EXTRA---rate 9600bit}"
 SYNC_BUILD=${SYNC_BUILD:-auto}
 VERSIONS=(new scattered insert)
 COMPARE=$REPO/benches/compare
