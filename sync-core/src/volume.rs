@@ -344,13 +344,6 @@ pub fn open_nofollow(volume: &Dir, path: &VolumePath) -> std::io::Result<cap_std
     volume.open_with(path.as_str(), &opts)
 }
 
-/// Reads a whole file of a volume (the caller verifies its id).
-pub fn read_file(volume: &Dir, path: &VolumePath) -> std::io::Result<Vec<u8>> {
-    let mut v = Vec::new();
-    open_nofollow(volume, path)?.read_to_end(&mut v)?;
-    Ok(v)
-}
-
 /// The content id of a file of a volume, read through a fixed buffer (the pod may have put a
 /// file of any size there).
 pub fn content_id(volume: &Dir, path: &VolumePath) -> std::io::Result<ContentId> {
@@ -364,23 +357,6 @@ pub fn content_id(volume: &Dir, path: &VolumePath) -> std::io::Result<ContentId>
         }
         hasher.update(&buf[..n]);
     }
-}
-
-/// Reads a file of a volume that a manifest says is `len` bytes long, never more than that: a
-/// pod may grow (or punch a hole of any size into) a file between the scan and this read, and
-/// memory is committed to the size the node planned for, not to what the pod declares now. A
-/// file of another length is an error (the caller takes it as changed).
-pub fn read_file_sized(volume: &Dir, path: &VolumePath, len: u64) -> std::io::Result<Vec<u8>> {
-    let file = open_nofollow(volume, path)?;
-    let mut v = Vec::with_capacity(usize::try_from(len).unwrap_or(usize::MAX).min(1 << 20));
-    file.take(len.saturating_add(1)).read_to_end(&mut v)?;
-    if v.len() as u64 != len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{path}: {} bytes where {len} were expected", v.len()),
-        ));
-    }
-    Ok(v)
 }
 
 /// Parent folder handle of `path` inside the volume, and the final name.

@@ -33,22 +33,12 @@ pub fn compress(
     content_len: u64,
     out: &mut dyn Write,
 ) -> Result<u32, DeltaError> {
-    compress_capped(prefix, content, content_len, MAX_WINDOW_LOG, out)
+    compress_with(prefix, content, content_len, MAX_WINDOW_LOG, LEVEL, 1, out)
 }
 
-/// [`compress`] with the window held to at most `max_window_log` (the receiver's limit); content
-/// beyond the window's reach is still compressed, just without the far matches.
-pub fn compress_capped(
-    prefix: &[u8],
-    content: &mut dyn Read,
-    content_len: u64,
-    max_window_log: u32,
-    out: &mut dyn Write,
-) -> Result<u32, DeltaError> {
-    compress_with(prefix, content, content_len, max_window_log, LEVEL, 1, out)
-}
-
-/// [`compress_capped`] at `level` with `workers` zstd worker threads (0: this thread only).
+/// [`compress`] with the window held to at most `max_window_log` (the receiver's limit; content
+/// beyond the window's reach is still compressed, just without the far matches), at `level`
+/// with `workers` zstd worker threads (0: this thread only).
 /// Long-distance matching is on from level 16 up, where it finds the far matches a prefix
 /// offers; below, the window's own matches are what the level buys.
 pub fn compress_with(
