@@ -801,15 +801,15 @@ fn image_like(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// The daemon decodes within the memory it is given (`--memory`), whatever the size of a
-/// file: a 256 MiB file pushed new, then with 1% of it changed in scattered places (decoded
+/// file: a 128 MiB file pushed new, then with 1% of it changed in scattered places (decoded
 /// against stretches of its old version), under a 32 MiB bound. (Before, a segment held up to
-/// 128 MiB and the decoder's window with it: the daemon peaked at 300 MB for such a push.)
+/// 128 MiB and the decoder's window with it: the daemon peaked at 300 MB for a 300 MB push.)
 #[test]
 fn the_daemon_stays_within_its_memory_bound_for_a_large_file() {
     const BOUND: u64 = 32 << 20;
     let ob = Onboard::start_in(tempfile::tempdir().unwrap(), &["--memory", "32MiB"]);
     let src = local();
-    let mut big = image_like(256 * MB, 1);
+    let mut big = image_like(128 * MB, 1);
     write(src.path(), "disk.img", &big);
     ob.push(src.path(), "p", &[]);
     assert_same_tree(&ob.volume_path("p"), src.path());
