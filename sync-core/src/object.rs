@@ -110,7 +110,11 @@ impl ObjectStore {
         let dest = self.path(id);
         let parent = dest.parent().expect("two levels");
         fs::create_dir_all(parent)?;
-        let tmp = parent.join(format!(".tmp-{}-{}", std::process::id(), id.short()));
+        // Its own name: the encoder may read the same content twice at once (its main read and
+        // a look at whether it only grew), and one reader's temporary must not be another's.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = parent.join(format!(".tmp-{}-{seq}-{}", std::process::id(), id.short()));
         Ok(Some(PendingObject {
             file: fs::File::create(&tmp)?,
             tmp,
@@ -179,6 +183,25 @@ mod tests {
         assert_eq!(s.read(&a).unwrap().unwrap(), b"a");
         assert_eq!(s.retain(&[a].into_iter().collect()).unwrap(), 1);
         assert!(s.contains(&a) && !s.contains(&b));
+    }
+
+    /// Regression: two pending writes of one object shared a temporary name, so the second
+    /// (the encoder's look at whether a file only grew, dropped half read) truncated and then
+    /// removed the first one's file, and the object never reached the store: the next push of
+    /// that file had no base and went by rsync.
+    #[test]
+    fn two_pending_writes_of_one_object_do_not_share_a_file() {
+        let t = tempfile::tempdir().unwrap();
+        let s = ObjectStore::open(t.path()).unwrap();
+        let body = b"the whole object".to_vec();
+        let id = ContentId::of(&body);
+        let mut whole = s.pending(&id).unwrap().unwrap();
+        let mut half = s.pending(&id).unwrap().unwrap();
+        half.file.write_all(&body[..4]).unwrap();
+        whole.file.write_all(&body).unwrap();
+        half.discard();
+        whole.commit().unwrap();
+        assert_eq!(s.read(&id).unwrap().unwrap(), body);
     }
 
     #[test]

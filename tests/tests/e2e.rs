@@ -834,3 +834,25 @@ fn the_daemon_stays_within_its_memory_bound_for_a_large_file() {
         BOUND >> 20
     );
 }
+
+/// Regression: the ground's content store lost a file the encoder also read to see whether it
+/// only grew (both reads wrote the same temporary), so the next push of that file had no base
+/// the ground held and went by rsync against the node's signature.
+#[test]
+fn a_pushed_file_is_the_base_of_its_next_version() {
+    let ob = Onboard::start();
+    let src = local();
+    // Over 1 MiB, edited near the start: the look at whether it only grew stops early.
+    let mut data = random_bytes(3 * MB, 3);
+    for round in 0..3u64 {
+        data[100_000..100_100].copy_from_slice(&random_bytes(100, round));
+        write(src.path(), "state.bin", &data);
+        let v = ob.push(src.path(), "p", &[]);
+        eprintln!("round {round}: {}", field(&v, "plan"));
+        if round == 2 {
+            assert_eq!(num(&v, "plan.prefixed"), 1, "{v}");
+            assert_eq!(num(&v, "plan.rsynced"), 0, "{v}");
+        }
+    }
+    assert_same_tree(&ob.volume_path("p"), src.path());
+}
