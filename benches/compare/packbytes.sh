@@ -18,7 +18,9 @@ port=$((20000 + RANDOM % 20000))
 "$bin/sync-onboard" serve --volumes vol --state state --listen "127.0.0.1:$port" --key key 2> daemon.log &
 daemon=$!
 sleep 1
-push() { "$bin/sync-ground" push "$1" --to "127.0.0.1:$port" --key key --pod p --state ground --json; }
+# --rate: the effort follows the link's rate, and the comparison is for the narrow uplink (on
+# loopback the second push would measure a fast link).
+push() { "$bin/sync-ground" push "$1" --to "127.0.0.1:$port" --key key --pod p --state ground --json --rate 9600bit; }
 push "$corpus/v1" > /dev/null
 push "$corpus/v2" | python3 -c '
 import json, sys
