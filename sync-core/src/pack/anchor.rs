@@ -5,7 +5,7 @@
 //! where in the base the piece's content lies, even after an insertion shifted everything, and
 //! those stretches (with a margin around them) become the zstd prefix of the piece's segment.
 //!
-//! The index is small (16 bytes and a hash-map slot per chunk of about 8 KiB: about 6 MiB for a
+//! The index is small (16 bytes and a hash-map slot per chunk of about 8 KiB: by that count about 6 MiB for a
 //! 2 GiB base), and the base is read through a fixed buffer.
 
 use std::collections::HashMap;

@@ -397,6 +397,7 @@ pub fn decode_pack(
             failed: None,
         },
         objects: vec![None; header.objects.len()],
+        buf: vec![0u8; BUF],
     };
     loop {
         let len = read_varint(r)?.ok_or(PackError::Truncated)?;
@@ -454,6 +455,9 @@ struct Decoder<'h, 'a, 's> {
     out: Output<'s>,
     /// Id and size of each object carried whole so far.
     objects: Vec<Option<(ContentId, u64)>>,
+    /// What literal and copied bytes pass through: one buffer for the whole pack, not one per
+    /// item (a tree of small files is thousands of items).
+    buf: Vec<u8>,
 }
 
 impl Decoder<'_, '_, '_> {
@@ -634,25 +638,26 @@ impl Decoder<'_, '_, '_> {
         }
         match item.encoding {
             Encoding::Literal => {
-                let mut buf = vec![0u8; BUF];
                 let mut left = len;
                 while left > 0 {
                     let n = left.min(BUF as u64) as usize;
-                    dec.read_exact(&mut buf[..n]).map_err(truncated)?;
-                    self.out.put(&buf[..n])?;
+                    dec.read_exact(&mut self.buf[..n]).map_err(truncated)?;
+                    self.out.put(&self.buf[..n])?;
                     left -= n as u64;
                 }
             }
             Encoding::Zeros => self.out.zeros(len)?,
             Encoding::Copy { base: b, from } => {
-                let mut buf = Vec::with_capacity(BUF);
+                let entry = &self.base.entries()[b as usize];
                 let mut done = 0u64;
                 while done < len {
-                    let n = (len - done).min(BUF as u64);
-                    buf.clear();
-                    self.bases.read(b, from + done, n, &mut buf)?;
-                    self.out.put(&buf)?;
-                    done += n;
+                    let n = (len - done).min(BUF as u64) as usize;
+                    self.bases
+                        .get(b)?
+                        .read_exact_at(&mut self.buf[..n], from + done)
+                        .map_err(|_| Bases::changed(entry))?;
+                    self.out.put(&self.buf[..n])?;
+                    done += n as u64;
                 }
             }
             Encoding::Rsync { base: b, delta_len } => {
