@@ -98,6 +98,31 @@ impl PackId {
         Self(*h.finalize().as_bytes())
     }
 
+    /// The id of a pull pack the node is about to encode (its bytes do not exist yet): the pod
+    /// and the states it goes from and to, and the moment, so that a pack encoded again is a
+    /// new one.
+    pub fn for_pull(
+        pod: &crate::path::PodName,
+        base_root: &ManifestId,
+        target_root: &ManifestId,
+    ) -> Self {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let mut h = blake3::Hasher::new_derive_key("orbit-sync 2026-11 pull pack id");
+        h.update(&(pod.as_str().len() as u64).to_le_bytes());
+        h.update(pod.as_str().as_bytes());
+        h.update(&base_root.0);
+        h.update(&target_root.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        h.update(&now.as_nanos().to_le_bytes());
+        h.update(
+            &SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                .to_le_bytes(),
+        );
+        Self(*h.finalize().as_bytes())
+    }
+
     /// The id of a push: the pack's bytes (their BLAKE3, `pack`) and the node, pod and folder
     /// (`dest`, or the whole volume) it goes to. Identical folders pushed to two pods are two
     /// pushes, never one.

@@ -84,6 +84,15 @@ impl Window {
         self.whole |= whole;
     }
 
+    /// The pack being received while it was encoded turned out to be `len` bytes long: what
+    /// was asked past it is forgotten.
+    pub fn end_at(&mut self, len: u64) {
+        self.total = len;
+        self.whole = true;
+        self.next = self.next.min(len);
+        self.acked = self.acked.min(len);
+    }
+
     /// The bytes there are to send (see [`Window::growing`]).
     pub fn total(&self) -> u64 {
         self.total

@@ -1,7 +1,7 @@
 //! Golden fixtures for every byte format: a manifest (and its root id), a pack, and a message
-//! stream, committed under `tests/golden/` (with the streams of protocols 3 and 4,
-//! `messages-v3.bin` and `messages-v4.bin`, which today's encoder still produces for the
-//! messages they had, but the one protocol 5 changed). Each format is checked both ways: encoding today's
+//! stream, committed under `tests/golden/` (with the streams of protocols 3, 4 and 5,
+//! `messages-v3.bin`, `messages-v4.bin` and `messages-v5.bin`, which today's encoder still
+//! produces for the messages they had, but the offers protocols 5 and 6 changed). Each format is checked both ways: encoding today's
 //! fixed inputs gives exactly the committed bytes, and decoding the committed bytes gives the
 //! expected values. A change to a byte layout without a version bump therefore fails here.
 //!
@@ -554,7 +554,7 @@ fn fixed_messages() -> Vec<Message> {
         },
         Message::PullOffer {
             pack: PackId([0x88; 32]),
-            len: 70_000,
+            len: Some(70_000),
             base_root: ManifestId([0x77; 32]),
             target_root: ManifestId([0x99; 32]),
             more: true,
@@ -604,6 +604,14 @@ fn fixed_messages() -> Vec<Message> {
             pack: PackId([0x45; 32]),
             len: 123_456_789,
         },
+        // Protocol 6: a pull pack offered while the node encodes it.
+        Message::PullOffer {
+            pack: PackId([0x89; 32]),
+            len: None,
+            base_root: ManifestId([0x77; 32]),
+            target_root: ManifestId([0x98; 32]),
+            more: false,
+        },
     ]
 }
 
@@ -611,6 +619,8 @@ fn fixed_messages() -> Vec<Message> {
 const PROTOCOL_3_MESSAGES: usize = 20;
 /// How many of [`fixed_messages`] protocol 4 had.
 const PROTOCOL_4_MESSAGES: usize = 21;
+/// How many of [`fixed_messages`] protocol 5 had.
+const PROTOCOL_5_MESSAGES: usize = 23;
 
 /// A committed message stream, message by message (each with its varint length).
 fn framed(mut stream: &[u8]) -> Vec<Vec<u8>> {
@@ -661,19 +671,26 @@ fn message_stream_is_unchanged() {
     assert_eq!(decoded, msgs);
 }
 
+/// Index of the first `PullOffer` in [`fixed_messages`]: protocol 6 made its length optional.
+fn pull_offer_index() -> usize {
+    fixed_messages()
+        .iter()
+        .position(|m| matches!(m, Message::PullOffer { .. }))
+        .unwrap()
+}
+
 /// Protocol 4 added a message and changed none; protocol 5 added `PackEnd` and made
-/// `PackOffer`'s length optional: every other message protocols 3 and 4 had encodes exactly as
-/// their fixtures (committed with them) have it.
+/// `PackOffer`'s length optional; protocol 6 made `PullOffer`'s length optional: every other
+/// message protocols 3, 4 and 5 had encodes exactly as their fixtures (committed with them)
+/// have it.
 #[test]
 fn older_protocols_messages_encode_as_before() {
+    let changed = [pack_offer_index(), pull_offer_index()];
+    encode_as_before("messages-v3.bin", PROTOCOL_3_MESSAGES, &changed);
+    encode_as_before("messages-v4.bin", PROTOCOL_4_MESSAGES, &changed);
     encode_as_before(
-        "messages-v3.bin",
-        PROTOCOL_3_MESSAGES,
-        &[pack_offer_index()],
-    );
-    encode_as_before(
-        "messages-v4.bin",
-        PROTOCOL_4_MESSAGES,
-        &[pack_offer_index()],
+        "messages-v5.bin",
+        PROTOCOL_5_MESSAGES,
+        &[pull_offer_index()],
     );
 }

@@ -49,8 +49,7 @@ pull never overwrites what you changed in the copy since the last pull: where th
 too, nothing is applied, every such file is named and the pull exits 7 (--force takes the pod's \
 versions). A file a pod \
 is still writing is never delivered torn: it comes with the next pull. What the pod made that \
-cannot be synced (a file larger than the node's --max-pull-pack, a name that is not UTF-8, a path \
-over the limit, a file the node cannot read) is left out and named in a warning (exit 8); the rest \
+cannot be synced (a name that is not UTF-8, a path over the limit, a file the node cannot read) is left out and named in a warning (exit 8); the rest \
 comes.\n\nPatterns (--path, repeatable): \
 a name matches at any depth ('*.csv'), a path matches from the volume's root ('logs/**'); '*' \
 stays within a folder, '**' crosses folders.\n\nExample:\n  sync-ground pull --pod p1 --into ./results --path 'logs/**' --path '*.csv' --to 10.0.0.2:7700 --key link.key"

@@ -21,14 +21,14 @@ pub const EXIT_HELP: &str = "Exit status:
      full): retry at the next pass
   5  authentication failed: the two sides do not hold the same key
   6  the pod's volume changed during the push, or the copy (--into) changed during the pull
-     where the pull changes it (nothing of that pull pack was applied): run it again
+     where the pull changes it (nothing of that pull pack was applied), or the pod kept
+     writing the files of the pull while the node encoded them: run it again
   7  the pull would overwrite files changed in the copy (--into) since the last pull, named
      on stderr: nothing was applied; move them aside, or pull again with --force
   8  done, but the pod's volume holds entries that cannot be synced, named on stderr (and
-     under skipped with --json): a file larger than the node may hold in memory for a pull,
-     a name that is not UTF-8, a path over the length limit, a file the node cannot read.
-     Everything else was pulled (or listed); asking again will not bring them until the pod
-     changes them (or the node's --max-pull-pack allows the size)
+     under skipped with --json): a name that is not UTF-8, a path over the length limit, a
+     file the node cannot read. Everything else was pulled (or listed); asking again will
+     not bring them until the pod changes them
  75  incomplete: the budget, the deadline or the link ran out; what was sent is kept onboard
      and the push resumes at the next `push` or `pass` (a pull, at the next `pull`); or
      another sync-ground is pulling into the same copy: try again when it is done";
@@ -112,6 +112,8 @@ fn ground_code(g: &GroundError) -> u8 {
         GroundError::OverLimit(_) => 3,
         // Like a volume that moved on under a push: nothing happened, run it again.
         GroundError::CopyChanged { .. } => 6,
+        // The pod kept writing the pull's files while the node encoded them.
+        GroundError::PullDropped(_) => 6,
         GroundError::CopyBusy { .. } => EX_TEMPFAIL,
         GroundError::LocalChanges { .. } => EXIT_LOCAL_CHANGES,
         _ => 1,

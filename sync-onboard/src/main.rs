@@ -67,11 +67,12 @@ struct ServeArgs {
     /// Refuse packs whose content totals more than this many bytes.
     #[arg(long, value_name = "BYTES")]
     max_total_bytes: Option<u64>,
-    /// Most content (sum of file sizes, with the bases they are encoded against) one pull pack
-    /// carries, e.g. 128MiB. The node holds it in memory while it encodes a pack; a larger
+    /// Most content (sum of file sizes) one pull pack carries, e.g. 1GiB. The node encodes a
+    /// pull pack in bounded memory, whatever its size, into its state folder, and offers it
+    /// while it encodes; this sets how much of the state disk one pack may take: a larger
     /// selection is pulled as several packs in a row, each applied on the ground before the
-    /// next is built, and a single larger file is left out of pulls and named to the ground.
-    #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_size)]
+    /// next is encoded, and a single larger file comes in a pack of its own.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
     max_pull_pack: u64,
     /// Drop a peer that has not shown the key this long after it connected, e.g. 10s, 500ms.
     /// A ground does it in about one round trip (its preamble and first handshake message,

@@ -1080,3 +1080,16 @@ mod throttle {
         while matches!(from.read(&mut buf), Ok(n) if n > 0) {}
     }
 }
+
+/// `len` bytes that look like a mostly empty disk image: every MiB starts with 8 KiB of random
+/// bytes (seeded by the MiB's index and `seed`), the rest zeros. Quick to write and to
+/// compress, and a pack of it still needs the decoder's full window.
+pub fn image_like(len: usize, seed: u64) -> Vec<u8> {
+    const MIB: usize = 1 << 20;
+    let mut out = vec![0u8; len];
+    for (i, chunk) in out.chunks_mut(MIB).enumerate() {
+        let n = chunk.len().min(8 << 10);
+        chunk[..n].copy_from_slice(&sync_core::testing::random_bytes(n, seed ^ (i as u64) << 8));
+    }
+    out
+}

@@ -788,18 +788,6 @@ fn a_pack_is_on_the_link_before_its_encoding_ends() {
     );
 }
 
-/// `len` bytes that look like a mostly empty disk image: every MiB starts with 8 KiB of random
-/// bytes (seeded by the MiB's index and `seed`), the rest zeros. Quick to write and to
-/// compress, and a pack of it still needs the decoder's full window.
-fn image_like(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    for (i, chunk) in out.chunks_mut(MB).enumerate() {
-        let n = chunk.len().min(8 << 10);
-        chunk[..n].copy_from_slice(&random_bytes(n, seed ^ (i as u64) << 8));
-    }
-    out
-}
-
 /// The daemon decodes within the memory it is given (`--memory`), whatever the size of a
 /// file: a 128 MiB file pushed new, then with 1% of it changed in scattered places (decoded
 /// against stretches of its old version), under a 32 MiB bound. (Before, a segment held up to

@@ -33,12 +33,30 @@ pub fn compress(
     content_len: u64,
     out: &mut dyn Write,
 ) -> Result<u32, DeltaError> {
-    compress_with(prefix, content, content_len, MAX_WINDOW_LOG, LEVEL, 1, out)
+    let tuning = Tuning {
+        level: LEVEL,
+        workers: 1,
+        table_log: None,
+    };
+    compress_with(prefix, content, content_len, MAX_WINDOW_LOG, tuning, out)
+}
+
+/// How zstd works on a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    pub level: i32,
+    /// zstd worker threads (0: the calling thread only).
+    pub workers: u32,
+    /// log2 of the entries of the match finder's hash table, its chain table twice that (4
+    /// bytes an entry); `None`: the level's own. Level 19's own take 80 MiB for an 8 MiB
+    /// frame, which a node whose pods share its memory cannot spare; a smaller table finds
+    /// fewer of the far matches.
+    pub table_log: Option<u32>,
 }
 
 /// [`compress`] with the window held to at most `max_window_log` (the receiver's limit; content
-/// beyond the window's reach is still compressed, just without the far matches), at `level`
-/// with `workers` zstd worker threads (0: this thread only).
+/// beyond the window's reach is still compressed, just without the far matches), tuned by
+/// `tuning`.
 /// Long-distance matching is on from level 16 up, where it finds the far matches a prefix
 /// offers; below, the window's own matches are what the level buys.
 pub fn compress_with(
@@ -46,10 +64,14 @@ pub fn compress_with(
     content: &mut dyn Read,
     content_len: u64,
     max_window_log: u32,
-    level: i32,
-    workers: u32,
+    tuning: Tuning,
     out: &mut dyn Write,
 ) -> Result<u32, DeltaError> {
+    let Tuning {
+        level,
+        workers,
+        table_log,
+    } = tuning;
     let window_log = window_log_for(prefix.len() as u64, content_len).min(max_window_log.max(10));
     let mut enc = zstd::stream::write::Encoder::with_ref_prefix(out, level, prefix)?;
     if workers > 0 {
@@ -57,6 +79,12 @@ pub fn compress_with(
     }
     enc.set_parameter(CParameter::EnableLongDistanceMatching(level >= 16))?;
     enc.set_parameter(CParameter::WindowLog(window_log))?;
+    if let Some(t) = table_log {
+        // Never above the window's: zstd would shrink them to it anyway.
+        let t = t.clamp(16, window_log);
+        enc.set_parameter(CParameter::HashLog(t))?;
+        enc.set_parameter(CParameter::ChainLog(t + 1))?;
+    }
     enc.set_parameter(CParameter::ChecksumFlag(false))?;
     enc.set_parameter(CParameter::ContentSizeFlag(true))?;
     enc.set_pledged_src_size(Some(content_len))?;

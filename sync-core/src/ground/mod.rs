@@ -115,6 +115,10 @@ pub enum GroundError {
         list_paths(paths)
     )]
     LocalChanges { into: String, paths: Vec<String> },
+    /// the node dropped the pull pack this ground was receiving (it failed to encode it, or
+    /// restarted): asked again, it offers a new one
+    #[error("the node dropped the pull pack: {0}")]
+    PullDropped(String),
     /// another process is pulling into the same copy
     #[error("{into}: another sync-ground is pulling into this copy; try again when it is done")]
     CopyBusy { into: String },

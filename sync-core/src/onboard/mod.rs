@@ -77,8 +77,17 @@ pub struct OnboardService {
     /// one then writes and records nothing more.
     receivers: Mutex<HashMap<PackId, u64>>,
     next_receiver: std::sync::atomic::AtomicU64,
-    /// Most content one pull pack carries; see [`OnboardService::set_pull_pack_cap`].
-    pull_pack_cap: u64,
+    /// What one pull pack may carry; see [`OnboardService::set_pull_pack_cap`].
+    pull_caps: pull::PullCaps,
+    /// How hard a pull pack is encoded ([`OnboardService::set_pull_effort`]).
+    pull_effort: crate::pack::Effort,
+    /// The prefix and window a pull pack's encoder holds at most.
+    pull_limits: Limits,
+    /// Pull packs being encoded.
+    live_pulls: pull::LivePulls,
+    /// Files each pod wrote while a pull pack carrying them was encoded, and when the last
+    /// was found.
+    pull_changing: Mutex<pull::Changing>,
     /// The volumes live on another disk than the staging area: a volume that is full (or
     /// failing) leaves a received pack whole and staged, so the retry sends nothing again.
     /// On one disk, a pack that could not be placed is dropped to give its space back.
@@ -110,6 +119,9 @@ impl OnboardService {
             fs::metadata(p).map(|m| m.dev()).map_err(io_at(p))
         };
         let volumes_apart = device(&v)? != device(&s.join("staging"))?;
+        // The memory bound (`--memory`): the decoder's prefix is a quarter of it.
+        let memory = 4 * limits.max_prefix_bytes;
+        let pull_limits = pull_encoder_limits(memory);
         let svc = Self {
             volumes,
             state_dir: s,
@@ -119,12 +131,21 @@ impl OnboardService {
             pod_locks: Mutex::new(HashMap::new()),
             receivers: Mutex::new(HashMap::new()),
             next_receiver: std::sync::atomic::AtomicU64::new(1),
-            pull_pack_cap: DEFAULT_PULL_PACK_CAP,
+            pull_caps: pull::PullCaps {
+                content: DEFAULT_PULL_PACK_CAP,
+                // Kept signatures: a quarter, as each of the decoder's buffers.
+                memory: memory / 4,
+            },
+            pull_effort: crate::pack::Effort::for_memory(memory),
+            pull_limits,
+            live_pulls: pull::LivePulls::default(),
+            pull_changing: Mutex::default(),
             volumes_apart,
             boot: boot_id(),
         };
         svc.roll_forward()?;
         svc.collect_stale_uploads();
+        svc.drop_unfinished_pull_packs();
         Ok(svc)
     }
 
@@ -215,6 +236,19 @@ impl OnboardService {
 }
 
 /// An answer, after the message naming what it leaves out when it leaves out anything.
+/// What a pull pack's encoder holds within a `memory` bound: an eighth for the prefix and one
+/// for zstd's window (it keeps its own copy of the prefix and the content it matches against),
+/// and never more than a ground decodes with.
+fn pull_encoder_limits(memory: u64) -> Limits {
+    let ground = Limits::default();
+    let eighth = (memory / 8).max(1 << 20);
+    Limits {
+        max_prefix_bytes: eighth.min(ground.max_prefix_bytes),
+        max_window_log: ((63 - eighth.leading_zeros()) as u8).clamp(20, ground.max_window_log),
+        ..ground
+    }
+}
+
 fn with_skipped(left_out: Vec<Skipped>, answer: Message) -> Vec<Message> {
     let mut replies = Vec::with_capacity(2);
     if !left_out.is_empty() {

@@ -88,6 +88,9 @@ pub struct Effort {
     /// Content of a segment the encoder aims for; a larger object travels in pieces of this
     /// size. Both ends hold about this much per segment.
     pub segment_bytes: u64,
+    /// Cap on zstd's match-finder tables ([`zstd_ref::Tuning::table_log`]); `None`: the
+    /// level's own.
+    pub table_log: Option<u32>,
 }
 
 impl Effort {
@@ -97,6 +100,20 @@ impl Effort {
             level: zstd_ref::LEVEL,
             workers: 1,
             segment_bytes: 32 << 20,
+            table_log: None,
+        }
+    }
+
+    /// The most compression within `memory` bytes for the encoder's own buffers (a node's,
+    /// whose pods share its memory): a segment of a sixteenth of it (1 to 8 MiB), and zstd's
+    /// match-finder tables of about a tenth (hash 2^(log2 memory - 7) entries, chain twice
+    /// that, 4 bytes each). The window and prefix are the caller's [`Limits`] to hold.
+    pub fn for_memory(memory: u64) -> Effort {
+        let log = 63 - memory.max(1 << 20).leading_zeros();
+        Effort {
+            segment_bytes: (memory / 16).clamp(1 << 20, 8 << 20),
+            table_log: Some(log.saturating_sub(7).max(16)),
+            ..Effort::max()
         }
     }
 }
@@ -758,8 +775,11 @@ impl<'a> Encoder<'a> {
             &mut &content[..],
             content.len() as u64,
             self.limits.max_window_log as u32,
-            self.effort.level,
-            self.effort.workers,
+            zstd_ref::Tuning {
+                level: self.effort.level,
+                workers: self.effort.workers,
+                table_log: self.effort.table_log,
+            },
             &mut frame,
         )?;
         Ok((frame, window_log))

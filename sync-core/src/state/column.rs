@@ -265,7 +265,7 @@ mod tests {
             pod: PodName::new("p").unwrap(),
             into: "/copy".into(),
             request,
-            len: 10,
+            len: Some(10),
             received: 5,
             base_root: ManifestId([2; 32]),
             target_root: ManifestId([3; 32]),

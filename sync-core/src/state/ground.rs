@@ -401,7 +401,8 @@ pub struct PullIncoming {
     pub into: String,
     /// The filter and --delete the pull was asked with.
     pub request: PullRequestKey,
-    pub len: u64,
+    /// `None` until the node has said (it was still encoding the pack when it offered it).
+    pub len: Option<u64>,
     /// Durable in the ground's staging file up to here.
     pub received: u64,
     pub base_root: ManifestId,
@@ -420,7 +421,7 @@ impl Db {
                 p.node.to_hex(),
                 p.pod.as_str(),
                 p.into,
-                p.len as i64,
+                super::column::pack_len_to(p.len),
                 p.received as i64,
                 &p.base_root.0[..],
                 &p.target_root.0[..],
@@ -465,7 +466,7 @@ impl Db {
             pod: pod.clone(),
             into: into.to_string(),
             request: PullRequestKey::from_column(request),
-            len: len as u64,
+            len: super::column::pack_len_from(len),
             received: received as u64,
             base_root: ManifestId(blob32(base, "manifest root")?),
             target_root: ManifestId(blob32(target, "manifest root")?),

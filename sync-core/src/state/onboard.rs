@@ -53,11 +53,13 @@ pub struct IncomingPack {
 pub struct PullPack {
     pub pack: PackId,
     pub pod: PodName,
-    pub len: u64,
+    /// `None` while the node encodes it.
+    pub len: Option<u64>,
     pub base_root: ManifestId,
     pub target_root: ManifestId,
-    /// The versions it delivers, with the rsync signature kept for each (files of 4 KiB and
-    /// more), recorded as sent once it is applied.
+    /// The versions it delivers, recorded as sent once it is applied. (The signature kept for
+    /// each is in `pull_signature` ([`Db::put_pull_signature`]); rows written before migration
+    /// 8 may hold it here.)
     pub sent: Vec<(crate::onboard::pull::SentVersion, Option<Vec<u8>>)>,
 }
 
@@ -307,7 +309,7 @@ impl Db {
             params![
                 &p.pack.0[..],
                 p.pod.as_str(),
-                p.len as i64,
+                super::column::pack_len_to(p.len),
                 &p.base_root.0[..],
                 &p.target_root.0[..],
                 postcard::to_stdvec(&p.sent).expect("sent versions"),
@@ -361,7 +363,7 @@ impl Db {
         Ok(Some(PullPack {
             pack: PackId(blob32(pack, "pack id")?),
             pod: pod.clone(),
-            len: len as u64,
+            len: super::column::pack_len_from(len),
             base_root: ManifestId(blob32(base, "manifest root")?),
             target_root: ManifestId(blob32(target, "manifest root")?),
             sent: postcard::from_bytes(&sent).map_err(|_| StateError::Corrupt("sent versions"))?,
@@ -388,15 +390,47 @@ impl Db {
     }
 
     pub fn delete_pull_pack(&self, pack: &PackId) -> Result<(), StateError> {
-        self.conn()
-            .execute("DELETE FROM pull_pack WHERE pack = ?1", [&pack.0[..]])?;
+        let tx = self.conn().unchecked_transaction()?;
+        tx.execute("DELETE FROM pull_pack WHERE pack = ?1", [&pack.0[..]])?;
+        tx.execute("DELETE FROM pull_signature WHERE pack = ?1", [&pack.0[..]])?;
+        tx.commit()?;
         Ok(())
     }
 
-    /// Records versions a pull delivered; keeps the newest 100,000 per pod.
+    /// The pull pack being encoded is whole at `len` bytes.
+    pub fn set_pull_pack_len(&self, pack: &PackId, len: u64) -> Result<(), StateError> {
+        self.conn().execute(
+            "UPDATE pull_pack SET len = ?2 WHERE pack = ?1",
+            params![&pack.0[..], len as i64],
+        )?;
+        Ok(())
+    }
+
+    /// Pull packs whose encoding never ended (the daemon stopped meanwhile).
+    pub fn unfinished_pull_packs(&self) -> Result<Vec<PackId>, StateError> {
+        self.packs_older("SELECT pack FROM pull_pack WHERE len < 0 AND ?1 = ?1", 0)
+    }
+
+    /// The signature kept of content `id` as pull pack `pack` delivers it.
+    pub fn put_pull_signature(
+        &self,
+        pack: &PackId,
+        id: &crate::id::ContentId,
+        signature: &[u8],
+    ) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO pull_signature (pack, id, signature) VALUES (?1, ?2, ?3)",
+            params![&pack.0[..], &id.0[..], signature],
+        )?;
+        Ok(())
+    }
+
+    /// Records versions pull pack `pack` delivered, with the signatures kept of them; keeps the
+    /// newest 100,000 per pod.
     pub fn remember_sent(
         &self,
         pod: &PodName,
+        pack: &PackId,
         sent: &[(crate::onboard::pull::SentVersion, Option<Vec<u8>>)],
     ) -> Result<(), StateError> {
         let tx = self.conn().unchecked_transaction()?;
@@ -416,6 +450,14 @@ impl Db {
                 ])?;
             }
         }
+        // In the database, not through this process: a large pull's signatures add up to
+        // more than the node's memory bound.
+        tx.execute(
+            "UPDATE sent_version SET signature = (SELECT signature FROM pull_signature s
+             WHERE s.pack = ?2 AND s.id = sent_version.id)
+             WHERE pod = ?1 AND id IN (SELECT id FROM pull_signature WHERE pack = ?2)",
+            params![pod.as_str(), &pack.0[..]],
+        )?;
         tx.execute(
             "DELETE FROM sent_version WHERE pod = ?1 AND rowid NOT IN (SELECT rowid FROM
              sent_version WHERE pod = ?1 ORDER BY sent_at DESC, rowid DESC LIMIT 100000)",
@@ -528,7 +570,7 @@ mod tests {
             path: VolumePath::new("logs/a.log").unwrap(),
             len: 6,
         };
-        db.remember_sent(&pod, &[(v.clone(), Some(vec![1, 2, 3]))])
+        db.remember_sent(&pod, &PackId([9; 32]), &[(v.clone(), Some(vec![1, 2, 3]))])
             .unwrap();
         let other = crate::id::ContentId::of(b"never sent");
         assert_eq!(

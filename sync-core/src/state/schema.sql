@@ -219,3 +219,16 @@ ALTER TABLE pull_journal ADD COLUMN pulled BLOB;
 -- hash is kept here to check the queued file before it is sent again (NULL for older rows,
 -- whose id still says it).
 ALTER TABLE outgoing ADD COLUMN hash BLOB;
+
+-- migration 8
+-- Onboard: a pull pack is offered while the node encodes it. Its row is written when encoding
+-- starts, with len -1 until the pack is whole (a row left at -1 by a restart is dropped with
+-- its file). The signature of each file it delivers is kept here as the encoder reads the
+-- file, rather than held in memory to the end, and moves to sent_version once the ground has
+-- applied the pack.
+CREATE TABLE pull_signature (
+    pack      BLOB NOT NULL,
+    id        BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (pack, id)
+);

@@ -7,10 +7,12 @@ use crate::manifest::Skipped;
 use crate::pack::Limits;
 use crate::path::{PodName, VolumePath};
 
-/// Version 5 sends a pack while it is encoded: [`Message::PackOffer`]'s length is optional and
-/// [`Message::PackEnd`] gives it once known; every other message of version 4 encodes as it
-/// did. Version 4 added [`Message::Skipped`].
-pub const PROTOCOL_VERSION: u16 = 5;
+/// Version 6 sends a pull pack while the node encodes it: [`Message::PullOffer`]'s length is
+/// optional, and [`Message::PackEnd`] goes onboard → ground too. Version 5 sent a push's pack
+/// while it is encoded: [`Message::PackOffer`]'s length became optional and
+/// [`Message::PackEnd`] gives it once known. Version 4 added [`Message::Skipped`]. Every other
+/// message encodes as it did.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
@@ -92,13 +94,14 @@ pub enum Message {
         base: Vec<u8>,
         resume: Option<PackId>,
     },
-    /// Onboard → ground: the pull pack, `len` bytes, taking the copy to `target_root`. `more`:
-    /// the selection was larger than one pull pack may be (the node holds a pack's content in
-    /// memory while it encodes), so this pack carries a part of it and the ground asks again
-    /// once it is applied.
+    /// Onboard → ground: the pull pack, `len` bytes, taking the copy to `target_root` (`None`:
+    /// the node is still encoding it; the reply to the `PullRange` that reaches its end carries
+    /// a [`Message::PackEnd`]). `more`: the selection was larger than one pull pack may be (the
+    /// signatures a pack's deltas need are held in memory while it is encoded), so this pack
+    /// carries a part of it and the ground asks again once it is applied.
     PullOffer {
         pack: PackId,
-        len: u64,
+        len: Option<u64>,
         base_root: ManifestId,
         target_root: ManifestId,
         more: bool,
@@ -106,6 +109,9 @@ pub enum Message {
     /// Onboard → ground: the copy already holds the selection.
     PullSame { root: ManifestId },
     /// Ground → onboard: send bytes `offset..offset + len` of pull pack `pack` (as `PackData`).
+    /// Of a pull pack still being encoded, the node answers once those bytes are written (or
+    /// the pack ends within them: then a [`Message::PackEnd`] follows the data); a range that
+    /// starts past the end gets no answer.
     PullRange { pack: PackId, offset: u64, len: u64 },
     /// Ground → onboard: the pull pack is applied to the copy; the node may forget it.
     PullDone { pack: PackId },
@@ -116,7 +122,8 @@ pub enum Message {
     /// [`MAX_SKIPPED_NAMED`]: crate::manifest::MAX_SKIPPED_NAMED
     Skipped { entries: Vec<Skipped>, more: u64 },
     /// Ground → onboard: the pack accepted on this connection, offered while it was being
-    /// encoded, is whole at `len` bytes.
+    /// encoded, is whole at `len` bytes. Onboard → ground: the pull pack being encoded when
+    /// offered is whole at `len` bytes.
     PackEnd { pack: PackId, len: u64 },
 }
 

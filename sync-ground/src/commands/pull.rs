@@ -59,7 +59,14 @@ fn incomplete(report: &PullReport) -> Incomplete {
         0 => String::new(),
         n => format!("{n} pull pack(s) applied, "),
     };
-    let left = report.pack_bytes - report.received;
+    if report.pack_bytes == 0 && report.received > 0 {
+        return Incomplete(format!(
+            "incomplete: {applied}{} of the current pull pack received (the node was still \
+             encoding it), resumes at the next pull",
+            fmt::bytes(report.received)
+        ));
+    }
+    let left = report.pack_bytes.saturating_sub(report.received);
     Incomplete(if left == 0 {
         format!("incomplete: {applied}the rest comes with the next pull")
     } else {

@@ -93,6 +93,10 @@ impl PullReport {
     }
 }
 
+/// Pull packs the node may drop while this ground receives them (each asked for again) before
+/// a pull gives up.
+const MAX_DROPPED_PULLS: u32 = 3;
+
 /// What the ground accepts from a node's pull packs.
 fn ground_limits() -> Limits {
     Limits::default()
@@ -119,10 +123,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             .lock_copy(&key)?
             .ok_or(GroundError::CopyBusy { into: key })?;
         let mut report: Option<PullReport> = None;
+        let mut dropped = 0;
         loop {
-            let (next, more) = self
+            let next = self
                 .pull_pack(ground, pod, &copy, opts, allow, progress)
-                .await?;
+                .await;
+            let (next, more) = match next {
+                // The node dropped the pack while it encoded it (the pod wrote one of its
+                // files meanwhile, its disk filled): asked again, it plans a new one.
+                Err(GroundError::PullDropped(_)) if dropped < MAX_DROPPED_PULLS => {
+                    dropped += 1;
+                    continue;
+                }
+                other => other?,
+            };
             let mut all = match report {
                 Some(mut all) => {
                     all.absorb(next);

@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
+use super::ground_limits;
 use crate::ground::client::{Event, remote};
 use crate::ground::{Allowance, Client, Ground, GroundError, Progress, io_at};
 use crate::link::{ACK_INTERVAL, sleep_until_opt};
 use crate::state::PullIncoming;
 use crate::window::Window;
-use crate::wire::Message;
+use crate::wire::{ErrorKind, Message};
 
 /// Largest range one `PullRange` asks for.
 const PULL_RANGE_BYTES: u64 = 256 * 1024;
@@ -38,7 +39,8 @@ struct Receiving<'f> {
     file: &'f mut File,
     /// Bytes written so far, durable or not.
     written: u64,
-    total: u64,
+    /// The pack's length; `None` until the node says (it offered the pack while encoding it).
+    total: Option<u64>,
 }
 
 impl Receiving<'_> {
@@ -47,7 +49,8 @@ impl Receiving<'_> {
         if offset != self.written {
             return Err(GroundError::BadReply("pull data out of order"));
         }
-        if self.written + bytes.len() as u64 > self.total {
+        let end = self.written + bytes.len() as u64;
+        if end > self.total.unwrap_or(ground_limits().max_total_bytes) {
             return Err(GroundError::BadReply("pull data past the pack's end"));
         }
         std::io::Write::write_all(self.file, bytes).map_err(io_at(Path::new("pull staging")))?;
@@ -126,10 +129,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         allow: &Allowance,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<bool, GroundError> {
-        let mut up = Window::new(staged.total, state.received, self.rtt, allow.rate);
+        let mut up = match staged.total {
+            Some(total) => Window::new(total, state.received, self.rtt, allow.rate),
+            // Ranges are asked ahead of what the node has encoded; it answers each as its
+            // bytes are written, and the one the pack ends in with the length.
+            None => Window::growing(
+                ground_limits().max_total_bytes,
+                state.received,
+                self.rtt,
+                allow.rate,
+            ),
+        };
         let clock = Instant::now();
         let mut last_sync = Instant::now();
-        while staged.written != staged.total {
+        while Some(staged.written) != staged.total {
             let limit = allow.limit(&up, up.acked(), self.wire_total(), self.rtt);
             let asked = self
                 .ask_ranges(state, &mut up, limit.offset, staged)
@@ -156,7 +169,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                         .map_err(|_| GroundError::BadReply("pull data"))?;
                     if staged.written - state.received >= PULL_SYNC_BYTES
                         || last_sync.elapsed() >= ACK_INTERVAL
-                        || staged.written == staged.total
+                        || Some(staged.written) == staged.total
                     {
                         staged.persist(ground, state)?;
                         last_sync = Instant::now();
@@ -165,9 +178,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                         pack: state.pack,
                         sent: staged.written,
                         acked: state.received,
-                        total: staged.total,
+                        total: staged.total.unwrap_or(0),
                     });
                 }
+                Message::PackEnd { pack, len } if pack == state.pack => {
+                    // The data before it came in order: all of the pack is here.
+                    if staged.total.is_some_and(|t| t != len) || staged.written != len {
+                        return Err(GroundError::BadReply("pull pack length"));
+                    }
+                    staged.total = Some(len);
+                    state.len = Some(len);
+                    up.end_at(len);
+                    staged.persist(ground, state)?;
+                    last_sync = Instant::now();
+                }
+                Message::Error {
+                    kind: ErrorKind::NotFound,
+                    message,
+                } => return Err(GroundError::PullDropped(message)),
                 Message::Error { kind, message } => return Err(remote(kind, message)),
                 _ => {
                     return Err(GroundError::Unexpected {

@@ -49,7 +49,8 @@ enum Answer {
     Same,
     Offer {
         pack: PackId,
-        len: u64,
+        /// `None`: the node is still encoding it.
+        len: Option<u64>,
         target_root: ManifestId,
         /// The node has more of the selection for a next pack.
         more: bool,
@@ -67,16 +68,18 @@ fn answer(reply: Message, base_root: ManifestId) -> Result<Answer, GroundError> 
             base_root: from,
             target_root,
             more,
-        } if from == base_root && len <= max => Ok(Answer::Offer {
+        } if from == base_root && len.is_none_or(|l| l <= max) => Ok(Answer::Offer {
             pack,
             len,
             target_root,
             more,
         }),
-        Message::PullOffer { len, .. } if len > max => Err(GroundError::OverLimit(format!(
-            "the node offers a {} pull pack, over this ground's limit",
-            fmt_bytes(len)
-        ))),
+        Message::PullOffer { len: Some(len), .. } if len > max => {
+            Err(GroundError::OverLimit(format!(
+                "the node offers a {} pull pack, over this ground's limit",
+                fmt_bytes(len)
+            )))
+        }
         _ => Err(GroundError::Unexpected {
             expected: "PullOffer or PullSame",
         }),
@@ -116,20 +119,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             } => (pack, len, target_root, more),
         };
         report.pack = Some(pack.to_hex());
-        report.pack_bytes = len;
-        let mut state = match resume.filter(|r| r.pack == pack && r.len == len) {
-            Some(r) => r,
-            None => PullIncoming {
-                pack,
-                node: self.node,
-                pod: pod.clone(),
-                into: ask.into.clone(),
-                request: ask.request.clone(),
-                len,
-                received: 0,
-                base_root: ask.start.root(),
-                target_root,
-            },
+        let mut state = match resume {
+            // The same pack (an id names one encoding), its length known on either side or both.
+            Some(r) if r.pack == pack && (r.len.is_none() || len.is_none() || r.len == len) => {
+                PullIncoming {
+                    len: len.or(r.len),
+                    ..r
+                }
+            }
+            other => {
+                // The node no longer has the pack this pull was receiving: it offers another.
+                if let Some(r) = other {
+                    ground.drop_pull(&r)?;
+                }
+                PullIncoming {
+                    pack,
+                    node: self.node,
+                    pod: pod.clone(),
+                    into: ask.into.clone(),
+                    request: ask.request.clone(),
+                    len,
+                    received: 0,
+                    base_root: ask.start.root(),
+                    target_root,
+                }
+            }
         };
         ground.db.put_pull_incoming(&state)?;
         let (path, mut file) = ground.open_pull_file(&mut state)?;
@@ -139,8 +153,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             .await?
         {
             report.received = state.received;
+            // 0 while the node has not said (it was still encoding the pack).
+            report.pack_bytes = state.len.unwrap_or(0);
             return Ok((report, more));
         }
+        let len = state.len.expect("a whole pull pack has its length");
+        report.pack_bytes = len;
         report.received = len;
         drop(file);
         let applied = self.apply_whole(ground, &ask, known, &state, &path).await?;

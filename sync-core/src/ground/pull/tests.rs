@@ -232,7 +232,7 @@ async fn a_pull_journaled_but_not_applied_is_finished_by_the_next_pull() {
             pod: rig.pod.clone(),
             into: rig.copy_key(),
             request: PullRequestKey::new(&[], false),
-            len: 10,
+            len: Some(10),
             received: 10,
             base_root: base.root(),
             target_root: target.root(),

@@ -1,12 +1,16 @@
-//! The node's side of a pull (downlink): from a `PullRequest` to a pull pack kept on disk and
-//! offered, in steps: the copy's manifest, the selection, what a pull pack may carry, the
-//! encoding (with the files a pod writes meanwhile left at the copy's version), the kept pack.
+//! The node's side of a pull (downlink): from a `PullRequest` to a pull pack offered while it
+//! is encoded, in steps: the copy's manifest, the selection, what one pull pack carries, the
+//! plan (with the files a pod writes meanwhile left at the copy's version), then the encoding,
+//! on a thread of its own, into `pulls/<pack>.pack`, whose bytes the ground receives as they
+//! are written.
 //!
 //! - `source`: where a pull pack's bytes come from, and the signatures the node keeps of what
 //!   it sends.
-//! - `plan`: pure choices of what one pull pack carries (the selection, the memory cap).
-//! - `serve`: a kept pull pack's bytes by range, and what its `PullDone` records.
+//! - `plan`: pure choices of what one pull pack carries (the selection, the caps).
+//! - `live`: pull packs being encoded, and the sessions waiting for their bytes.
+//! - `serve`: a pull pack's bytes by range, and what its `PullDone` records.
 
+mod live;
 mod plan;
 mod serve;
 mod source;
@@ -14,11 +18,13 @@ mod source;
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use cap_std::fs::Dir;
 
-pub use plan::{hold_back, keep_removed, object_cost, over_cap, pin, too_large};
-pub use source::{SentVersion, Signing, VolumeSource};
+pub(super) use live::LivePulls;
+pub use plan::{PullCaps, hold_back, keep_removed, over_cap, pin, signature_memory};
+pub use source::{MAX_KEPT_BLOCKS, SentVersion, Signing, VolumeSource};
 
 use crate::id::{ContentId, ManifestId, PackId};
 use crate::manifest::{Manifest, PathFilter, SkipReason, Skipped};
@@ -29,23 +35,29 @@ use crate::wire::blob::{self, BlobError};
 use crate::wire::{ErrorKind, Message};
 
 use super::{OnboardService, Refusal, with_skipped};
+use live::{Live, Publishing, Written};
 
 /// Largest manifest of a ground's copy a node takes (decoded, it is held in memory): about
 /// 200,000 files.
 const MAX_COPY_MANIFEST: usize = 16 << 20;
-/// Files found changing while a pull pack is encoded (after the check just before encoding
-/// found the rest), each pinned to the copy's version, before the pull gives up for this pass.
+/// Times the check just before encoding finds files the pod wrote since the scan (each time
+/// they are pinned to the copy's version and the rest checked again) before the pull gives up
+/// for this pass.
 const MAX_PULL_RETRIES: u32 = 64;
-/// Content of a pull pack's segment: the node encodes in the memory the pods share.
-const PULL_SEGMENT_BYTES: u64 = 8 << 20;
-/// Content one pull pack carries at most, by default, with the bases it is encoded against:
-/// the node holds them in memory while it encodes, so a first pull of a large volume comes as
-/// several packs, and a larger file is left out (see [`OnboardService::set_pull_pack_cap`]).
-pub const DEFAULT_PULL_PACK_CAP: u64 = 128 << 20;
+/// How long a file found changing under a pull's encoder is left at the copy's version by the
+/// pulls planned after it (then it is tried again).
+const CHANGING_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(60);
+/// Content one pull pack carries at most, by default (`--max-pull-pack`): a larger selection
+/// comes as several packs, each applied on the ground before the next is encoded; a larger
+/// file comes in a pack of its own.
+pub const DEFAULT_PULL_PACK_CAP: u64 = 1 << 30;
+
+/// Files found changing under a pull's encoder, per pod, with when the last one was.
+pub(super) type Changing = HashMap<PodName, (Option<std::time::Instant>, HashSet<VolumePath>)>;
 
 /// What one pull request works from, once the node knows the copy and has scanned the pod.
-struct PullJob<'a> {
-    pod: &'a PodName,
+struct PullJob {
+    pod: PodName,
     /// The pod's volume.
     dir: Dir,
     /// The pod's volume as just scanned.
@@ -54,13 +66,12 @@ struct PullJob<'a> {
     base: Manifest,
     /// Versions the node sent before that the copy holds: bases the node may still read.
     sent: Vec<SentVersion>,
-    /// Most a pull pack holds in memory ([`OnboardService::set_pull_pack_cap`]).
-    cap: u64,
 }
 
-impl PullJob<'_> {
+impl PullJob {
     fn source(&self) -> VolumeSource<'_> {
-        VolumeSource::new(&self.dir, &self.now, &self.sent, self.cap)
+        // Nothing is read whole into memory: any file is a target or a base.
+        VolumeSource::new(&self.dir, &self.now, &self.sent, u64::MAX)
     }
 
     /// The answer when `target` is what the copy holds already.
@@ -71,29 +82,31 @@ impl PullJob<'_> {
     }
 }
 
-/// A pull pack encoded in memory, and what it was encoded from.
-struct Encoded {
-    bytes: Vec<u8>,
+/// A pull pack planned: what it carries and what it is encoded against.
+struct Planned {
     plan: Plan,
     /// The copy's state once the pack is applied.
     target: Manifest,
-    /// Signatures of what the pack carries, kept for the next pull's deltas.
-    kept_sigs: HashMap<ContentId, Vec<u8>>,
-    /// Part of the selection waits for a later pack (the memory cap).
+    /// Part of the selection waits for a later pack (the caps).
     more: bool,
-    /// Files found changing while they were read: left at the copy's version.
+    /// Files found changing since the scan: left at the copy's version.
     changing: HashSet<VolumePath>,
 }
 
 impl OnboardService {
-    /// Sets the most a pull pack may hold in memory on the node while it is encoded: its
-    /// files, the bases they are encoded against and the signatures they are diffed with
-    /// (`pull::object_cost`). A larger selection comes as several packs, one after another
-    /// (`PullOffer::more`). A single file larger than this is left out of pulls and named to
-    /// the ground (`SkipReason::TooLarge`), whatever its size is made of: a pod's sparse file
-    /// of terabytes costs the node nothing but the time to hash it.
+    /// Sets the most content (the sum of the sizes of the files it carries) one pull pack
+    /// carries. A larger selection comes as several packs, one after another
+    /// (`PullOffer::more`); a single larger file comes in a pack of its own. The node encodes
+    /// in bounded memory whatever the size: this cap sets how much of the state disk a pull
+    /// pack may take and how much one pack's apply on the ground holds back.
     pub fn set_pull_pack_cap(&mut self, bytes: u64) {
-        self.pull_pack_cap = bytes.max(1);
+        self.pull_caps.content = bytes.max(1);
+    }
+
+    /// Sets how hard the node works on a pull pack: its zstd level and threads (the pods
+    /// share the node's CPU).
+    pub fn set_pull_effort(&mut self, effort: Effort) {
+        self.pull_effort = effort;
     }
 
     fn pull_file(&self, pack: &PackId) -> PathBuf {
@@ -102,9 +115,10 @@ impl OnboardService {
             .join(format!("{}.pack", pack.to_hex()))
     }
 
-    /// Builds (or finds again) the pack that takes the ground's copy to the pod's selection.
+    /// Offers the pack that takes the ground's copy to the pod's selection: one kept or being
+    /// encoded, or a new one, whose encoding starts now.
     pub(in crate::onboard) fn pull_request(
-        &self,
+        self: &Arc<Self>,
         pod: &PodName,
         filter: &[String],
         delete: bool,
@@ -117,12 +131,13 @@ impl OnboardService {
         // apply): what it delivered serves as bases from now on, or the next pull would send
         // whole files.
         let applied = self.db().pull_pack(pod, PullPackKey::Target(base_root))?;
-        if let Some(done) = applied {
+        if let Some(done) = applied
+            && done.len.is_some()
+        {
             self.pull_done(&done.pack)?;
         }
         if let Some(pack) = resume
-            && let Some(p) = self.db().pull_pack(pod, PullPackKey::Id(pack))?
-            && self.pull_file(&pack).exists()
+            && let Some(p) = self.kept_pull_pack(pod, PullPackKey::Id(pack))?
         {
             // Whether more follows was not kept: the ground asks once more to find out.
             return Ok(vec![pull_offer(&p, true)]);
@@ -147,14 +162,22 @@ impl OnboardService {
         let held: Vec<ContentId> = base.entries().iter().filter_map(|e| e.file_id()).collect();
         let sent = self.db().sent_versions(pod, &held)?;
         let job = PullJob {
-            pod,
+            pod: pod.clone(),
             dir,
             now,
             base,
             sent,
-            cap: self.pull_pack_cap,
         };
-        self.pack_selection(&job, selection, report)
+        self.pack_selection(job, selection, report)
+    }
+
+    /// A pull pack the node keeps (whole, or being encoded), with its file.
+    fn kept_pull_pack(&self, pod: &PodName, key: PullPackKey) -> Result<Option<PullPack>, Refusal> {
+        let p = self.db().pull_pack(pod, key)?;
+        Ok(p.filter(|p| {
+            self.pull_file(&p.pack).exists()
+                && (p.len.is_some() || self.live_pulls.get(&p.pack).is_some())
+        }))
     }
 
     /// The ground's copy, named by its root: sent along in `base_blob`, empty, or one this node
@@ -198,24 +221,17 @@ impl OnboardService {
     /// The answer to a pull of `selection`: the copy has it already, a kept pack that leads
     /// there, or a new pack. `report` names what the selection leaves out.
     fn pack_selection(
-        &self,
-        job: &PullJob,
+        self: &Arc<Self>,
+        job: PullJob,
         selection: Manifest,
         mut report: Vec<Skipped>,
     ) -> Result<Vec<Message>, Refusal> {
-        let selection = leave_out_too_large(job, selection, &mut report)?;
-        if let Some(same) = job.same(&selection) {
-            return Ok(with_skipped(report, same));
-        }
         let roots = PullPackKey::Roots(job.base.root(), selection.root());
-        let kept = self.db().pull_pack(job.pod, roots)?;
-        if let Some(p) = kept
-            && self.pull_file(&p.pack).exists()
-        {
+        if let Some(p) = self.kept_pull_pack(&job.pod, roots)? {
             return Ok(with_skipped(report, pull_offer(&p, false)));
         }
-        let mut encoded = self.encode_pull(job, selection)?;
-        let mut changing: Vec<VolumePath> = encoded.changing.drain().collect();
+        let planned = self.plan_pull(&job, &selection)?;
+        let mut changing: Vec<&VolumePath> = planned.changing.iter().collect();
         changing.sort();
         for p in changing {
             if !report.iter().any(|s| s.path == p.as_str().as_bytes()) {
@@ -225,71 +241,66 @@ impl OnboardService {
                 ));
             }
         }
-        if let Some(same) = job.same(&encoded.target) {
+        if let Some(same) = job.same(&planned.target) {
             return Ok(with_skipped(report, same));
         }
-        let more = encoded.more;
-        let p = self.keep_pull_pack(job, encoded)?;
+        let more = planned.more;
+        let p = self.start_pull_pack(job, planned)?;
         Ok(with_skipped(report, pull_offer(&p, more)))
     }
 
-    /// Encodes the selection. A file a pod is writing changes under the encoder: it is left at
-    /// the copy's version in this pack (it comes with the next pull), never torn.
-    fn encode_pull(&self, job: &PullJob, selection: Manifest) -> Result<Encoded, Refusal> {
-        let mut bytes = Vec::new();
-        let mut tries = 0;
-        // Files found changing while they were read.
-        let mut changing: HashSet<VolumePath> = HashSet::new();
+    /// Plans the pack: the selection cut to the caps, with every file the pod wrote since the
+    /// scan left at the copy's version (it comes with the next pull), so that what is encoded
+    /// is what the plan says. A file the pod writes while it is encoded still fails the pack
+    /// ([`Written::Failed`]); the ground asks again.
+    fn plan_pull(&self, job: &PullJob, selection: &Manifest) -> Result<Planned, Refusal> {
+        // Files found changing while they were read, by this plan or by an encoding of a
+        // recent one.
+        let mut changing: HashSet<VolumePath> = self.recently_changing(&job.pod);
         // Objects read since the scan and found as it saw them.
         let mut checked: HashSet<ContentId> = HashSet::new();
-        loop {
-            let source = Signing::new(job.source());
-            let (target, plan, more) = plan_within_cap(job, &source, &selection, &changing)?;
+        let source = job.source();
+        for _ in 0..MAX_PULL_RETRIES {
+            let (target, plan, more) =
+                plan_within_caps(job, &source, selection, &changing, &self.pull_caps)?;
             // Every file of this pack the pod wrote since the scan, found in one pass through
-            // a fixed buffer rather than one encoding attempt at a time.
+            // a fixed buffer.
             let moved = source.changed_since_scan(&plan, &mut checked);
-            if !moved.is_empty() {
-                changing.extend(moved);
-                continue;
+            if moved.is_empty() {
+                return Ok(Planned {
+                    plan,
+                    target,
+                    more,
+                    changing,
+                });
             }
-            tries += 1;
-            let signatures = self.kept_signatures(job, &plan)?;
-            bytes.clear();
-            let effort = Effort {
-                segment_bytes: PULL_SEGMENT_BYTES,
-                ..Effort::max()
-            };
-            let encoded = plan.encode(
-                &job.base,
-                &source,
-                &signatures,
-                &self.limits,
-                &effort,
-                &mut bytes,
-            );
-            let kept_sigs = source.into_signatures();
-            match encoded {
-                Ok(_) => {
-                    return Ok(Encoded {
-                        bytes,
-                        plan,
-                        target,
-                        kept_sigs,
-                        more,
-                        changing,
-                    });
-                }
-                // Each changed file is pinned to the copy's version and the pack encoded again.
-                Err(PackError::SourceChanged { path }) if tries < MAX_PULL_RETRIES => {
-                    changing.insert(VolumePath::new(path).map_err(Refusal::internal)?);
-                }
-                Err(e) => return Err(e.into()),
-            }
+            changing.extend(moved);
         }
+        Err(Refusal::new(
+            ErrorKind::Conflict,
+            "the pod keeps changing the files of this pull; try again",
+        ))
+    }
+
+    /// The pod wrote `path` while a pull pack that carries it was encoded.
+    fn remember_changing(&self, pod: &PodName, path: VolumePath) {
+        let mut all = self.pull_changing.lock().expect("changing files");
+        let (at, paths) = all.entry(pod.clone()).or_default();
+        *at = Some(std::time::Instant::now());
+        paths.insert(path);
+    }
+
+    /// Files of `pod` found changing under a pull's encoder in the last
+    /// [`CHANGING_REMEMBERED`].
+    fn recently_changing(&self, pod: &PodName) -> HashSet<VolumePath> {
+        let mut all = self.pull_changing.lock().expect("changing files");
+        all.retain(|_, (at, _)| at.is_some_and(|t| t.elapsed() < CHANGING_REMEMBERED));
+        all.get(pod).map(|(_, p)| p.clone()).unwrap_or_default()
     }
 
     /// Files changed in place (a database) go as deltas against the signature the node kept
-    /// of the version it sent: those of the plan's rsync bases, by entry index.
+    /// of the version it sent: those of the plan's rsync bases, by entry index. Their memory
+    /// is within [`PullCaps::memory`].
     fn kept_signatures(
         &self,
         job: &PullJob,
@@ -301,7 +312,7 @@ impl OnboardService {
             .iter()
             .filter_map(|&i| entries[i as usize].file_id())
             .collect();
-        let by_id = self.db().sent_signatures(job.pod, &ids)?;
+        let by_id = self.db().sent_signatures(&job.pod, &ids)?;
         Ok(wanted
             .iter()
             .filter_map(|&i| {
@@ -311,82 +322,159 @@ impl OnboardService {
             .collect())
     }
 
-    /// Writes the encoded pack durably to `pulls/` and records it, with what it delivers.
-    fn keep_pull_pack(&self, job: &PullJob, mut encoded: Encoded) -> Result<PullPack, Refusal> {
-        let bytes = &encoded.bytes;
-        let pack_id = PackId::of(bytes);
-        let path = self.pull_file(&pack_id);
-        fs::create_dir_all(path.parent().expect("pulls folder"))
-            .and_then(|()| crate::object::write_durably(&path.with_extension("tmp"), &path, bytes))
-            .map_err(Refusal::internal)?;
+    /// Records the planned pack (its length unknown yet) and starts its encoding on a thread
+    /// of its own, into `pulls/<pack>.pack`: the offer goes out now, and the ground's ranges
+    /// are served as the bytes are written.
+    fn start_pull_pack(
+        self: &Arc<Self>,
+        job: PullJob,
+        planned: Planned,
+    ) -> Result<PullPack, Refusal> {
+        let signatures = self.kept_signatures(&job, &planned.plan)?;
+        let pack = PackId::for_pull(&job.pod, &job.base.root(), &planned.target.root());
+        let path = self.pull_file(&pack);
+        fs::create_dir_all(path.parent().expect("pulls folder")).map_err(Refusal::internal)?;
+        let file = fs::File::create(&path).map_err(Refusal::internal)?;
         let p = PullPack {
-            pack: pack_id,
+            pack,
             pod: job.pod.clone(),
-            len: bytes.len() as u64,
+            len: None,
             base_root: job.base.root(),
-            target_root: encoded.target.root(),
-            sent: encoded
+            target_root: planned.target.root(),
+            sent: planned
                 .plan
                 .objects
                 .iter()
                 .map(|o| {
-                    (
-                        SentVersion {
-                            id: o.id,
-                            path: o.path.clone(),
-                            len: o.size,
-                        },
-                        encoded.kept_sigs.remove(&o.id),
-                    )
+                    let v = SentVersion {
+                        id: o.id,
+                        path: o.path.clone(),
+                        len: o.size,
+                    };
+                    (v, None)
                 })
                 .collect(),
         };
-        let db = self.db();
-        db.put_pull_pack(&p)?;
-        // The copy's manifest once this pack is applied: the next pull names it by its root.
-        db.remember_copy_manifest(job.pod, &encoded.target)?;
+        {
+            let db = self.db();
+            db.put_pull_pack(&p)?;
+            // The copy's manifest once this pack is applied: the next pull names it by its root.
+            db.remember_copy_manifest(&job.pod, &planned.target)?;
+        }
+        let live = self.live_pulls.start(pack);
+        let svc = self.clone();
+        let work = Encoding {
+            job,
+            plan: planned.plan,
+            signatures,
+            pack,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("pull-{}", &pack.to_hex()[..8]))
+            .spawn({
+                let live = live.clone();
+                move || svc.encode_pull(work, file, live)
+            });
+        if let Err(e) = spawned {
+            self.drop_pull_pack(&pack, &live, e.to_string());
+            return Err(Refusal::internal(e));
+        }
         Ok(p)
+    }
+
+    /// Encodes a planned pull pack into its file, publishing each write; then records it
+    /// whole, or drops it.
+    fn encode_pull(&self, work: Encoding, file: fs::File, live: Arc<Live>) {
+        let pack = work.pack;
+        let encoded = (|| -> Result<u64, String> {
+            let db = &self.db;
+            let keep = |id: ContentId, sig: Vec<u8>| {
+                let db = db.lock().expect("state database lock");
+                // A signature lost costs the next pull a whole file, not this one anything.
+                let _ = db.put_pull_signature(&pack, &id, &sig);
+            };
+            // The index of a signature takes about 60 bytes a block: within an eighth of
+            // the memory bound.
+            let max_blocks = (self.pull_caps.memory / 128).clamp(1 << 14, MAX_KEPT_BLOCKS);
+            let source = Signing::keeping(work.job.source(), max_blocks, keep);
+            let mut out = Publishing::new(file, live.clone());
+            let encoded = work.plan.encode(
+                &work.job.base,
+                &source,
+                &work.signatures,
+                &self.pull_limits,
+                &self.pull_effort,
+                &mut out,
+            );
+            if let Err(PackError::SourceChanged { path }) = &encoded
+                && let Ok(path) = VolumePath::new(path.clone())
+            {
+                // The next plan leaves it at the copy's version, so that asking again
+                // converges however often the pod writes it.
+                self.remember_changing(&work.job.pod, path);
+            }
+            encoded.map_err(|e| e.to_string())?;
+            let len = out
+                .finish()
+                .map_err(|e| format!("the node's state disk: {e}"))?;
+            self.db()
+                .set_pull_pack_len(&pack, len)
+                .map_err(|e| e.to_string())?;
+            Ok(len)
+        })();
+        match encoded {
+            Ok(len) => self.live_pulls.finish(&pack, &live, Written::Whole(len)),
+            Err(e) => self.drop_pull_pack(&pack, &live, e),
+        }
+    }
+
+    /// A pull pack whose encoding failed: its row and file go, and sessions waiting for its
+    /// bytes hear why.
+    fn drop_pull_pack(&self, pack: &PackId, live: &Live, why: String) {
+        eprintln!(
+            "pull pack {} dropped: {}",
+            pack.short(),
+            crate::path::escape(&why)
+        );
+        let _ = self.db().delete_pull_pack(pack);
+        let _ = fs::remove_file(self.pull_file(pack));
+        self.live_pulls.finish(pack, live, Written::Failed(why));
+    }
+
+    /// Pull packs a stopped daemon was encoding: they cannot go on, and are dropped (a ground
+    /// resuming one is offered a new pack).
+    pub(in crate::onboard) fn drop_unfinished_pull_packs(&self) {
+        let unfinished = self.db().unfinished_pull_packs().unwrap_or_default();
+        for pack in unfinished {
+            let _ = self.db().delete_pull_pack(&pack);
+            let _ = fs::remove_file(self.pull_file(&pack));
+        }
     }
 }
 
-/// A file larger than a pull may hold in memory is left out, whatever its size is made of (a
-/// sparse file counts at its full size: the node would read every byte of it), and named.
-fn leave_out_too_large(
-    job: &PullJob,
-    target: Manifest,
-    report: &mut Vec<Skipped>,
-) -> Result<Manifest, Refusal> {
-    let source = job.source();
-    let plan = Plan::new(&job.base, &target, &|id| source.may_hold(id));
-    let large = too_large(&plan, job.cap);
-    if large.is_empty() {
-        return Ok(target);
-    }
-    let paths: HashSet<VolumePath> = large.iter().map(|(p, _)| p.clone()).collect();
-    let target = pin(&target, &job.base, &paths).map_err(Refusal::internal)?;
-    let cap = job.cap;
-    report.extend(
-        large
-            .into_iter()
-            .map(|(p, size)| Skipped::new(p.as_str(), SkipReason::TooLarge { size, cap })),
-    );
-    Ok(target)
+/// A planned pull pack, moved to the thread that encodes it.
+struct Encoding {
+    job: PullJob,
+    plan: Plan,
+    signatures: HashMap<u32, Vec<u8>>,
+    pack: PackId,
 }
 
 /// The selection with the `changing` files at the copy's version, planned, and cut to the
-/// memory cap: the target, its plan, and whether part of the selection waits for a later pack.
-fn plan_within_cap(
+/// caps: the target, its plan, and whether part of the selection waits for a later pack.
+fn plan_within_caps(
     job: &PullJob,
-    source: &Signing,
+    source: &VolumeSource,
     selection: &Manifest,
     changing: &HashSet<VolumePath>,
+    caps: &PullCaps,
 ) -> Result<(Manifest, Plan, bool), Refusal> {
     let base = &job.base;
     let target = pin(selection, base, changing).map_err(Refusal::internal)?;
     let plan = Plan::new(base, &target, &|id| source.may_hold(id));
-    // The cap is taken after the changing files are out, so that one file a pod keeps writing
-    // never holds back the rest of the selection.
-    let over = over_cap(&plan, base, job.cap);
+    // The caps are taken after the changing files are out, so that one file a pod keeps
+    // writing never holds back the rest of the selection.
+    let over = over_cap(&plan, base, caps);
     if over.is_empty() {
         return Ok((target, plan, false));
     }
@@ -421,7 +509,8 @@ mod tests {
         let (t, svc) = super::super::service_for_test();
         let svc = Arc::new(svc);
         let pod = PodName::new("p".to_string()).unwrap();
-        let body = b"results, line after line\n".repeat(100);
+        // Over 4 KiB: the node keeps a signature of what it sends.
+        let body = b"results, line after line\n".repeat(400);
         fs::create_dir_all(t.path().join("v/p")).unwrap();
         fs::write(t.path().join("v/p/r.txt"), &body).unwrap();
         let ask = |base_root| Message::PullRequest {
@@ -434,18 +523,107 @@ mod tests {
         };
         let mut s = svc.session();
         let out = s.handle(ask(Manifest::default().root()));
-        let Some(Message::PullOffer { target_root, .. }) = out.replies.last().cloned() else {
+        let Some(Message::PullOffer {
+            pack, target_root, ..
+        }) = out.replies.last().cloned()
+        else {
             panic!("{:?}", out.replies);
         };
+        // The ground takes the whole pack (offered while it was encoded: the reply to the
+        // range it ends in says its length) and applies it.
+        let out = s.handle(Message::PullRange {
+            pack,
+            offset: 0,
+            len: 1 << 20,
+        });
+        let data: usize = out
+            .replies
+            .iter()
+            .map(|m| match m {
+                Message::PackData { bytes, .. } => bytes.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(
+            matches!(out.replies.last(), Some(Message::PackEnd { len, .. }) if *len == data as u64),
+            "{:?}",
+            out.replies.last()
+        );
         // No PullDone: the link was cut.
         let id = ContentId::of(&body);
-        assert!(svc.db().sent_versions(&pod, &[id]).unwrap().is_empty());
+        let sent = svc.db().sent_versions(&pod, &[id]).unwrap();
+        assert!(sent.is_empty());
         let out = s.handle(ask(target_root));
         assert!(
             matches!(out.replies.last(), Some(Message::PullSame { .. })),
             "{:?}",
             out.replies
         );
-        assert_eq!(svc.db().sent_versions(&pod, &[id]).unwrap().len(), 1);
+        let sent = svc.db().sent_versions(&pod, &[id]).unwrap();
+        assert_eq!(sent.len(), 1);
+        // With the signature kept of it as it was encoded.
+        let sigs = svc.db().sent_signatures(&pod, &[id]).unwrap();
+        assert!(sigs.contains_key(&id), "no signature kept");
+    }
+
+    /// A daemon stopped while it encoded a pull pack cannot go on with it: at the next start
+    /// its row and file are dropped, and a ground resuming it is offered a new pack (which it
+    /// asks for whole) rather than a pack that would never end.
+    #[test]
+    fn a_pull_pack_a_stopped_daemon_was_encoding_is_dropped_at_the_next_start() {
+        let (t, svc) = super::super::service_for_test();
+        let pod = PodName::new("p".to_string()).unwrap();
+        let pack = PackId([7; 32]);
+        let p = PullPack {
+            pack,
+            pod: pod.clone(),
+            len: None,
+            base_root: Manifest::default().root(),
+            target_root: ManifestId([1; 32]),
+            sent: Vec::new(),
+        };
+        svc.db().put_pull_pack(&p).unwrap();
+        fs::create_dir_all(svc.pull_file(&pack).parent().unwrap()).unwrap();
+        fs::write(svc.pull_file(&pack), b"the first bytes of a pack").unwrap();
+        let whole = PullPack {
+            pack: PackId([8; 32]),
+            len: Some(25),
+            ..p
+        };
+        svc.db().put_pull_pack(&whole).unwrap();
+        fs::write(svc.pull_file(&whole.pack), b"a whole pack, 25 bytes...").unwrap();
+        drop(svc);
+
+        let svc = OnboardService::open(
+            &t.path().join("v"),
+            &t.path().join("s"),
+            crate::pack::Limits::default(),
+        )
+        .unwrap();
+        assert!(svc.db().pull_pack_any(&pack).unwrap().is_none());
+        assert!(!svc.pull_file(&pack).exists());
+        // A whole one stays, to be resumed.
+        assert_eq!(
+            svc.db().pull_pack_any(&whole.pack).unwrap().unwrap().len,
+            Some(25)
+        );
+        assert!(svc.pull_file(&whole.pack).exists());
+        let svc = Arc::new(svc);
+        let out = svc.session().handle(Message::PullRange {
+            pack,
+            offset: 0,
+            len: 100,
+        });
+        assert!(
+            matches!(
+                &out.replies[..],
+                [Message::Error {
+                    kind: ErrorKind::NotFound,
+                    ..
+                }]
+            ),
+            "{:?}",
+            out.replies
+        );
     }
 }

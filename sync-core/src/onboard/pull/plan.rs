@@ -2,7 +2,7 @@
 //! the ground asked for, less what cannot or need not come), and the cut to the node's memory
 //! cap (files too large for any pull, objects past the cap, pinned at the copy's version).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use crate::manifest::{
     Change, Entry, EntryKind, FileSource, Manifest, ManifestError, PathFilter, PutKind, Skipped,
@@ -104,53 +104,44 @@ pub fn keep_removed(base: &Manifest, target: Manifest) -> Manifest {
     Manifest::new(out.into_values().collect()).expect("entries from two valid manifests")
 }
 
-/// Bytes the node holds in memory for one planned object while it encodes a pull pack: its
-/// content, the base it is matched against (read whole), or, for an rsync delta, the kept
-/// signature of its base with the index built over it.
-pub fn object_cost(o: &PlannedObject, base: &Manifest) -> u64 {
-    let of_base = match o.base {
-        BaseChoice::Prefix(b) => base.entries()[b as usize].size(),
-        BaseChoice::Rsync(b) => 4 * kept_signature_len(base.entries()[b as usize].size()),
-        BaseChoice::None => 0,
-    };
-    o.size.saturating_add(of_base)
+/// What one pull pack may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PullCaps {
+    /// Content: the sum of the sizes of the files it carries (`--max-pull-pack`), which is
+    /// about what its file takes on the state disk at most.
+    pub content: u64,
+    /// Memory of the kept signatures its rsync deltas are diffed against, with their index
+    /// ([`signature_memory`]): everything else the encoder holds is bounded whatever the
+    /// pack carries.
+    pub memory: u64,
 }
 
-/// The paths whose objects go beyond `cap` bytes of memory in a pull pack (see
-/// [`object_cost`]): the objects past the cap, in the plan's order (by path), and every path
-/// that takes one of them. The first object always stays, so that a pull always moves; it is
-/// no larger than the cap itself ([`too_large`] left larger files out), with a base as large
-/// at most.
-pub fn over_cap(plan: &Plan, base: &Manifest, cap: u64) -> HashSet<VolumePath> {
-    let mut total = 0u64;
+/// Memory the encoder holds for one planned object beyond its fixed buffers: for an rsync
+/// delta, the kept signature of its base and the index built over it (about four times the
+/// signature; a signature is at most about 3 MiB, whatever the file's size).
+pub fn signature_memory(o: &PlannedObject, base: &Manifest) -> u64 {
+    match o.base {
+        BaseChoice::Rsync(b) => 4 * kept_signature_len(base.entries()[b as usize].size()),
+        _ => 0,
+    }
+}
+
+/// The paths whose objects go beyond either of `caps` in a pull pack: the objects past a cap,
+/// in the plan's order (by path), and every path that takes one of them. The first object
+/// always stays, however large, so that a pull always moves.
+pub fn over_cap(plan: &Plan, base: &Manifest, caps: &PullCaps) -> HashSet<VolumePath> {
+    let (mut content, mut memory) = (0u64, 0u64);
     let dropped: HashSet<u32> = plan
         .objects
         .iter()
         .enumerate()
         .filter_map(|(i, o)| {
-            total = total.saturating_add(object_cost(o, base));
-            (i > 0 && total > cap).then_some(i as u32)
+            content = content.saturating_add(o.size);
+            memory = memory.saturating_add(signature_memory(o, base));
+            (i > 0 && (content > caps.content || memory > caps.memory)).then_some(i as u32)
         })
         .collect();
     paths_taking(plan, &dropped)
-}
-
-/// The files of a plan larger than a pull may hold in memory (`cap`), with their sizes: they
-/// are left out of pulls (until files stream in bounded memory) and reported, whatever the pod
-/// declared (a sparse file counts at its full size, as the node would read it).
-pub fn too_large(plan: &Plan, cap: u64) -> Vec<(VolumePath, u64)> {
-    let sizes: HashMap<u32, u64> = plan
-        .objects
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.size > cap)
-        .map(|(i, o)| (i as u32, o.size))
-        .collect();
-    let mut out: Vec<(VolumePath, u64)> = object_paths(plan)
-        .filter_map(|(path, i)| sizes.get(&i).map(|&size| (path.clone(), size)))
-        .collect();
-    out.sort();
-    out
 }
 
 /// Every path of `plan` that takes one of `objects`.
@@ -258,41 +249,52 @@ mod tests {
         v
     }
 
-    /// A file larger than a pull may hold in memory is named with its size (the first object
-    /// no longer goes "however large"); the rest is planned as before.
+    fn caps(content: u64, memory: u64) -> PullCaps {
+        PullCaps { content, memory }
+    }
+
+    /// A pack carries files up to the content cap, and the first one whatever its size (a
+    /// pull of a file larger than the cap comes in a pack of its own).
     #[test]
-    fn a_file_over_the_pull_cap_is_named_with_its_size() {
+    fn a_pack_carries_content_up_to_its_cap_and_always_its_first_file() {
         use crate::manifest::tests::file;
-        let big = vec![7u8; 500];
         let target = Manifest::new(vec![
-            file("a.bin", &big),
+            file("a.bin", &[7u8; 500]),
             file("b.csv", b"1,2"),
-            file("c.bin", &big), // the same content: one object, two paths
+            file("c.bin", &[8u8; 50]),
         ])
         .unwrap();
         let plan = Plan::new(&Manifest::default(), &target, &|_| false);
-        let large = too_large(&plan, 100);
-        let named: Vec<(&str, u64)> = large.iter().map(|(p, s)| (p.as_str(), *s)).collect();
-        assert_eq!(named, [("a.bin", 500), ("c.bin", 500)]);
-        assert!(too_large(&plan, 500).is_empty());
+        assert_eq!(
+            paths(&over_cap(&plan, &Manifest::default(), &caps(100, u64::MAX))),
+            ["b.csv", "c.bin"]
+        );
+        assert!(over_cap(&plan, &Manifest::default(), &caps(553, u64::MAX)).is_empty());
     }
 
-    /// The bases an object is encoded against are in memory too: a held base counts against
-    /// the pull's cap, so that small targets with large bases cannot add up past it.
+    /// The kept signatures an rsync delta is diffed against are in memory while the pack is
+    /// encoded: they count against the memory cap, so that many files changed in place come
+    /// as several packs rather than hold all their signatures at once.
     #[test]
-    fn bases_count_against_the_pull_cap() {
+    fn kept_signatures_count_against_the_memory_cap() {
         use crate::manifest::tests::file;
-        let old_a = vec![1u8; 90];
-        let old_b = vec![2u8; 90];
-        let base = Manifest::new(vec![file("a.log", &old_a), file("b.log", &old_b)]).unwrap();
-        let target = Manifest::new(vec![file("a.log", b"new a"), file("b.log", b"new b")]).unwrap();
-        let holds_all = |_: &ContentId| true;
-        let plan = Plan::new(&base, &target, &holds_all);
-        // 95 bytes each with its base: the first fits a cap of 100, the second waits.
-        assert_eq!(paths(&over_cap(&plan, &base, 100)), ["b.log"]);
-        // Without the bases (the node holds neither), both fit.
+        let old_a = vec![1u8; 100_000];
+        let old_b = vec![2u8; 100_000];
+        let base = Manifest::new(vec![file("a.db", &old_a), file("b.db", &old_b)]).unwrap();
+        let target = Manifest::new(vec![
+            file("a.db", &[3u8; 100_000]),
+            file("b.db", &[4u8; 100_000]),
+        ])
+        .unwrap();
+        // The node holds neither base: both go by kept signature.
         let plan = Plan::new(&base, &target, &|_| false);
-        assert!(over_cap(&plan, &base, 100).is_empty());
+        let one = signature_memory(&plan.objects[0], &base);
+        assert!(one > 0);
+        assert_eq!(
+            paths(&over_cap(&plan, &base, &caps(u64::MAX, one))),
+            ["b.db"]
+        );
+        assert!(over_cap(&plan, &base, &caps(u64::MAX, 2 * one)).is_empty());
     }
 
     /// What a scan left out (unreadable, changing) stays as the copy has it, folder and all,

@@ -8,6 +8,7 @@ use crate::id::PackId;
 use crate::wire::{ErrorKind, Message};
 
 use super::super::{OnboardService, Refusal};
+use super::live::Written;
 
 /// Largest range one `PullRange` may ask for; the ground asks for more as data arrives.
 const MAX_PULL_RANGE: u64 = 4 << 20;
@@ -17,41 +18,77 @@ const PULL_FRAME: u64 = 16 * 1024;
 const PULL_PACK_DAYS: i64 = 7;
 
 impl OnboardService {
-    /// Bytes of a kept pull pack, as `PackData` frames.
+    /// Bytes of a pull pack, as `PackData` frames. Of a pack still being encoded, the bytes
+    /// are waited for; the reply to the range the pack ends in ends with `PackEnd`, and a
+    /// range past the end gets no reply.
     pub(in crate::onboard) fn pull_range(
         &self,
         pack: &PackId,
         offset: u64,
         len: u64,
     ) -> Result<Vec<Message>, Refusal> {
-        let path = self.pull_file(pack);
-        let mut f = File::open(&path)
-            .map_err(|_| Refusal::new(ErrorKind::NotFound, "that pull pack is gone; ask again"))?;
-        let total = f.metadata().map_err(Refusal::internal)?.len();
+        let len = len.min(MAX_PULL_RANGE);
+        let gone = || Refusal::new(ErrorKind::NotFound, "that pull pack is gone; ask again");
+        // Whole: the length the row records (the pack is durable at it), or what the encoder
+        // ended at while this waited.
+        let whole = match self.live_pulls.get(pack) {
+            Some(live) => match live.wait_for(offset.saturating_add(len)) {
+                Written::Growing(_) => None,
+                Written::Whole(n) => Some(n),
+                Written::Failed(why) => {
+                    return Err(Refusal::new(
+                        ErrorKind::NotFound,
+                        format!("that pull pack was dropped ({why}); ask again"),
+                    ));
+                }
+            },
+            None => self.db().pull_pack_any(pack)?.ok_or_else(gone)?.len,
+        };
+        let mut f = File::open(self.pull_file(pack)).map_err(|_| gone())?;
+        let on_disk = f.metadata().map_err(Refusal::internal)?.len();
+        // Growing: the encoder wrote at least `offset + len` bytes (that is what was waited
+        // for). Whole: the range is cut at the end.
+        let total = whole.unwrap_or(on_disk);
         if offset > total {
-            return Err(Refusal::refused(format!(
-                "offset {offset} is past the pack's {total} bytes"
+            // Asked while the length was unknown, and past the end: nothing to send.
+            return Ok(Vec::new());
+        }
+        let end = (offset + len).min(total);
+        if whole.is_none() && end > on_disk {
+            return Err(Refusal::internal(format!(
+                "pull pack {} is shorter than its encoder wrote",
+                pack.short()
             )));
         }
-        let end = (offset + len.min(MAX_PULL_RANGE)).min(total);
         f.seek(SeekFrom::Start(offset)).map_err(Refusal::internal)?;
         let mut buf = vec![0u8; (end - offset) as usize];
         f.read_exact(&mut buf).map_err(Refusal::internal)?;
-        Ok(buf
+        let mut out: Vec<Message> = buf
             .chunks(PULL_FRAME as usize)
             .enumerate()
             .map(|(i, c)| Message::PackData {
                 offset: offset + i as u64 * PULL_FRAME,
                 bytes: c.to_vec(),
             })
-            .collect())
+            .collect();
+        // The end is in this range (a ground that knew the length never asks across it).
+        if let Some(total) = whole
+            && total < offset + len
+        {
+            out.push(Message::PackEnd {
+                pack: *pack,
+                len: total,
+            });
+        }
+        Ok(out)
     }
 
     /// The ground applied a pull pack: what it delivered is now what the ground holds.
     pub(in crate::onboard) fn pull_done(&self, pack: &PackId) -> Result<(), Refusal> {
         let row = self.db().pull_pack_any(pack)?;
-        if let Some(p) = row {
-            self.db().remember_sent(&p.pod, &p.sent)?;
+        // A pack still being encoded was not applied, whatever a ground says.
+        if let Some(p) = row.filter(|p| p.len.is_some()) {
+            self.db().remember_sent(&p.pod, pack, &p.sent)?;
             self.db().delete_pull_pack(pack)?;
         }
         let _ = fs::remove_file(self.pull_file(pack));

@@ -203,17 +203,22 @@ const SIGN_MIN_BYTES: usize = 4096;
 /// on the downlink, and a block costs 12 bytes of the node's storage. Small files, where a few
 /// edited values are the whole change, get the smallest blocks: 64 B up to 64 KiB (a signature
 /// of at most 12 KiB, 19% of its file), 128 B up to 256 KiB (9.4%), 256 B up to 64 MiB (4.7%),
-/// then larger blocks so that no signature passes 3 MiB. Measured with
-/// `benches/compare/pull.sh`: against 1 KiB blocks, these cut the results folder's downlink by
-/// a third and the database's by 5%.
-fn kept_block_for(len: u64) -> u32 {
+/// then larger blocks so that no signature has more than `max_blocks` (by default
+/// [`MAX_KEPT_BLOCKS`]: 3 MiB). Measured with `benches/compare/pull.sh`: against 1 KiB blocks,
+/// these cut the results folder's downlink by a third and the database's by 5%.
+fn kept_block_for(len: u64, max_blocks: u64) -> u32 {
     match len {
         0..=0x1_0000 => 64,
         0x1_0001..=0x4_0000 => 128,
-        0x4_0001..=0x400_0000 => 256,
-        _ => (len / 0x4_0000).next_power_of_two().min(1 << 20) as u32,
+        _ => (len / max_blocks.max(1))
+            .next_power_of_two()
+            .clamp(256, 1 << 20) as u32,
     }
 }
+
+/// Blocks of a kept signature at most, by default: its index, which the encoder builds to diff
+/// the next version against it, takes about 60 bytes a block (15 MiB).
+pub const MAX_KEPT_BLOCKS: u64 = 0x4_0000;
 
 /// Wraps a [`VolumeSource`] and keeps an rsync signature of every target it reads, so that
 /// the next pull can send a changed-in-place file as a delta against this version. The
@@ -224,7 +229,14 @@ pub struct Signing<'a> {
     sigs: std::cell::RefCell<HashMap<ContentId, Vec<u8>>>,
     /// Signatures of targets read whole, until the encoder vouches for them.
     read: std::rc::Rc<std::cell::RefCell<HashMap<ContentId, Vec<u8>>>>,
+    /// Where each vouched-for signature goes, if not into `sigs`.
+    keep: Option<Keeper<'a>>,
+    /// Blocks of a signature at most ([`kept_block_for`]).
+    max_blocks: u64,
 }
+
+/// Takes each signature as it is vouched for.
+type Keeper<'a> = Box<dyn Fn(ContentId, Vec<u8>) + 'a>;
 
 impl<'a> Signing<'a> {
     pub fn new(inner: VolumeSource<'a>) -> Self {
@@ -232,6 +244,24 @@ impl<'a> Signing<'a> {
             inner,
             sigs: Default::default(),
             read: Default::default(),
+            keep: None,
+            max_blocks: MAX_KEPT_BLOCKS,
+        }
+    }
+
+    /// Hands each signature to `keep` once its file is vouched for, rather than holding them
+    /// all to the end: a large pull's signatures add up to more than the node's memory bound.
+    /// No signature has more than `max_blocks` blocks (a node with little memory keeps coarser
+    /// ones: diffing against a signature holds its index).
+    pub fn keeping(
+        inner: VolumeSource<'a>,
+        max_blocks: u64,
+        keep: impl Fn(ContentId, Vec<u8>) + 'a,
+    ) -> Self {
+        Self {
+            keep: Some(Box::new(keep)),
+            max_blocks,
+            ..Self::new(inner)
         }
     }
 
@@ -265,7 +295,7 @@ impl ContentProvider for Signing<'_> {
         }
         Ok(Box::new(SigningReader {
             inner,
-            builder: Some(SignatureBuilder::new(kept_block_for(size))),
+            builder: Some(SignatureBuilder::new(kept_block_for(size, self.max_blocks))),
             left: size,
             id: *id,
             read: self.read.clone(),
@@ -282,7 +312,12 @@ impl ContentProvider for Signing<'_> {
 
     fn verified(&self, id: &ContentId) -> Result<(), PackError> {
         if let Some(sig) = self.read.borrow_mut().remove(id) {
-            self.sigs.borrow_mut().insert(*id, sig);
+            match &self.keep {
+                Some(keep) => keep(*id, sig),
+                None => {
+                    self.sigs.borrow_mut().insert(*id, sig);
+                }
+            }
         }
         Ok(())
     }
@@ -319,7 +354,7 @@ pub(super) fn kept_signature_len(len: u64) -> u64 {
     if len < SIGN_MIN_BYTES as u64 {
         return 0;
     }
-    let block = kept_block_for(len) as u64;
+    let block = kept_block_for(len, MAX_KEPT_BLOCKS) as u64;
     12 + len.div_ceil(block) * 12
 }
 
