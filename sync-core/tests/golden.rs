@@ -551,6 +551,7 @@ fn fixed_messages() -> Vec<Message> {
             base_root: ManifestId([0x77; 32]),
             base: vec![0x28, 0xb5, 0x2f, 0xfd],
             resume: Some(PackId([0x88; 32])),
+            rate: Some(120_000),
         },
         Message::PullOffer {
             pack: PackId([0x88; 32]),
@@ -671,26 +672,31 @@ fn message_stream_is_unchanged() {
     assert_eq!(decoded, msgs);
 }
 
-/// Index of the first `PullOffer` in [`fixed_messages`]: protocol 6 made its length optional.
-fn pull_offer_index() -> usize {
-    fixed_messages()
-        .iter()
-        .position(|m| matches!(m, Message::PullOffer { .. }))
-        .unwrap()
+/// Indexes of the first `PullOffer` (protocol 6 made its length optional) and `PullRequest` (it
+/// added the rate) in [`fixed_messages`].
+fn pull_indexes() -> [usize; 2] {
+    let msgs = fixed_messages();
+    let at = |f: fn(&Message) -> bool| msgs.iter().position(f).unwrap();
+    [
+        at(|m| matches!(m, Message::PullOffer { .. })),
+        at(|m| matches!(m, Message::PullRequest { .. })),
+    ]
 }
 
 /// Protocol 4 added a message and changed none; protocol 5 added `PackEnd` and made
-/// `PackOffer`'s length optional; protocol 6 made `PullOffer`'s length optional: every other
+/// `PackOffer`'s length optional; protocol 6 made `PullOffer`'s length optional and added
+/// `PullRequest`'s rate: every other
 /// message protocols 3, 4 and 5 had encodes exactly as their fixtures (committed with them)
 /// have it.
 #[test]
 fn older_protocols_messages_encode_as_before() {
-    let changed = [pack_offer_index(), pull_offer_index()];
+    let [pull_offer, pull_request] = pull_indexes();
+    let changed = [pack_offer_index(), pull_offer, pull_request];
     encode_as_before("messages-v3.bin", PROTOCOL_3_MESSAGES, &changed);
     encode_as_before("messages-v4.bin", PROTOCOL_4_MESSAGES, &changed);
     encode_as_before(
         "messages-v5.bin",
         PROTOCOL_5_MESSAGES,
-        &[pull_offer_index()],
+        &[pull_offer, pull_request],
     );
 }

@@ -74,6 +74,16 @@ struct ServeArgs {
     /// next is encoded, and a single larger file comes in a pack of its own.
     #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
     max_pull_pack: u64,
+    /// Threads a pull's compression may take. The pods share the node's CPU: by default one,
+    /// and the level is chosen so that one thread keeps the downlink busy at the rate the
+    /// ground gives (`pull --rate`); more threads allow a higher level on a fast link.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    encode_threads: u32,
+    /// Nice value (0-19) of a pull's compression threads: the pods' own work goes first, and
+    /// the encoder takes the CPU they leave.
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(i32).range(0..=19))]
+    encode_nice: i32,
     /// Drop a peer that has not shown the key this long after it connected, e.g. 10s, 500ms.
     /// A ground does it in about one round trip (its preamble and first handshake message,
     /// 56 bytes); a peer without the key that sends a byte now and then would otherwise hold
@@ -171,6 +181,7 @@ fn run_serve(args: ServeArgs) -> Result<()> {
             )
         })?;
     service.set_pull_pack_cap(args.max_pull_pack);
+    service.set_pull_cpu(args.encode_threads, args.encode_nice);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -820,40 +820,74 @@ fn pack_bytes_in(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Watches a pull from outside both programs: the size of the node's pull pack when the
-/// ground's copy of it first held bytes, and the most it reached.
+/// The nice values of the daemon's pull encoder threads (named `pull-…`) running now.
+fn encoder_nice(pid: u32) -> Vec<i64> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with("pull-"))
+        })
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).ok()?;
+            // After the name's closing parenthesis: state is field 3, nice field 19.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            rest.split(' ').nth(16)?.parse().ok()
+        })
+        .collect()
+}
+
+/// What a watch of a pull from outside both programs saw.
+struct Watched {
+    /// The size of the node's pull pack when the ground's copy of it first held bytes.
+    at_first_bytes: Option<u64>,
+    /// The most the node's pull pack reached.
+    whole: u64,
+    /// Nice values of the node's encoder threads seen.
+    nice: Vec<i64>,
+}
+
+/// Watches a pull from outside both programs.
 struct PullWatch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(Option<u64>, u64)>,
+    thread: std::thread::JoinHandle<Watched>,
 }
 
 impl PullWatch {
     fn start(ob: &Onboard) -> Self {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (node, ground) = (
+        let (node, ground, pid) = (
             ob.dir.path().join("state/pulls"),
             ob.ground_state().join("pulls"),
+            ob.pid(),
         );
         let thread = std::thread::spawn({
             let stop = stop.clone();
             move || {
-                let (mut at_first_bytes, mut most) = (None, 0);
+                let mut seen = Watched {
+                    at_first_bytes: None,
+                    whole: 0,
+                    nice: Vec::new(),
+                };
                 while !stop.load(Ordering::SeqCst) {
                     let (n, g) = (pack_bytes_in(&node), pack_bytes_in(&ground));
-                    most = most.max(n);
+                    seen.whole = seen.whole.max(n);
                     if g > 0 {
-                        at_first_bytes.get_or_insert(n);
+                        seen.at_first_bytes.get_or_insert(n);
                     }
+                    seen.nice.extend(encoder_nice(pid));
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
-                (at_first_bytes, most)
+                seen
             }
         });
         Self { stop, thread }
     }
 
-    fn finish(self) -> (Option<u64>, u64) {
+    fn finish(self) -> Watched {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.thread.join().unwrap()
     }
@@ -877,18 +911,24 @@ fn the_daemon_stays_within_its_memory_bound_pulling_a_large_file() {
 
     let watch = PullWatch::start(&ob);
     let first = pull(&ob, copy.path(), &[]).ok().json();
-    let (at_first_bytes, whole) = watch.finish();
+    let seen = watch.finish();
     assert_same_tree(&vol, copy.path());
     let after_first = ob.peak_memory();
+    let whole = seen.whole;
     eprintln!(
-        "node's pull pack: {at_first_bytes:?} of {whole} bytes written when the ground had \
-         its first bytes"
+        "node's pull pack: {:?} of {whole} bytes written when the ground had its first bytes",
+        seen.at_first_bytes
     );
-    let at_first_bytes = at_first_bytes.expect("the ground never held pull bytes");
+    let at_first_bytes = seen
+        .at_first_bytes
+        .expect("the ground never held pull bytes");
     assert!(
         at_first_bytes < whole,
         "the node had written all {whole} bytes of the pull pack before the ground got any"
     );
+    // The encoder yields the CPU to the pods (`--encode-nice`, 10 by default).
+    assert!(!seen.nice.is_empty(), "no encoder thread seen");
+    assert!(seen.nice.iter().all(|&n| n == 10), "{:?}", seen.nice);
 
     for at in (300_000..big.len()).step_by(400 << 10) {
         big[at..at + 4096].copy_from_slice(&random_bytes(4096, at as u64));

@@ -79,8 +79,10 @@ pub struct OnboardService {
     next_receiver: std::sync::atomic::AtomicU64,
     /// What one pull pack may carry; see [`OnboardService::set_pull_pack_cap`].
     pull_caps: pull::PullCaps,
-    /// How hard a pull pack is encoded ([`OnboardService::set_pull_effort`]).
-    pull_effort: crate::pack::Effort,
+    /// zstd worker threads a pull's encoding takes ([`OnboardService::set_pull_cpu`]).
+    pull_threads: u32,
+    /// The nice value of a pull's encoder threads.
+    pull_nice: i32,
     /// The prefix and window a pull pack's encoder holds at most.
     pull_limits: Limits,
     /// Pull packs being encoded.
@@ -136,7 +138,8 @@ impl OnboardService {
                 // Kept signatures: a quarter, as each of the decoder's buffers.
                 memory: memory / 4,
             },
-            pull_effort: crate::pack::Effort::for_memory(memory),
+            pull_threads: 1,
+            pull_nice: 0,
             pull_limits,
             live_pulls: pull::LivePulls::default(),
             pull_changing: Mutex::default(),
@@ -176,6 +179,11 @@ impl OnboardService {
             .entry(pod.clone())
             .or_default()
             .clone()
+    }
+
+    /// The memory bound (`--memory`): the decoder's prefix is a quarter of it.
+    fn memory(&self) -> u64 {
+        4 * self.limits.max_prefix_bytes
     }
 
     fn db(&self) -> std::sync::MutexGuard<'_, Db> {

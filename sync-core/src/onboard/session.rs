@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::state::IncomingPack;
 use crate::wire::{ErrorKind, Message};
 
+use super::pull::PullAsk;
 use super::receive::Receiving;
 use super::{OnboardService, Refusal, Staged};
 
@@ -98,9 +99,16 @@ impl OnboardSession {
                 base_root,
                 base,
                 resume,
-            } => Ok(Outcome::replies(svc.pull_request(
-                &pod, &filter, delete, base_root, &base, resume,
-            )?)),
+                rate,
+            } => Ok(Outcome::replies(svc.pull_request(PullAsk {
+                pod: &pod,
+                filter: &filter,
+                delete,
+                base_root,
+                base: &base,
+                resume,
+                rate,
+            })?)),
             Message::PullRange { pack, offset, len } => {
                 Ok(Outcome::replies(svc.pull_range(&pack, offset, len)?))
             }

@@ -104,16 +104,18 @@ impl Effort {
         }
     }
 
-    /// The most compression within `memory` bytes for the encoder's own buffers (a node's,
-    /// whose pods share its memory): a segment of a sixteenth of it (1 to 8 MiB), and zstd's
-    /// match-finder tables of about a tenth (hash 2^(log2 memory - 7) entries, chain twice
-    /// that, 4 bytes each). The window and prefix are the caller's [`Limits`] to hold.
-    pub fn for_memory(memory: u64) -> Effort {
+    /// This effort within `memory` bytes for the encoder's own buffers (a node's, whose pods
+    /// share its memory): a segment of a sixteenth of it (1 to 8 MiB), and zstd's match-finder
+    /// tables of about a tenth (hash 2^(log2 memory - 7) entries, chain twice that, 4 bytes
+    /// each). The window and prefix are the caller's [`Limits`] to hold.
+    pub fn within_memory(self, memory: u64) -> Effort {
         let log = 63 - memory.max(1 << 20).leading_zeros();
         Effort {
-            segment_bytes: (memory / 16).clamp(1 << 20, 8 << 20),
+            segment_bytes: self
+                .segment_bytes
+                .min((memory / 16).clamp(1 << 20, 8 << 20)),
             table_log: Some(log.saturating_sub(7).max(16)),
-            ..Effort::max()
+            ..self
         }
     }
 }

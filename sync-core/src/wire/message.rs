@@ -8,7 +8,8 @@ use crate::pack::Limits;
 use crate::path::{PodName, VolumePath};
 
 /// Version 6 sends a pull pack while the node encodes it: [`Message::PullOffer`]'s length is
-/// optional, and [`Message::PackEnd`] goes onboard → ground too. Version 5 sent a push's pack
+/// optional, and [`Message::PackEnd`] goes onboard → ground too; [`Message::PullRequest`] says
+/// the downlink's rate. Version 5 sent a push's pack
 /// while it is encoded: [`Message::PackOffer`]'s length became optional and
 /// [`Message::PackEnd`] gives it once known. Version 4 added [`Message::Skipped`]. Every other
 /// message encodes as it did.
@@ -84,7 +85,9 @@ pub enum Message {
     /// Ground → onboard: the files of `pod` that `filter` selects (`--path` patterns), as a
     /// pack from the ground's copy, whose manifest is `base_root` (sent in `base`, zstd, when
     /// the node may not know it). Without `delete`, files gone onboard stay in the copy.
-    /// `resume`: a pull pack the ground has partly, to continue instead.
+    /// `resume`: a pull pack the ground has partly, to continue instead. `rate`: the bytes
+    /// per second the ground expects the downlink to carry, if it knows (the node picks how
+    /// hard to compress so that the link does not wait for it).
     PullRequest {
         pod: PodName,
         filter: Vec<String>,
@@ -93,6 +96,7 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         base: Vec<u8>,
         resume: Option<PackId>,
+        rate: Option<u64>,
     },
     /// Onboard → ground: the pull pack, `len` bytes, taking the copy to `target_root` (`None`:
     /// the node is still encoding it; the reply to the `PullRange` that reaches its end carries

@@ -44,6 +44,7 @@ async fn fetch(s: &mut Session, a: &PullArgs) -> Result<PullReport> {
                 filter: a.paths.clone(),
                 delete: a.delete,
                 force: a.force,
+                rate: a.limits.rate,
             },
             &allow,
             &mut |p| bars.update(p),

@@ -32,6 +32,10 @@ pub struct PullOptions {
     pub delete: bool,
     /// Overwrite what the copy's user changed since the last pull (otherwise the pull refuses).
     pub force: bool,
+    /// The downlink's rate in bytes per second, if the operator said (`--rate`): the node
+    /// compresses as hard as keeps that link busy. (A rate measured on the uplink says
+    /// nothing of the downlink.)
+    pub rate: Option<f64>,
 }
 
 /// The result of a pull.

@@ -178,7 +178,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                         pack: state.pack,
                         sent: staged.written,
                         acked: state.received,
-                        total: staged.total.unwrap_or(0),
+                        // While the node encodes it, what has come so far (as a push shows
+                        // what is encoded so far).
+                        total: staged.total.unwrap_or(staged.written),
                     });
                 }
                 Message::PackEnd { pack, len } if pack == state.pack => {

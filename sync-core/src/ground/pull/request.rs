@@ -264,6 +264,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 Vec::new()
             },
             resume,
+            rate: ask.opts.rate.map(|r| r as u64),
         };
         self.skipped = SkippedReport::default();
         self.tx.send(&message(false)).await?;

@@ -66,6 +66,21 @@ struct PullJob {
     base: Manifest,
     /// Versions the node sent before that the copy holds: bases the node may still read.
     sent: Vec<SentVersion>,
+    /// How hard the pack is encoded.
+    effort: Effort,
+}
+
+/// A `PullRequest`'s fields.
+pub(in crate::onboard) struct PullAsk<'a> {
+    pub pod: &'a PodName,
+    pub filter: &'a [String],
+    pub delete: bool,
+    pub base_root: ManifestId,
+    /// The copy's manifest (zstd), when the ground sent it.
+    pub base: &'a [u8],
+    pub resume: Option<PackId>,
+    /// The downlink's rate, bytes per second, if the ground knows it.
+    pub rate: Option<u64>,
 }
 
 impl PullJob {
@@ -103,10 +118,19 @@ impl OnboardService {
         self.pull_caps.content = bytes.max(1);
     }
 
-    /// Sets how hard the node works on a pull pack: its zstd level and threads (the pods
-    /// share the node's CPU).
-    pub fn set_pull_effort(&mut self, effort: Effort) {
-        self.pull_effort = effort;
+    /// Sets the CPU a pull's encoding may take (the pods share the node's CPU): zstd worker
+    /// `threads` (at least 1), and the `nice` value of the encoder's threads (0 to 19; 0 leaves
+    /// it as the daemon's).
+    pub fn set_pull_cpu(&mut self, threads: u32, nice: i32) {
+        self.pull_threads = threads.max(1);
+        self.pull_nice = nice.clamp(0, 19);
+    }
+
+    /// The effort for a pull over a downlink of `rate` bytes per second (unknown: the most
+    /// compression), on the encoder's threads, within the memory bound.
+    fn pull_effort(&self, rate: Option<u64>) -> Effort {
+        let effort = Effort::for_link(rate.map(|r| r as f64), self.pull_threads as usize);
+        effort.within_memory(self.memory())
     }
 
     fn pull_file(&self, pack: &PackId) -> PathBuf {
@@ -119,13 +143,17 @@ impl OnboardService {
     /// encoded, or a new one, whose encoding starts now.
     pub(in crate::onboard) fn pull_request(
         self: &Arc<Self>,
-        pod: &PodName,
-        filter: &[String],
-        delete: bool,
-        base_root: ManifestId,
-        base_blob: &[u8],
-        resume: Option<PackId>,
+        ask: PullAsk,
     ) -> Result<Vec<Message>, Refusal> {
+        let PullAsk {
+            pod,
+            filter,
+            delete,
+            base_root,
+            base: base_blob,
+            resume,
+            rate,
+        } = ask;
         // A ground that asks from the state one of our pull packs leads to has applied it,
         // whether or not its `PullDone` arrived (the link may have been cut right after the
         // apply): what it delivered serves as bases from now on, or the next pull would send
@@ -167,6 +195,7 @@ impl OnboardService {
             now,
             base,
             sent,
+            effort: self.pull_effort(rate),
         };
         self.pack_selection(job, selection, report)
     }
@@ -373,7 +402,10 @@ impl OnboardService {
             .name(format!("pull-{}", &pack.to_hex()[..8]))
             .spawn({
                 let live = live.clone();
-                move || svc.encode_pull(work, file, live)
+                move || {
+                    lower_priority(svc.pull_nice);
+                    svc.encode_pull(work, file, live)
+                }
             });
         if let Err(e) = spawned {
             self.drop_pull_pack(&pack, &live, e.to_string());
@@ -403,7 +435,7 @@ impl OnboardService {
                 &source,
                 &work.signatures,
                 &self.pull_limits,
-                &self.pull_effort,
+                &work.job.effort,
                 &mut out,
             );
             if let Err(PackError::SourceChanged { path }) = &encoded
@@ -484,6 +516,22 @@ fn plan_within_caps(
     Ok((target, plan, true))
 }
 
+/// Lowers this thread's CPU priority by `nice` (Linux: the nice value is a thread's own, and
+/// the threads it starts, zstd's workers among them, inherit it). Elsewhere, nothing.
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        // SAFETY: setpriority and gettid only read their arguments; a failure leaves the
+        // priority as it was.
+        unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
 fn pull_offer(p: &PullPack, more: bool) -> Message {
     Message::PullOffer {
         pack: p.pack,
@@ -520,6 +568,7 @@ mod tests {
             base_root,
             base: Vec::new(),
             resume: None,
+            rate: None,
         };
         let mut s = svc.session();
         let out = s.handle(ask(Manifest::default().root()));
