@@ -7,13 +7,14 @@
 //!   elsewhere, or on a file system that cannot tell, none: every byte is read, and runs of
 //!   zeros in what is read are still found, by [`zero_runs`]).
 //! - [`walk`]: a file's bytes in order, holes given as lengths, never read; [`hash`] on it.
+//! - [`SparseReader`]: a file as the pack encoder reads a target, passing over holes.
 //! - [`copy`]: a copy that keeps holes, and makes holes of blocks of zeros.
 //!
 //! Holes are only ever an optimisation: a hole reads as zeros, so whoever hashes a hole hashes
 //! zeros ([`hash_zeros`], from a static buffer), and content ids stay those of the bytes.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
@@ -230,6 +231,44 @@ fn write_skipping_zeros(dst: &File, bytes: &[u8], at: u64) -> io::Result<()> {
     dst.write_all_at(&bytes[from..], at + from as u64)
 }
 
+/// The first `len` bytes of a file, read in order as the pack encoder reads a target, with the
+/// file's holes known ([`next_hole`]) and passed over unread ([`crate::pack::TargetReader`]).
+pub struct SparseReader {
+    file: File,
+    /// The next byte to read.
+    at: u64,
+    /// Bytes of the file that are the target: never more are read (the file may have grown).
+    len: u64,
+}
+
+impl SparseReader {
+    pub fn new(file: File, len: u64) -> Self {
+        Self { file, at: 0, len }
+    }
+}
+
+impl Read for SparseReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (self.len - self.at).min(buf.len() as u64) as usize;
+        let n = self.file.read_at(&mut buf[..want], self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl crate::pack::TargetReader for SparseReader {
+    fn next_hole(&mut self, from: u64) -> io::Result<Option<Range<u64>>> {
+        Ok(next_hole(&self.file, from)?
+            .map(|h| h.start..h.end.min(self.len))
+            .filter(|h| h.start < h.end))
+    }
+
+    fn skip_hole(&mut self, n: u64) -> io::Result<()> {
+        self.at = (self.at + n).min(self.len);
+        Ok(())
+    }
+}
+
 /// Bytes the file system holds for `file` (its blocks), which for a sparse file is far less
 /// than its length.
 pub fn allocated(file: &File) -> io::Result<u64> {
@@ -240,7 +279,7 @@ pub fn allocated(file: &File) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Write;
 
     /// A file of `len` bytes, holes but for `data` written at each offset.
     fn sparse_file(path: &std::path::Path, len: u64, data: &[(u64, &[u8])]) -> File {
@@ -340,5 +379,40 @@ mod tests {
             let blocks = allocated(&dst).unwrap();
             assert!(blocks <= 1 << 20, "{name}: {blocks} bytes allocated");
         }
+    }
+
+    /// The reader gives the bytes, knows the holes up to its length, and passes over a hole
+    /// without reading it.
+    #[test]
+    fn the_reader_passes_over_holes() {
+        use crate::pack::TargetReader;
+        let t = tempfile::tempdir().unwrap();
+        let f = sparse_file(
+            &t.path().join("s"),
+            4 << 20,
+            &[(0, b"head"), (3 << 20, b"x")],
+        );
+        let bytes = bytes_of(&f);
+        let mut r = SparseReader::new(f, 3 << 20);
+        let mut head = [0u8; 4];
+        r.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"head");
+        match r.next_hole(4).unwrap() {
+            Some(h) => {
+                assert!(h.start <= BLOCK && h.end == 3 << 20, "{h:?}");
+                let skip = h.start - 4;
+                let mut data = vec![0u8; skip as usize];
+                r.read_exact(&mut data).unwrap();
+                r.skip_hole(h.end - h.start).unwrap();
+            }
+            None => {
+                let mut rest = Vec::new();
+                r.read_to_end(&mut rest).unwrap();
+                assert_eq!(rest, bytes[4..3 << 20]);
+            }
+        }
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "nothing past the reader's length");
     }
 }
