@@ -124,28 +124,18 @@ impl<'a> VolumeSource<'a> {
 }
 
 /// Whether the first `len` bytes of the file at `path` hash to `id` (with `whole`, and the
-/// file has no more), read through a fixed buffer whatever the file's size.
+/// file has no more), read through a fixed buffer whatever the file's size, holes unread.
 fn hashes_to(dir: &Dir, path: &VolumePath, len: u64, id: &ContentId, whole: bool) -> bool {
     let Ok(f) = volume::open_nofollow(dir, path) else {
         return false;
     };
-    let mut f = f.take(len.saturating_add(whole as u64));
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut read = 0u64;
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                // The byte past `len` (read only to see that there is one) is not content.
-                let keep = len.saturating_sub(read).min(n as u64) as usize;
-                hasher.update(&buf[..keep]);
-                read += n as u64;
-            }
-            Err(_) => return false,
-        }
-    }
-    read == len && ContentId(*hasher.finalize().as_bytes()) == *id
+    let f = f.into_std();
+    let Ok((hasher, read)) = crate::sparse::hash(&f, len) else {
+        return false;
+    };
+    // With `whole`, a file that has more than `len` bytes is not `id`.
+    let more = whole && !f.metadata().is_ok_and(|m| m.len() <= len);
+    read == len && !more && ContentId(*hasher.finalize().as_bytes()) == *id
 }
 
 impl ContentProvider for VolumeSource<'_> {
