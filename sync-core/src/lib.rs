@@ -23,6 +23,7 @@
 //!   roll-forward).
 //! - [`state`]: SQLite: the schema and every column's encoding, for each end.
 //! - [`object`]: the ground's store of the exact bytes it sent (bases for the next push).
+//! - [`sparse`]: holes of sparse files, found, passed over unread, and kept when copied.
 //!
 //! The two ends:
 //! - [`ground`]: the ground's state folder, the client, and one file per operation (push, send,
@@ -43,6 +44,7 @@ pub mod object;
 pub mod onboard;
 pub mod pack;
 pub mod path;
+pub mod sparse;
 pub mod state;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -15,7 +15,7 @@ use crate::manifest::{Entry, Manifest};
 use crate::pack::format::{read_varint, write_varint};
 use crate::pack::{
     BaseReader, ContentProvider, Item, Limits, ObjectSink, PackError, PackHeader, PrefixPart,
-    SegmentHead, read_header,
+    SegmentHead, TargetReader, read_header,
 };
 use crate::path::VolumePath;
 
@@ -72,7 +72,7 @@ impl ContentProvider for Blobs {
         path: &VolumePath,
         id: &ContentId,
         _size: u64,
-    ) -> Result<Box<dyn Read + '_>, PackError> {
+    ) -> Result<Box<dyn TargetReader + '_>, PackError> {
         let bytes = self.0.get(id).ok_or(PackError::SourceChanged {
             path: path.to_string(),
         })?;
@@ -206,6 +206,8 @@ pub fn read_base(
 #[derive(Debug, Default)]
 pub struct Collect {
     pub objects: HashMap<u32, Vec<u8>>,
+    /// Bytes that came as zeros (where a file sink makes holes), by object index.
+    pub zeros: HashMap<u32, u64>,
     open: Option<(u32, Vec<u8>)>,
 }
 
@@ -228,6 +230,12 @@ impl ObjectSink for Collect {
             .expect("begun")
             .1
             .extend_from_slice(bytes);
+        Ok(())
+    }
+    fn zeros(&mut self, len: u64) -> Result<(), PackError> {
+        let (index, bytes) = self.open.as_mut().expect("begun");
+        *self.zeros.entry(*index).or_default() += len;
+        bytes.resize(bytes.len() + len as usize, 0);
         Ok(())
     }
     fn end(&mut self) -> Result<(), PackError> {

@@ -13,7 +13,6 @@
 //! middle is rolled forward by running the journal again.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -25,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::id::ContentId;
 use crate::manifest::{Change, FileSource, Manifest, PutKind};
 use crate::path::{PodName, TEMP_PREFIX, VolumePath};
+use crate::sparse;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -255,7 +255,7 @@ fn file_step(
 }
 
 /// Moves (when it is the object's last use and staging shares the volume's filesystem) or
-/// copies a staged object into the volume.
+/// copies a staged object into the volume, its holes kept (a sparse file's copy is as sparse).
 fn place_staged(volume: &Dir, src: &Path, temp: &str, last: bool) -> Result<(), VolumeError> {
     let _ = volume.remove_file(temp);
     if last
@@ -265,16 +265,17 @@ fn place_staged(volume: &Dir, src: &Path, temp: &str, last: bool) -> Result<(), 
     {
         return Ok(());
     }
-    let mut input = std::fs::File::open(src).map_err(io_at(src.display().to_string()))?;
-    let mut out = volume
+    let input = std::fs::File::open(src).map_err(io_at(src.display().to_string()))?;
+    let out = volume
         .create(temp)
         .map_err(io_at(temp.to_string()))?
         .into_std();
-    std::io::copy(&mut input, &mut out).map_err(io_at(temp.to_string()))?;
+    sparse::copy(&input, &out, None).map_err(io_at(temp.to_string()))?;
     Ok(())
 }
 
-/// Copies content `id`, held somewhere in the volume, to a temporary, verifying it.
+/// Copies content `id`, held somewhere in the volume, to a temporary, verifying it; holes
+/// stay holes.
 fn place_copy(
     volume: &Dir,
     base: &Manifest,
@@ -288,23 +289,16 @@ fn place_copy(
         id: *id,
     };
     let _ = volume.remove_file(temp);
-    let mut out = volume
+    let out = volume
         .create(temp)
         .map_err(io_at(temp.to_string()))?
         .into_std();
     if *id != ContentId::empty() {
         let src = &base.entries()[*held.get(id).ok_or_else(gone)?];
-        let mut f = open_nofollow(volume, &src.path).map_err(|_| gone())?;
+        let f = open_nofollow(volume, &src.path).map_err(|_| gone())?;
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 256 * 1024];
-        loop {
-            let n = f.read(&mut buf).map_err(io_at(src.path.to_string()))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).map_err(io_at(temp.to_string()))?;
-        }
+        // A read error and a write error look alike here; either way the temporary goes.
+        sparse::copy(&f.into_std(), &out, Some(&mut hasher)).map_err(io_at(temp.to_string()))?;
         if ContentId(*hasher.finalize().as_bytes()) != *id {
             return Err(gone());
         }
@@ -345,18 +339,11 @@ pub fn open_nofollow(volume: &Dir, path: &VolumePath) -> std::io::Result<cap_std
 }
 
 /// The content id of a file of a volume, read through a fixed buffer (the pod may have put a
-/// file of any size there).
+/// file of any size there), its holes unread.
 pub fn content_id(volume: &Dir, path: &VolumePath) -> std::io::Result<ContentId> {
-    let mut file = open_nofollow(volume, path)?;
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(ContentId(*hasher.finalize().as_bytes()));
-        }
-        hasher.update(&buf[..n]);
-    }
+    let file = open_nofollow(volume, path)?.into_std();
+    let (hasher, _) = sparse::hash(&file, u64::MAX)?;
+    Ok(ContentId(*hasher.finalize().as_bytes()))
 }
 
 /// Parent folder handle of `path` inside the volume, and the final name.
@@ -661,6 +648,75 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["keep".to_string()]);
+    }
+
+    /// A file of `len` bytes at `path`, holes but for `data` at `at`.
+    fn sparse_file(path: &Path, len: u64, at: u64, data: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(path).unwrap();
+        f.write_all_at(data, at).unwrap();
+        f.set_len(len).unwrap();
+    }
+
+    fn allocated(path: &Path) -> u64 {
+        sparse::allocated(&std::fs::File::open(path).unwrap()).unwrap()
+    }
+
+    /// A staged sparse object placed at two paths (copied for the first, moved for the last)
+    /// and content the volume holds copied to a third keep their holes: a 256 MiB file of
+    /// holes costs the volume its data, not 256 MiB. (The copies filled them with zeros.)
+    #[test]
+    fn placed_and_copied_files_keep_their_holes() {
+        let t = tempfile::tempdir().unwrap();
+        let (vol_path, staging) = (t.path().join("vol"), t.path().join("stage"));
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::create_dir_all(&vol_path).unwrap();
+        let len = 256u64 << 20;
+        let data = crate::testing::random_bytes(100_000, 1);
+        sparse_file(&staging.join("o0"), len, 100 << 20, &data);
+        sparse_file(&vol_path.join("held.img"), len, 7 << 20, &data);
+        let vol = Dir::open_ambient_dir(&vol_path, ambient_authority()).unwrap();
+        let base = scan(&vol);
+        let id_of = |p: &Path| {
+            let (h, _) = sparse::hash(&std::fs::File::open(p).unwrap(), u64::MAX).unwrap();
+            ContentId(*h.finalize().as_bytes())
+        };
+        let (new_id, held_id) = (
+            id_of(&staging.join("o0")),
+            id_of(&vol_path.join("held.img")),
+        );
+        let put = |p: &str, kind| {
+            Change::Put(crate::manifest::Put {
+                path: VolumePath::new(p).unwrap(),
+                kind,
+                mode: 0o644,
+                mtime: 0,
+            })
+        };
+        let changes = [
+            put("a.img", PutKind::File(FileSource::Object(0))),
+            put("b.img", PutKind::File(FileSource::Object(0))),
+            put(
+                "c.img",
+                PutKind::File(FileSource::Known {
+                    id: held_id,
+                    size: len,
+                }),
+            ),
+        ];
+        let plan = prepare(&vol, &staging, &base, &changes, &[(new_id, len)], "t").unwrap();
+        apply(&vol, &plan, "t").unwrap();
+        for (name, id) in [("a.img", new_id), ("b.img", new_id), ("c.img", held_id)] {
+            let p = vol_path.join(name);
+            assert_eq!(std::fs::metadata(&p).unwrap().len(), len, "{name}");
+            assert_eq!(id_of(&p), id, "{name}");
+            assert!(
+                allocated(&p) < 4 << 20,
+                "{name}: {} bytes allocated for {} bytes of data",
+                allocated(&p),
+                data.len()
+            );
+        }
     }
 
     #[test]

@@ -385,10 +385,9 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>) {
             walk(&path, &rel, out);
             format!("dir {mode:o}")
         } else if ft.is_file() {
-            let bytes = fs::read(&path).unwrap();
             format!(
                 "file {mode:o} {} mtime={}",
-                blake3::hash(&bytes).to_hex(),
+                content_hash(&path),
                 meta.mtime()
             )
         } else {
@@ -396,6 +395,64 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>) {
         };
         out.insert(rel, desc);
     }
+}
+
+/// The BLAKE3 of a file's bytes (hex), read through a fixed buffer: a test's files may be
+/// larger than its memory (a sparse file of gigabytes, say). Holes are read like any byte.
+pub fn content_hash(path: &Path) -> String {
+    use std::io::Read;
+    let mut hasher = blake3::Hasher::new();
+    let mut file =
+        fs::File::open(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return hasher.finalize().to_hex().to_string(),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("reading {}: {e}", path.display()),
+        }
+    }
+}
+
+/// Writes a sparse file of `len` bytes at `root/rel`: holes, but for each `(offset, bytes)`.
+pub fn write_sparse(root: &Path, rel: &str, len: u64, data: &[(u64, Vec<u8>)]) {
+    use std::os::unix::fs::FileExt;
+    let p = root.join(rel);
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).unwrap();
+    }
+    let f = fs::File::create(&p).unwrap();
+    for (at, bytes) in data {
+        f.write_all_at(bytes, *at).unwrap();
+    }
+    f.set_len(len).unwrap();
+}
+
+/// Bytes the file system holds for the file at `path` (its blocks): a sparse file's data, not
+/// its length.
+pub fn allocated(path: &Path) -> u64 {
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .blocks()
+        * 512
+}
+
+/// [`allocated`], summed over every file below `root`.
+pub fn allocated_below(root: &Path) -> u64 {
+    let mut total = 0;
+    for e in fs::read_dir(root).unwrap_or_else(|e| panic!("{}: {e}", root.display())) {
+        let e = e.unwrap();
+        let ft = e.file_type().unwrap();
+        if ft.is_dir() {
+            total += allocated_below(&e.path());
+        } else if ft.is_file() {
+            total += allocated(&e.path());
+        }
+    }
+    total
 }
 
 /// Asserts that `volume` holds exactly `local`'s tree (by hash, mode, mtime, link target).

@@ -21,7 +21,7 @@ use crate::delta::ReadAt;
 use crate::id::{ContentId, ManifestId, NodeId, PackId};
 use crate::manifest::{ChangeSummary, Manifest};
 use crate::object::{ObjectStore, PendingObject};
-use crate::pack::{ContentProvider, Effort, PackError, Plan, PlanStats};
+use crate::pack::{ContentProvider, Effort, PackError, Plan, PlanStats, TargetReader};
 use crate::path::{PodName, VolumePath};
 use crate::state::{FollowUp, OutgoingPack, PackState};
 use crate::units::fmt_bytes;
@@ -490,14 +490,18 @@ impl ContentProvider for LocalTree {
         path: &VolumePath,
         _id: &ContentId,
         size: u64,
-    ) -> Result<Box<dyn Read + '_>, PackError> {
+    ) -> Result<Box<dyn TargetReader + '_>, PackError> {
         let local = self.local_path(path);
         let changed = || PackError::SourceChanged {
             path: local.to_string(),
         };
         let rel = VolumePath::new(local).map_err(|_| changed())?;
         let file = crate::volume::open_nofollow(&self.dir, &rel).map_err(|_| changed())?;
-        Ok(Box::new(file.into_std().take(size)))
+        // A sparse file's holes are passed over unread.
+        Ok(Box::new(crate::sparse::SparseReader::new(
+            file.into_std(),
+            size,
+        )))
     }
 
     fn open_base(
@@ -527,7 +531,7 @@ impl ContentProvider for Keeping {
         path: &VolumePath,
         id: &ContentId,
         size: u64,
-    ) -> Result<Box<dyn Read + '_>, PackError> {
+    ) -> Result<Box<dyn TargetReader + '_>, PackError> {
         let inner = self.inner.open_target(path, id, size)?;
         // The store is an optimisation: a store that cannot take the object costs the next
         // push a base, not this push.
@@ -536,6 +540,7 @@ impl ContentProvider for Keeping {
                 inner,
                 pending: Some(pending),
                 id: *id,
+                size,
                 left: size,
                 read: self.read.clone(),
             })),
@@ -559,11 +564,12 @@ impl ContentProvider for Keeping {
     }
 }
 
-/// A target's reader that copies what it reads into a pending store object.
+/// A target's reader that copies what it reads into a pending store object, holes as holes.
 struct Tee<'a> {
-    inner: Box<dyn Read + 'a>,
+    inner: Box<dyn TargetReader + 'a>,
     pending: Option<PendingObject>,
     id: ContentId,
+    size: u64,
     left: u64,
     read: Arc<Mutex<HashMap<ContentId, PendingObject>>>,
 }
@@ -581,10 +587,33 @@ impl Read for Tee<'_> {
     }
 }
 
+impl TargetReader for Tee<'_> {
+    fn next_hole(&mut self, from: u64) -> std::io::Result<Option<std::ops::Range<u64>>> {
+        self.inner.next_hole(from)
+    }
+
+    fn skip_hole(&mut self, n: u64) -> std::io::Result<()> {
+        self.inner.skip_hole(n)?;
+        // The stored copy gets the hole too: a sparse file costs the store its data only.
+        if let Some(p) = &mut self.pending {
+            let skip = i64::try_from(n).map_err(std::io::Error::other);
+            if skip
+                .and_then(|n| std::io::Seek::seek(&mut p.file, std::io::SeekFrom::Current(n)))
+                .is_err()
+            {
+                self.pending.take().expect("just matched").discard();
+            }
+        }
+        self.left = self.left.saturating_sub(n);
+        Ok(())
+    }
+}
+
 impl Drop for Tee<'_> {
     fn drop(&mut self) {
         if let Some(p) = self.pending.take() {
-            if self.left == 0 {
+            // A file that ends in a hole has its length only once it is set.
+            if self.left == 0 && p.file.set_len(self.size).is_ok() {
                 // Whole: kept until the encoder says it is `id`.
                 self.read.lock().expect("not poisoned").insert(self.id, p);
             } else {
@@ -603,7 +632,7 @@ impl ContentProvider for EmptyProvider {
         path: &VolumePath,
         _: &ContentId,
         _: u64,
-    ) -> Result<Box<dyn Read + '_>, PackError> {
+    ) -> Result<Box<dyn TargetReader + '_>, PackError> {
         Err(PackError::SourceChanged {
             path: path.to_string(),
         })

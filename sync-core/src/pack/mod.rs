@@ -15,7 +15,7 @@ pub mod format;
 pub mod read;
 
 pub use build::{BaseChoice, Plan, PlanStats, PlannedObject};
-pub use encode::{ContentProvider, Effort};
+pub use encode::{ContentProvider, Effort, TargetReader};
 pub use format::{Encoding, Item, Limits, PackHeader, PrefixPart, SegmentHead};
 pub use read::{BaseReader, DecodedPack, ObjectSink, decode_pack, read_header, target_on};
 

@@ -789,3 +789,284 @@ fn a_large_image_edited_in_place_costs_its_edits() {
     let (d, _) = decode_with(&pack, &base, &blobs, &limits).unwrap();
     assert_eq!(d.target.root(), target.root());
 }
+
+/// A target of `size` bytes, zeros but for `data` (offset, bytes), whose reader knows where
+/// its holes are (everything but the data), as a sparse file's reader does; it counts the hole
+/// bytes it is made to read.
+struct SparseTarget {
+    size: u64,
+    data: Vec<(u64, Vec<u8>)>,
+    read_in_holes: std::cell::Cell<u64>,
+}
+
+impl SparseTarget {
+    fn new(size: u64, data: Vec<(u64, Vec<u8>)>) -> Self {
+        Self {
+            size,
+            data,
+            read_in_holes: Default::default(),
+        }
+    }
+
+    fn id(&self) -> ContentId {
+        let mut h = blake3::Hasher::new();
+        let mut at = 0;
+        for (from, bytes) in &self.data {
+            crate::sparse::hash_zeros(&mut h, from - at);
+            h.update(bytes);
+            at = from + bytes.len() as u64;
+        }
+        crate::sparse::hash_zeros(&mut h, self.size - at);
+        ContentId(*h.finalize().as_bytes())
+    }
+
+    fn data_bytes(&self) -> u64 {
+        self.data.iter().map(|(_, d)| d.len() as u64).sum()
+    }
+
+    fn manifest(&self) -> Manifest {
+        Manifest::new(vec![Entry {
+            path: VolumePath::new("sparse.img").unwrap(),
+            kind: EntryKind::File {
+                id: self.id(),
+                size: self.size,
+            },
+            mode: 0o644,
+            mtime: 1,
+        }])
+        .unwrap()
+    }
+}
+
+struct SparseTargetReader<'a> {
+    t: &'a SparseTarget,
+    at: u64,
+}
+
+impl std::io::Read for SparseTargetReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min((self.t.size - self.at) as usize);
+        let (start, end) = (self.at, self.at + n as u64);
+        buf[..n].fill(0);
+        let mut in_data = 0u64;
+        for (from, bytes) in &self.t.data {
+            let to = from + bytes.len() as u64;
+            let (a, b) = (start.max(*from), end.min(to));
+            if a < b {
+                buf[(a - start) as usize..(b - start) as usize]
+                    .copy_from_slice(&bytes[(a - from) as usize..(b - from) as usize]);
+                in_data += b - a;
+            }
+        }
+        let holes = self.t.read_in_holes.get();
+        self.t.read_in_holes.set(holes + n as u64 - in_data);
+        self.at = end;
+        Ok(n)
+    }
+}
+
+impl TargetReader for SparseTargetReader<'_> {
+    fn next_hole(&mut self, from: u64) -> std::io::Result<Option<std::ops::Range<u64>>> {
+        let mut at = from;
+        for (start, bytes) in &self.t.data {
+            let end = start + bytes.len() as u64;
+            if at < *start {
+                return Ok(Some(at..*start));
+            }
+            at = at.max(end);
+        }
+        Ok((at < self.t.size).then_some(at..self.t.size))
+    }
+
+    fn skip_hole(&mut self, n: u64) -> std::io::Result<()> {
+        self.at += n;
+        Ok(())
+    }
+}
+
+impl ContentProvider for SparseTarget {
+    fn open_target(
+        &self,
+        _: &VolumePath,
+        _: &ContentId,
+        _: u64,
+    ) -> Result<Box<dyn TargetReader + '_>, PackError> {
+        Ok(Box::new(SparseTargetReader { t: self, at: 0 }))
+    }
+
+    fn open_base(
+        &self,
+        _: &ContentId,
+        _: u64,
+    ) -> Result<Option<Box<dyn crate::delta::ReadAt + '_>>, PackError> {
+        Ok(None)
+    }
+}
+
+/// A receiver's sink that hashes what it is given, holding none of it, and counts the zeros.
+#[derive(Default)]
+struct Hashing {
+    hasher: blake3::Hasher,
+    zeros: u64,
+}
+
+impl ObjectSink for Hashing {
+    fn begin(&mut self, _: u32, _: u64) -> Result<(), PackError> {
+        Ok(())
+    }
+    fn write(&mut self, bytes: &[u8]) -> Result<(), PackError> {
+        self.hasher.update(bytes);
+        Ok(())
+    }
+    fn zeros(&mut self, len: u64) -> Result<(), PackError> {
+        crate::sparse::hash_zeros(&mut self.hasher, len);
+        self.zeros += len;
+        Ok(())
+    }
+    fn end(&mut self) -> Result<(), PackError> {
+        Ok(())
+    }
+}
+
+/// A sparse file of 1 GiB with 300 KiB of data: its holes are never read, cross as a few
+/// bytes of zeros items, and reach the sink as zeros (which a file sink makes holes of); the
+/// object's id, checked on both ends, covers every byte.
+#[test]
+fn a_sparse_targets_holes_are_not_read_and_cost_a_few_bytes() {
+    let t = SparseTarget::new(
+        1 << 30,
+        vec![
+            (0, random_bytes(100_000, 1)),
+            (400 << 20, random_bytes(100_000, 2)),
+            ((1 << 30) - 100_000, random_bytes(100_000, 3)),
+        ],
+    );
+    let base = Manifest::default();
+    let target = t.manifest();
+    let plan = Plan::new(&base, &target, &|_| false);
+    let mut pack = Vec::new();
+    plan.encode(
+        &base,
+        &t,
+        &HashMap::new(),
+        &Limits::default(),
+        &Effort::max(),
+        &mut pack,
+    )
+    .unwrap();
+    assert_eq!(t.read_in_holes.get(), 0, "hole bytes were read");
+    assert!(
+        (pack.len() as u64) < t.data_bytes() + 1024,
+        "a pack of {} bytes for {} bytes of data",
+        pack.len(),
+        t.data_bytes()
+    );
+    let mut sink = Hashing::default();
+    let d = decode_pack(
+        &mut &pack[..],
+        &base,
+        &Blobs::default(),
+        &mut sink,
+        &Limits::default(),
+    )
+    .unwrap();
+    assert_eq!(d.target.root(), target.root());
+    assert_eq!(ContentId(*sink.hasher.finalize().as_bytes()), t.id());
+    assert_eq!(sink.zeros, t.size - t.data_bytes());
+}
+
+/// Runs of zeros in data (a file system that does not say where its holes are, or zeros
+/// written out): whole-block runs of at least `MIN_ZERO_RUN` go as zeros items, shorter ones
+/// and the unaligned edges of a run as literal bytes, and every byte comes back as it was,
+/// whatever the pieces and segments the object is cut into.
+#[test]
+fn runs_of_zeros_in_the_middle_of_data_round_trip_as_zeros() {
+    let zeros = |n: usize| vec![0u8; n];
+    let body = [
+        random_bytes(200_001, 1),
+        zeros(1 << 20),
+        random_bytes(50_000, 2),
+        zeros(100_000),
+        random_bytes(3, 3),
+        // Shorter than a run worth an item: literal.
+        zeros(30_000),
+        random_bytes(70_000, 4),
+        zeros(3 << 20),
+    ]
+    .concat();
+    let random: usize = 200_001 + 50_000 + 3 + 70_000;
+    // Cut in pieces, a run loses to literal bytes what of it a piece holds too little of.
+    for (name, effort, least_zeros) in [
+        ("whole", Effort::max(), (4 << 20) - (200 << 10)),
+        (
+            "pieces",
+            Effort {
+                segment_bytes: 96 << 10,
+                ..Effort::max()
+            },
+            3 << 20,
+        ),
+    ] {
+        let mut blobs = Blobs::default();
+        let base = manifest(&[], &mut blobs);
+        let target = manifest(&[("disk.img", &body)], &mut blobs);
+        let (pack, _) = build_with(&base, &target, &blobs, &blobs, &Limits::default(), &effort);
+        let items = PackParts::of(&pack, &base).items();
+        assert!(
+            items.iter().any(|i| i.encoding == Encoding::Zeros),
+            "{name}: {items:?}"
+        );
+        let (d, sink) = decode(&pack, &base, &blobs).unwrap();
+        assert_eq!(d.target.root(), target.root(), "{name}");
+        assert_eq!(sink.objects[&0], body, "{name}");
+        let as_zeros = sink.zeros[&0];
+        assert!(
+            as_zeros >= least_zeros && as_zeros <= (4 << 20) + 100_000,
+            "{name}: {as_zeros} bytes came as zeros"
+        );
+        assert!(
+            pack.len() < random + 2048,
+            "{name}: a pack of {} bytes for {random} random bytes",
+            pack.len()
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Files made of data and runs of zeros, against a base the sender holds or none, in
+    /// pieces or whole: every byte comes back.
+    #[test]
+    fn files_with_runs_of_zeros_round_trip(
+        stretches in prop::collection::vec((any::<bool>(), 1usize..300_000, any::<u64>()), 1..8),
+        with_base in any::<bool>(),
+        small in any::<bool>(),
+    ) {
+        let body: Vec<u8> = stretches
+            .iter()
+            .flat_map(|&(zero, len, seed)| {
+                if zero { vec![0u8; len] } else { noise(len, seed) }
+            })
+            .collect();
+        let mut old = body.clone();
+        old.truncate(old.len() / 2);
+        old.extend_from_slice(&text(100, 1));
+        let mut blobs = Blobs::default();
+        let base = if with_base {
+            manifest(&[("f.img", &old)], &mut blobs)
+        } else {
+            manifest(&[], &mut blobs)
+        };
+        let target = manifest(&[("f.img", &body)], &mut blobs);
+        let (limits, effort) = if small {
+            let limits = Limits { max_prefix_bytes: 256 << 10, ..Limits::default() };
+            (limits, Effort { segment_bytes: 128 << 10, ..Effort::max() })
+        } else {
+            (Limits::default(), Effort::max())
+        };
+        let (pack, _) = build_with(&base, &target, &blobs, &blobs, &limits, &effort);
+        let (d, sink) = decode_with(&pack, &base, &blobs, &limits).unwrap();
+        prop_assert_eq!(d.target.root(), target.root());
+        prop_assert!(sink.objects[&0] == body);
+    }
+}

@@ -20,7 +20,7 @@ use crate::delta::ReadAt;
 use crate::delta::rsync::SignatureBuilder;
 use crate::id::ContentId;
 use crate::manifest::Manifest;
-use crate::pack::{ContentProvider, PackError};
+use crate::pack::{ContentProvider, PackError, TargetReader};
 use crate::path::VolumePath;
 use crate::volume;
 
@@ -124,28 +124,18 @@ impl<'a> VolumeSource<'a> {
 }
 
 /// Whether the first `len` bytes of the file at `path` hash to `id` (with `whole`, and the
-/// file has no more), read through a fixed buffer whatever the file's size.
+/// file has no more), read through a fixed buffer whatever the file's size, holes unread.
 fn hashes_to(dir: &Dir, path: &VolumePath, len: u64, id: &ContentId, whole: bool) -> bool {
     let Ok(f) = volume::open_nofollow(dir, path) else {
         return false;
     };
-    let mut f = f.take(len.saturating_add(whole as u64));
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut read = 0u64;
-    loop {
-        match f.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                // The byte past `len` (read only to see that there is one) is not content.
-                let keep = len.saturating_sub(read).min(n as u64) as usize;
-                hasher.update(&buf[..keep]);
-                read += n as u64;
-            }
-            Err(_) => return false,
-        }
-    }
-    read == len && ContentId(*hasher.finalize().as_bytes()) == *id
+    let f = f.into_std();
+    let Ok((hasher, read)) = crate::sparse::hash(&f, len) else {
+        return false;
+    };
+    // With `whole`, a file that has more than `len` bytes is not `id`.
+    let more = whole && !f.metadata().is_ok_and(|m| m.len() <= len);
+    read == len && !more && ContentId(*hasher.finalize().as_bytes()) == *id
 }
 
 impl ContentProvider for VolumeSource<'_> {
@@ -154,7 +144,7 @@ impl ContentProvider for VolumeSource<'_> {
         path: &VolumePath,
         id: &ContentId,
         _size: u64,
-    ) -> Result<Box<dyn Read + '_>, PackError> {
+    ) -> Result<Box<dyn TargetReader + '_>, PackError> {
         let changed = || PackError::SourceChanged {
             path: path.to_string(),
         };
@@ -169,7 +159,11 @@ impl ContentProvider for VolumeSource<'_> {
         // A pod may be writing it right now: the encoder sends nothing that does not hash to
         // the scanned id, and no more than the scanned size is read.
         let file = volume::open_nofollow(self.dir, path).map_err(|_| changed())?;
-        Ok(Box::new(file.into_std().take(*size)))
+        // A sparse file's holes are passed over unread.
+        Ok(Box::new(crate::sparse::SparseReader::new(
+            file.into_std(),
+            *size,
+        )))
     }
 
     fn open_base(
@@ -288,7 +282,7 @@ impl ContentProvider for Signing<'_> {
         path: &VolumePath,
         id: &ContentId,
         size: u64,
-    ) -> Result<Box<dyn Read + '_>, PackError> {
+    ) -> Result<Box<dyn TargetReader + '_>, PackError> {
         let inner = self.inner.open_target(path, id, size)?;
         if size < SIGN_MIN_BYTES as u64 {
             return Ok(inner);
@@ -325,26 +319,53 @@ impl ContentProvider for Signing<'_> {
 
 /// A target's reader that builds its signature from the bytes that pass.
 struct SigningReader<'a> {
-    inner: Box<dyn Read + 'a>,
+    inner: Box<dyn TargetReader + 'a>,
     builder: Option<SignatureBuilder>,
     left: u64,
     id: ContentId,
     read: std::rc::Rc<std::cell::RefCell<HashMap<ContentId, Vec<u8>>>>,
 }
 
-impl Read for SigningReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+impl SigningReader<'_> {
+    /// Feeds the signature the next bytes of the target.
+    fn feed(&mut self, bytes: &[u8]) {
         if let Some(b) = &mut self.builder {
-            let keep = (n as u64).min(self.left) as usize;
-            b.feed(&buf[..keep]);
+            let keep = (bytes.len() as u64).min(self.left) as usize;
+            b.feed(&bytes[..keep]);
             self.left -= keep as u64;
             if self.left == 0 {
                 let sig = self.builder.take().expect("just matched").finish();
                 self.read.borrow_mut().insert(self.id, sig);
             }
         }
+    }
+}
+
+impl Read for SigningReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.feed(&buf[..n]);
         Ok(n)
+    }
+}
+
+impl TargetReader for SigningReader<'_> {
+    fn next_hole(&mut self, from: u64) -> std::io::Result<Option<std::ops::Range<u64>>> {
+        self.inner.next_hole(from)
+    }
+
+    /// The hole is not read, but the signature covers its zeros: the next pull's delta is
+    /// against every byte of this version.
+    fn skip_hole(&mut self, n: u64) -> std::io::Result<()> {
+        self.inner.skip_hole(n)?;
+        let zeros = &crate::sparse::ZEROS;
+        let mut left = n;
+        while left > 0 && self.builder.is_some() {
+            let step = left.min(zeros.len() as u64) as usize;
+            self.feed(&zeros[..step]);
+            left -= step as u64;
+        }
+        Ok(())
     }
 }
 
