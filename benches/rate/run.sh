@@ -3,7 +3,7 @@
 # at each link rate, next to `tar -c | zstd -3 -T0` of the tree and that archive's time on the
 # link.
 #
-#   bash benches/rate/run.sh                  # about 5 minutes on 2 cores; fetches the corpus
+#   bash benches/rate/run.sh                  # about 6 minutes on 2 cores; fetches the corpus
 #   RATES="100Mbit" bash benches/rate/run.sh  # one rate
 #
 # Corpus (corpus.sh): Django 5.0.6's source distribution unpacked, 6,772 files, 43.7 MB of file
@@ -21,6 +21,9 @@
 #   CORPUS=DIR         corpus location (default benches/rate/.corpus)
 #   TIMEOUT=1800       seconds allowed per push
 #   KEEP=1             keep the work folder (it is kept anyway when something failed)
+#   TMPDIR=DIR         where the work folder goes (mktemp; default /tmp). TMPDIR=/dev/shm puts
+#                      both ends' state and the volume on tmpfs, where fsync costs nothing: a
+#                      diagnostic that shows how much of the time is the disk's
 #   STRACE=1           also count each push's fsync and fdatasync calls and their wall seconds
 #                      at both ends (strace -f -w -c); its overhead is in that run's times
 #   SYNC_BUILD, SYNC_BIN_DIR   as in benches/compare (lib/common.sh)
@@ -217,6 +220,7 @@ for rate in "${RATES[@]}"; do
   d=$(mktemp -d "$WORK/$rate.XXXXXX")
   SRC=$d/src
   cp -a "$V1" "$SRC"
+  log "$rate: copied"
 
   # The reference, on the same copy the push reads, just before it.
   log "$rate: tar -c | zstd -3 -T0"
@@ -278,7 +282,9 @@ for rate in "${RATES[@]}"; do
   log "$rate: stopping"
   stop_proxy
   stop_server
+  log "$rate: stopped"
   ((FAILED)) || rm -rf "$d"
+  log "$rate: removed"
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
