@@ -245,7 +245,9 @@ for rate in "${RATES[@]}"; do
   how=$([[ $throttled == 1 ]] && echo "through the proxy at $rate" || echo "unthrottled, told $rate")
   log "$rate: first push ($how)"
 
+  first_ok=0
   if push "$d" first "$rate" && check_volume "$V1" "$d" "$rate first push"; then
+    first_ok=1
     link=$(link_secs "$WIRE" "$bits")
     if ((throttled)); then
       wall=$WALL
@@ -267,7 +269,10 @@ for rate in "${RATES[@]}"; do
   # The small update: as a checkout of the next release leaves the tree.
   rsync -r --checksum --delete "$V2/" "$SRC/" || die "rsync of the update into $SRC failed"
   log "$rate: update"
-  if push "$d" update "$rate" && check_volume "$V2" "$d" "$rate update"; then
+  if ((!first_ok)); then
+    log "$rate: no update without its first push"
+    ROWS+=("| $rate | update | not run | | | | | | | | | |")
+  elif push "$d" update "$rate" && check_volume "$V2" "$d" "$rate update"; then
     link=$(link_secs "$WIRE" "$bits")
     wall=$WALL
     ((throttled)) || wall="$WALL (unthrottled)"
@@ -282,9 +287,10 @@ for rate in "${RATES[@]}"; do
   log "$rate: stopping"
   stop_proxy
   stop_server
-  log "$rate: stopped"
-  ((FAILED)) || rm -rf "$d"
-  log "$rate: removed"
+  if ((!FAILED)); then
+    rm -rf "$d"
+    log "$rate: removed its folder"
+  fi
 done
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
