@@ -187,7 +187,9 @@ impl ObjectSink for StagingSink<'_> {
         let f = w.into_inner().map_err(|e| e.into_error())?;
         // A file that ends in a hole has its length only once it is set.
         f.set_len(size)?;
-        f.sync_all()?;
+        // Not synced: a staged object is made again from the (durable) pack if the daemon
+        // stops before the apply, and `volume::prepare` makes what it places durable, all
+        // files at once.
         Ok(())
     }
 }
