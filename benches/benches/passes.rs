@@ -165,6 +165,7 @@ fn run(prep: &Prepared, config: SimConfig, faults: Vec<Fault>, pass: Option<Dura
                 deadline: pass.map(|p| pass_start + p),
                 rate: Some(config.up_bps as f64 / 8.0),
                 budget: None,
+                jobs: 1,
             };
             let mut client = match connect(&net, svc.clone(), &prep.key).await {
                 Ok(c) => c,

@@ -117,6 +117,13 @@ pub struct Limits {
     /// earlier passes].
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub rate: Option<f64>,
+    /// Segments a push compresses at once, each on a core of its own (push, pass): for a
+    /// large push at the narrow uplink's level, whose compression runs on one core per
+    /// segment. The pack is the same bytes whatever the number; each job holds about a
+    /// segment, its prefix and zstd's state (100-200 MB at level 19).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub jobs: u32,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

@@ -97,6 +97,7 @@ impl Limits {
             rate: self
                 .rate
                 .or_else(|| ground.db.measured_rate(node).ok().flatten()),
+            jobs: self.jobs,
         }
     }
 }

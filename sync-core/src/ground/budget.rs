@@ -18,6 +18,8 @@ pub struct Allowance {
     pub deadline: Option<Instant>,
     /// The link's rate in bytes per second, if known (given or measured before).
     pub rate: Option<f64>,
+    /// Segments a push encoded now compresses at once (`--jobs`; 0 or 1: one at a time).
+    pub jobs: u32,
 }
 
 /// Bytes kept back from a budget for the messages that end a connection cleanly.
@@ -146,6 +148,7 @@ mod tests {
             budget: None,
             deadline: Some(Instant::now() + Duration::from_secs(10)),
             rate: Some(100_000.0),
+            jobs: 1,
         };
         // 10 s less a round trip and the closing slack, at 100 kB/s, less framing.
         let c = allow.capacity(0, rtt).unwrap();
@@ -201,6 +204,7 @@ mod tests {
             budget: None,
             deadline: Some(Instant::now() + Duration::from_secs(10)),
             rate: Some(100_000.0),
+            jobs: 1,
         };
         // 10 s - 0.5 s round trip - 1 s slack = 8.5 s at 100,000 B/s = 850,000 wire bytes.
         // 100 kB/s gives 400,000-byte frames, capped at 32,768 (32,801 on the wire): 25 of

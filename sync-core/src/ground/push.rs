@@ -365,11 +365,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             provider,
             signatures,
             limits: self.limits.clone(),
-            // The link's rate (given, or measured in earlier passes) sets how hard to work.
-            effort: Effort::for_link(
-                allow.rate,
-                std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ),
+            // The link's rate (given, or measured in earlier passes) sets how hard to work;
+            // --jobs, how many segments at once.
+            effort: Effort {
+                jobs: allow.jobs.max(1),
+                ..Effort::for_link(
+                    allow.rate,
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                )
+            },
         };
         let path = ground.encoding_path(&self.node, &q.pack);
         let encoding = Encoding::start(path.clone(), job).map_err(io_at(&path))?;

@@ -34,10 +34,8 @@ use std::ops::Range;
 use super::PackError;
 use super::anchor::BaseIndex;
 use super::build::{BaseChoice, Plan, PlanStats, PlannedObject, header_dictionary};
-use super::format::{
-    Encoding, FIXED_LEN, FixedHeader, HeaderBody, Item, Limits, PrefixPart, SegmentHead,
-    write_varint,
-};
+use super::format::{Encoding, FIXED_LEN, FixedHeader, HeaderBody, Item, Limits, PrefixPart};
+use super::pool::{Job, Pool};
 use crate::delta::{ReadAt, rsync, zstd_ref};
 use crate::id::ContentId;
 use crate::manifest::Manifest;
@@ -142,6 +140,10 @@ pub struct Effort {
     /// Cap on zstd's match-finder tables ([`zstd_ref::Tuning::table_log`]); `None`: the
     /// level's own.
     pub table_log: Option<u32>,
+    /// Segments compressed at once, each on a thread of its own (1: on the encoder's thread).
+    /// The pack's bytes are the same whatever the number; the memory is about this many
+    /// segments with their prefixes and zstd's state.
+    pub jobs: u32,
 }
 
 impl Effort {
@@ -152,6 +154,7 @@ impl Effort {
             workers: 1,
             segment_bytes: 32 << 20,
             table_log: None,
+            jobs: 1,
         }
     }
 
@@ -257,11 +260,12 @@ impl Plan {
             stats: &mut stats,
             segments: 0,
             ramp,
+            pool: (effort.jobs > 1).then(|| Pool::new(effort.jobs)),
         };
         for (index, object, class) in enc.order(&self.objects)? {
             enc.object(index, object, class)?;
         }
-        enc.flush()?;
+        enc.finish_segments()?;
         enc.out.write_all(&[0])?;
         enc.out.flush()?;
         stats.pack_bytes += 1;
@@ -343,6 +347,8 @@ struct Encoder<'a> {
     segments: u32,
     /// Segments start at [`RAMP_START`] and double up to the effort's size.
     ramp: bool,
+    /// Workers compressing segments ([`Effort::jobs`] > 1).
+    pool: Option<Pool>,
 }
 
 /// The first segment of a large pack holds this much, the next twice that, and so on (about a
@@ -936,58 +942,43 @@ impl<'a> Encoder<'a> {
         }
         let mut prefix = Vec::with_capacity(seg.prefix_len as usize);
         self.prefix_bytes(&seg.parts, &mut prefix)?;
-        let mut parts = seg.parts;
-        let (mut frame, mut window_log) = if seg.content.is_empty() {
-            (Vec::new(), 0)
-        } else {
-            self.compress(&prefix, &seg.content)?
-        };
-        // Unchanged neighbours of the rsync deltas' literal bytes, nearest the deltas. They make a
-        // changed database page cost its change; but level 19's parser also takes short matches
-        // from them that cost more than literals (decimal text compresses worse with a prefix of
-        // more decimal text), so they stay only where they make the frame smaller.
-        if !seg.ranges.is_empty() && !seg.content.is_empty() {
-            prefix.extend_from_slice(&seg.range_bytes);
-            let (with, wl) = self.compress(&prefix, &seg.content)?;
-            if with.len() < frame.len() {
-                (frame, window_log) = (with, wl);
-                parts.extend(seg.ranges);
-            }
-        }
-        drop(prefix);
-        let head = SegmentHead {
-            prefix: parts,
-            items: seg.items,
-            frame_len: frame.len() as u64,
-            window_log: window_log as u8,
-        }
-        .encode()?;
-        let mut len = Vec::with_capacity(10);
-        write_varint(head.len() as u64, &mut len);
-        self.out.write_all(&len)?;
-        self.out.write_all(&head)?;
-        self.out.write_all(&frame)?;
-        self.out.flush()?;
-        self.segments += 1;
-        self.stats.pack_bytes += (len.len() + head.len() + frame.len()) as u64;
-        Ok(())
-    }
-
-    fn compress(&self, prefix: &[u8], content: &[u8]) -> Result<(Vec<u8>, u32), PackError> {
-        let mut frame = Vec::new();
-        let window_log = zstd_ref::compress_with(
+        let job = Job {
             prefix,
-            &mut &content[..],
-            content.len() as u64,
-            self.limits.max_window_log as u32,
-            zstd_ref::Tuning {
+            parts: seg.parts,
+            ranges: seg.ranges,
+            range_bytes: seg.range_bytes,
+            content: seg.content,
+            items: seg.items,
+            max_window_log: self.limits.max_window_log as u32,
+            tuning: zstd_ref::Tuning {
                 level: self.effort.level,
                 workers: self.effort.workers,
                 table_log: self.effort.table_log,
             },
-            &mut frame,
-        )?;
-        Ok((frame, window_log))
+        };
+        // Counted when cut, not when written: where the next segment is cut never depends on
+        // how many workers compress.
+        self.segments += 1;
+        let wrote = match &mut self.pool {
+            Some(pool) => pool.submit(job, self.out)?,
+            None => {
+                let bytes = job.run()?;
+                self.out.write_all(&bytes)?;
+                self.out.flush()?;
+                bytes.len() as u64
+            }
+        };
+        self.stats.pack_bytes += wrote;
+        Ok(())
+    }
+
+    /// Writes the segments still being compressed.
+    fn finish_segments(&mut self) -> Result<(), PackError> {
+        self.flush()?;
+        if let Some(pool) = &mut self.pool {
+            self.stats.pack_bytes += pool.finish(self.out)?;
+        }
+        Ok(())
     }
 }
 

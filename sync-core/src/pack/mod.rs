@@ -12,6 +12,7 @@ pub mod anchor;
 pub mod build;
 pub mod encode;
 pub mod format;
+mod pool;
 pub mod read;
 
 pub use build::{BaseChoice, Plan, PlanStats, PlannedObject};

@@ -1070,3 +1070,61 @@ proptest! {
         prop_assert!(sink.objects[&0] == body);
     }
 }
+
+/// Segments compressed on several threads (`Effort::jobs`) make the same pack, byte for byte,
+/// as one thread: a large file in pieces against the stretches of its base, new files, and a
+/// file that goes by rsync delta (whose segments try their ranges as more prefix).
+#[test]
+fn segments_compressed_in_parallel_make_the_same_pack() {
+    let old = random_bytes(1 << 20, 21);
+    let mut edited = old.clone();
+    for at in (50_000..old.len()).step_by(200_000) {
+        edited[at..at + 4096].copy_from_slice(&random_bytes(4096, at as u64));
+    }
+    let db_old = text(300_000, 5);
+    let mut db_new = db_old.clone();
+    for at in (20_000..db_new.len() - 200).step_by(50_000) {
+        db_new[at..at + 200].copy_from_slice(&random_bytes(200, at as u64));
+    }
+    let new_files: Vec<Vec<u8>> = (0..10).map(|i| text(20_000, 30 + i)).collect();
+    let mut sender = Blobs::default();
+    let base = manifest(&[("big.bin", &old)], &mut sender);
+    let mut entries: Vec<(String, &[u8])> = vec![("big.bin".into(), &edited[..])];
+    for (i, f) in new_files.iter().enumerate() {
+        entries.push((format!("new/{i:02}.txt"), f));
+    }
+    let named: Vec<(&str, &[u8])> = entries.iter().map(|(p, b)| (p.as_str(), *b)).collect();
+    let target = manifest(&named, &mut sender);
+    let limits = Limits {
+        max_prefix_bytes: 1 << 20,
+        ..Limits::default()
+    };
+    let one = Effort {
+        segment_bytes: 128 << 10,
+        ..Effort::max()
+    };
+    let (pack, _) = build_with(&base, &target, &sender, &sender, &limits, &one);
+    assert!(PackParts::of(&pack, &base).segments.len() >= 8);
+    for jobs in [2, 5] {
+        let many = Effort {
+            jobs,
+            ..one.clone()
+        };
+        let (parallel, stats) = build_with(&base, &target, &sender, &sender, &limits, &many);
+        assert_eq!(stats.pack_bytes, parallel.len() as u64);
+        assert!(parallel == pack, "{jobs} jobs made another pack");
+    }
+    // An rsync delta (the sender lacks the base), whose segments try ranges.
+    let (base, receiver, _) = build_rsync(&db_old, &db_new);
+    let mut sender = Blobs::default();
+    let target = manifest(&[("db/metrics.db", &db_new)], &mut sender);
+    let small = Effort {
+        segment_bytes: 64 << 10,
+        ..Effort::max()
+    };
+    let (pack, stats) = build_with(&base, &target, &sender, &receiver, &limits, &small);
+    assert_eq!(stats.rsynced, 1);
+    let many = Effort { jobs: 4, ..small };
+    let (parallel, _) = build_with(&base, &target, &sender, &receiver, &limits, &many);
+    assert!(parallel == pack, "4 jobs made another rsync pack");
+}
