@@ -105,7 +105,7 @@ fn ground_code(g: &GroundError) -> u8 {
         GroundError::Remote { kind, .. } => match kind {
             ErrorKind::Conflict => 6,
             ErrorKind::Storage => 4,
-            ErrorKind::Superseded => EX_TEMPFAIL,
+            ErrorKind::Superseded | ErrorKind::Busy => EX_TEMPFAIL,
             _ => 3,
         },
         GroundError::Link(l) => link_code(l),

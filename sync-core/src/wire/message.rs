@@ -166,4 +166,6 @@ pub enum ErrorKind {
     Protocol,
     /// Another connection of the same ground took over this transfer: stop, keep everything.
     Superseded,
+    /// The node is at its limit of this work now (pull packs being encoded): try again later.
+    Busy,
 }

@@ -10,6 +10,11 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use crate::id::PackId;
 
+/// Pull packs encoded at once, at most: each holds the encoder's memory (within the daemon's
+/// `--memory`, see ARCHITECTURE "Memory") and a thread, so grounds asking for more pulls at
+/// once than this are told to try again ([`crate::wire::ErrorKind::Busy`]).
+pub(in crate::onboard) const MAX_LIVE_PULLS: usize = 2;
+
 /// How far a pull pack's encoding is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(in crate::onboard) enum Written {
@@ -59,14 +64,16 @@ pub(in crate::onboard) struct LivePulls {
 }
 
 impl LivePulls {
-    /// A pack whose encoding starts now; `finish` it when it ends.
-    pub(in crate::onboard) fn start(&self, pack: PackId) -> Arc<Live> {
+    /// A pack whose encoding starts now, unless [`MAX_LIVE_PULLS`] are being encoded; `finish`
+    /// it when it ends.
+    pub(in crate::onboard) fn start(&self, pack: PackId) -> Option<Arc<Live>> {
+        let mut all = self.live.lock().expect("live pulls");
+        if all.len() >= MAX_LIVE_PULLS {
+            return None;
+        }
         let live = Arc::new(Live::new());
-        self.live
-            .lock()
-            .expect("live pulls")
-            .insert(pack, live.clone());
-        live
+        all.insert(pack, live.clone());
+        Some(live)
     }
 
     pub(in crate::onboard) fn get(&self, pack: &PackId) -> Option<Arc<Live>> {
@@ -128,7 +135,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let pulls = LivePulls::default();
         let pack = PackId([1; 32]);
-        let live = pulls.start(pack);
+        let live = pulls.start(pack).unwrap();
         let file = File::create(t.path().join("p")).unwrap();
         let mut out = Publishing::new(file, live.clone());
         out.write_all(b"12345").unwrap();
@@ -144,5 +151,18 @@ mod tests {
         pulls.finish(&pack, &live, Written::Whole(len));
         assert_eq!(reader.join().unwrap(), Written::Whole(8));
         assert!(pulls.get(&pack).is_none());
+    }
+
+    /// A hostile or busy ground asking for many pulls at once cannot make the node hold more
+    /// than [`MAX_LIVE_PULLS`] encoders.
+    #[test]
+    fn no_more_than_the_most_pulls_are_encoded_at_once() {
+        let pulls = LivePulls::default();
+        let started: Vec<_> = (0..MAX_LIVE_PULLS as u8)
+            .map(|i| pulls.start(PackId([i; 32])).unwrap())
+            .collect();
+        assert!(pulls.start(PackId([99; 32])).is_none());
+        pulls.finish(&PackId([0; 32]), &started[0], Written::Whole(1));
+        assert!(pulls.start(PackId([99; 32])).is_some());
     }
 }

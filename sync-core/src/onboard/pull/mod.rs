@@ -361,36 +361,22 @@ impl OnboardService {
     ) -> Result<PullPack, Refusal> {
         let signatures = self.kept_signatures(&job, &planned.plan)?;
         let pack = PackId::for_pull(&job.pod, &job.base.root(), &planned.target.root());
-        let path = self.pull_file(&pack);
-        fs::create_dir_all(path.parent().expect("pulls folder")).map_err(Refusal::internal)?;
-        let file = fs::File::create(&path).map_err(Refusal::internal)?;
-        let p = PullPack {
-            pack,
-            pod: job.pod.clone(),
-            len: None,
-            base_root: job.base.root(),
-            target_root: planned.target.root(),
-            sent: planned
-                .plan
-                .objects
-                .iter()
-                .map(|o| {
-                    let v = SentVersion {
-                        id: o.id,
-                        path: o.path.clone(),
-                        len: o.size,
-                    };
-                    (v, None)
-                })
-                .collect(),
+        // Taken before anything is written: a refusal leaves nothing behind.
+        let live = self.live_pulls.start(pack).ok_or_else(|| {
+            Refusal::new(
+                ErrorKind::Busy,
+                "the node is encoding as many pulls as it may at once; try again shortly",
+            )
+        })?;
+        let started = self.record_pull_pack(&job, &planned, pack);
+        let (file, p) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                // Its place among the packs being encoded is given back.
+                self.drop_pull_pack(&pack, &live, "could not be started".into());
+                return Err(e);
+            }
         };
-        {
-            let db = self.db();
-            db.put_pull_pack(&p)?;
-            // The copy's manifest once this pack is applied: the next pull names it by its root.
-            db.remember_copy_manifest(&job.pod, &planned.target)?;
-        }
-        let live = self.live_pulls.start(pack);
         let svc = self.clone();
         let work = Encoding {
             job,
@@ -458,6 +444,45 @@ impl OnboardService {
             Ok(len) => self.live_pulls.finish(&pack, &live, Written::Whole(len)),
             Err(e) => self.drop_pull_pack(&pack, &live, e),
         }
+    }
+
+    /// The pull pack's file, created, and its row, recorded with what it delivers.
+    fn record_pull_pack(
+        &self,
+        job: &PullJob,
+        planned: &Planned,
+        pack: PackId,
+    ) -> Result<(fs::File, PullPack), Refusal> {
+        let path = self.pull_file(&pack);
+        fs::create_dir_all(path.parent().expect("pulls folder")).map_err(Refusal::internal)?;
+        let file = fs::File::create(&path).map_err(Refusal::internal)?;
+        let p = PullPack {
+            pack,
+            pod: job.pod.clone(),
+            len: None,
+            base_root: job.base.root(),
+            target_root: planned.target.root(),
+            sent: planned
+                .plan
+                .objects
+                .iter()
+                .map(|o| {
+                    let v = SentVersion {
+                        id: o.id,
+                        path: o.path.clone(),
+                        len: o.size,
+                    };
+                    (v, None)
+                })
+                .collect(),
+        };
+        {
+            let db = self.db();
+            db.put_pull_pack(&p)?;
+            // The copy's manifest once this pack is applied: the next pull names it by its root.
+            db.remember_copy_manifest(&job.pod, &planned.target)?;
+        }
+        Ok((file, p))
     }
 
     /// A pull pack whose encoding failed: its row and file go, and sessions waiting for its
