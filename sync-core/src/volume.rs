@@ -257,9 +257,8 @@ pub(crate) fn make_durable(volume: &Dir, files: &[&str]) -> std::io::Result<()> 
     #[cfg(not(target_os = "linux"))]
     {
         for f in files {
-            volume
-                .open_with(f, cap_std::fs::OpenOptions::new().write(true))?
-                .sync_all()?;
+            // Read-only: a placed file may have a mode that does not let its owner write.
+            volume.open(f)?.sync_all()?;
         }
         volume.open(".")?.sync_all()
     }
@@ -365,9 +364,21 @@ impl ApplyPlan {
 /// Opens a regular file of a volume for reading without following a final symlink.
 pub fn open_nofollow(volume: &Dir, path: &VolumePath) -> std::io::Result<cap_std::fs::File> {
     use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
+    use cap_std::fs::OpenOptionsExt;
     let mut opts = cap_std::fs::OpenOptions::new();
-    opts.read(true).follow(FollowSymlinks::No);
-    volume.open_with(path.as_str(), &opts)
+    // Without O_NONBLOCK, a named pipe a pod put where a file was would block the open until
+    // someone writes to it: whoever reads pod files would wait for ever.
+    opts.read(true)
+        .follow(FollowSymlinks::No)
+        .custom_flags(libc::O_NONBLOCK);
+    let f = volume.open_with(path.as_str(), &opts)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(f)
 }
 
 /// The content id of a file of a volume, read through a fixed buffer (the pod may have put a
@@ -446,8 +457,9 @@ pub fn apply(volume: &Dir, plan: &ApplyPlan, temp_tag: &str) -> Result<(), Volum
     // Make the renames themselves durable: on Linux one syncfs ([`make_durable`]), elsewhere
     // each folder renamed into.
     if cfg!(target_os = "linux") {
-        let _ = make_durable(volume, &[]);
-        return Ok(());
+        // The journal ends once this returns: a failed flush keeps it, and the renames are
+        // made (idempotently) again.
+        return make_durable(volume, &[]).map_err(io_at("."));
     }
     for dir in touched {
         let handle = match &dir {
@@ -556,6 +568,28 @@ fn remove_entry(volume: &Dir, path: &VolumePath, recursive: bool) -> Result<(), 
 mod tests {
     use super::*;
     use crate::manifest::{ScanOptions, StatCache, diff, scan_dir};
+
+    /// Regression (review): a pod that put a named pipe where a pull's file was (after the
+    /// check before encoding) made the encoder's open block until someone wrote to the pipe:
+    /// the pull, and the node's shutdown, waited for ever. The open returns at once now, and
+    /// anything but a regular file is refused.
+    #[test]
+    fn a_named_pipe_in_a_volume_is_refused_not_waited_on() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = std::ffi::CString::new(t.path().join("out.csv").to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string for the call's duration.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let dir = Dir::open_ambient_dir(t.path(), ambient_authority()).unwrap();
+        let path = VolumePath::new("out.csv").unwrap();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(open_nofollow(&dir, &path).map(|_| ()));
+        });
+        let r = done
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the open of a named pipe blocked");
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::InvalidInput);
+    }
 
     fn tree(root: &Path, files: &[(&str, &str)]) {
         for (p, body) in files {

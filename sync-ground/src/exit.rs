@@ -21,8 +21,9 @@ pub const EXIT_HELP: &str = "Exit status:
      full): retry at the next pass
   5  authentication failed: the two sides do not hold the same key
   6  the pod's volume changed during the push, or the copy (--into) changed during the pull
-     where the pull changes it (nothing of that pull pack was applied), or the pod kept
-     writing the files of the pull while the node encoded them: run it again
+     where the pull changes it (nothing of that pull pack was applied), or the node dropped
+     the pull pack it was encoding (the pod kept writing its files, the node restarted or
+     its state disk filled): run it again
   7  the pull would overwrite files changed in the copy (--into) since the last pull, named
      on stderr: nothing was applied; move them aside, or pull again with --force
   8  done, but the pod's volume holds entries that cannot be synced, named on stderr (and

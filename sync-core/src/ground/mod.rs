@@ -117,7 +117,7 @@ pub enum GroundError {
     LocalChanges { into: String, paths: Vec<String> },
     /// the node dropped the pull pack this ground was receiving (it failed to encode it, or
     /// restarted): asked again, it offers a new one
-    #[error("the node dropped the pull pack: {0}")]
+    #[error("the node dropped the pull pack it was sending ({}); run the pull again", crate::path::escape(.0))]
     PullDropped(String),
     /// another process is pulling into the same copy
     #[error("{into}: another sync-ground is pulling into this copy; try again when it is done")]

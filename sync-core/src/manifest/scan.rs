@@ -397,11 +397,21 @@ fn same_stat(a: &CachedStat, b: &CachedStat) -> bool {
 /// Opens a regular file without following links, hashes it, and checks that its stat did not
 /// move while it was read; a file written meanwhile is read again.
 pub fn hash_stable(dir: &Dir, name: &str, path: &VolumePath) -> Result<CachedStat, ScanError> {
+    use cap_std::fs::OpenOptionsExt;
     let mut opts = OpenOptions::new();
-    opts.read(true).follow(FollowSymlinks::No);
+    // Non-blocking: a named pipe swapped in after the listing must not hold the scan.
+    opts.read(true)
+        .follow(FollowSymlinks::No)
+        .custom_flags(libc::O_NONBLOCK);
     for _ in 0..HASH_ATTEMPTS {
         let file = dir.open_with(name, &opts).map_err(io_err(path.as_str()))?;
         let before = file.metadata().map_err(io_err(path.as_str()))?;
+        if !before.is_file() {
+            return Err(io_err(path.as_str())(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file",
+            )));
+        }
         // Through a fixed buffer, holes unread: a pod's huge sparse file costs its data's
         // reads and the hashing of its zeros.
         let file = file.into_std();

@@ -123,7 +123,7 @@ impl OnboardService {
         let volumes_apart = device(&v)? != device(&s.join("staging"))?;
         // The memory bound (`--memory`): the decoder's prefix is a quarter of it.
         let memory = 4 * limits.max_prefix_bytes;
-        let pull_limits = pull_encoder_limits(memory);
+        let pull_limits = pull_encoder_limits(pull::pull_encoder_memory(memory));
         let svc = Self {
             volumes,
             state_dir: s,
@@ -135,8 +135,8 @@ impl OnboardService {
             next_receiver: std::sync::atomic::AtomicU64::new(1),
             pull_caps: pull::PullCaps {
                 content: DEFAULT_PULL_PACK_CAP,
-                // Kept signatures: a quarter, as each of the decoder's buffers.
-                memory: memory / 4,
+                // Kept signatures: a quarter of an encoder's memory.
+                memory: pull::pull_encoder_memory(memory) / 4,
             },
             pull_threads: 1,
             pull_nice: 0,

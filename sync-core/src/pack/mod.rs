@@ -57,7 +57,7 @@ pub enum PackError {
     #[error("pack was built against another volume state than the one it is applied to")]
     WrongBase,
     /// content the sender was to read changed under it
-    #[error("{path} changed while the pack was being built; run the push again")]
+    #[error("{path} changed while the pack was being built; run it again")]
     SourceChanged { path: String },
     #[error(transparent)]
     Delta(#[from] crate::delta::DeltaError),

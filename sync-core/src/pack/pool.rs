@@ -118,7 +118,17 @@ impl Pool {
                             // before the work.
                             let next = inbox.lock().expect("segment inbox").recv();
                             let Ok((seq, job)) = next else { return };
-                            if done.send((seq, job.run())).is_err() {
+                            // A panic is an answer too: the encoder waits for every one.
+                            let result =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    job.run()
+                                }))
+                                .unwrap_or_else(|_| {
+                                    Err(PackError::Structure(
+                                        "a segment's compression failed".into(),
+                                    ))
+                                });
+                            if done.send((seq, result)).is_err() {
                                 return;
                             }
                         }

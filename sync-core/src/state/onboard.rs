@@ -334,13 +334,15 @@ impl Db {
             ),
             PullPackKey::Roots(base, target) => (
                 "SELECT pack, len, base_root, target_root, sent FROM pull_pack
-                 WHERE pod = ?1 AND base_root = ?2 AND target_root = ?3",
+                 WHERE pod = ?1 AND base_root = ?2 AND target_root = ?3
+                 ORDER BY len < 0, created_at DESC",
                 base.0.to_vec(),
                 target.0.to_vec(),
             ),
             PullPackKey::Target(target) => (
                 "SELECT pack, len, base_root, target_root, sent FROM pull_pack
-                 WHERE pod = ?1 AND target_root = ?2 AND ?3 = ?3",
+                 WHERE pod = ?1 AND target_root = ?2 AND ?3 = ?3
+                 ORDER BY len < 0, created_at DESC",
                 target.0.to_vec(),
                 Vec::new(),
             ),
@@ -411,18 +413,36 @@ impl Db {
         self.packs_older("SELECT pack FROM pull_pack WHERE len < 0 AND ?1 = ?1", 0)
     }
 
-    /// The signature kept of content `id` as pull pack `pack` delivers it.
-    pub fn put_pull_signature(
+    /// The signatures kept of content pull pack `pack` delivers, by id, in one transaction.
+    pub fn put_pull_signatures(
         &self,
         pack: &PackId,
-        id: &crate::id::ContentId,
-        signature: &[u8],
+        sigs: &[(crate::id::ContentId, Vec<u8>)],
     ) -> Result<(), StateError> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO pull_signature (pack, id, signature) VALUES (?1, ?2, ?3)",
-            params![&pack.0[..], &id.0[..], signature],
-        )?;
+        let tx = self.conn().unchecked_transaction()?;
+        {
+            let mut put = tx.prepare(
+                "INSERT OR REPLACE INTO pull_signature (pack, id, signature) VALUES (?1, ?2, ?3)",
+            )?;
+            for (id, sig) in sigs {
+                put.execute(params![&pack.0[..], &id.0[..], sig])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// A kept pull pack's length (`Some(None)` while it is encoded), without what it delivers.
+    pub fn pull_pack_len(&self, pack: &PackId) -> Result<Option<Option<u64>>, StateError> {
+        let len: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT len FROM pull_pack WHERE pack = ?1",
+                [&pack.0[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(len.map(super::column::pack_len_from))
     }
 
     /// Records versions pull pack `pack` delivered, with the signatures kept of them; keeps the

@@ -76,6 +76,11 @@ impl LivePulls {
         Some(live)
     }
 
+    /// As many packs are being encoded as may be.
+    pub(in crate::onboard) fn full(&self) -> bool {
+        self.live.lock().expect("live pulls").len() >= MAX_LIVE_PULLS
+    }
+
     pub(in crate::onboard) fn get(&self, pack: &PackId) -> Option<Arc<Live>> {
         self.live.lock().expect("live pulls").get(pack).cloned()
     }

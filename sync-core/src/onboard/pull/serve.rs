@@ -38,11 +38,12 @@ impl OnboardService {
                 Written::Failed(why) => {
                     return Err(Refusal::new(
                         ErrorKind::NotFound,
-                        format!("that pull pack was dropped ({why}); ask again"),
+                        format!("it could not be encoded: {why}"),
                     ));
                 }
             },
-            None => self.db().pull_pack_any(pack)?.ok_or_else(gone)?.len,
+            // The length alone: what the pack delivers is not read for every range.
+            None => self.db().pull_pack_len(pack)?.ok_or_else(gone)?,
         };
         let mut f = File::open(self.pull_file(pack)).map_err(|_| gone())?;
         let on_disk = f.metadata().map_err(Refusal::internal)?.len();
@@ -85,8 +86,11 @@ impl OnboardService {
 
     /// The ground applied a pull pack: what it delivered is now what the ground holds.
     pub(in crate::onboard) fn pull_done(&self, pack: &PackId) -> Result<(), Refusal> {
+        // A pack still being encoded was not applied, whatever a ground says: it goes on.
+        if self.live_pulls.get(pack).is_some() {
+            return Ok(());
+        }
         let row = self.db().pull_pack_any(pack)?;
-        // A pack still being encoded was not applied, whatever a ground says.
         if let Some(p) = row.filter(|p| p.len.is_some()) {
             self.db().remember_sent(&p.pod, pack, &p.sent)?;
             self.db().delete_pull_pack(pack)?;
