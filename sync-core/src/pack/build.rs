@@ -53,6 +53,8 @@ pub struct PlanStats {
     pub rsynced: u64,
     pub literal: u64,
     pub pack_bytes: u64,
+    /// The lowest and highest zstd level a segment was compressed at (0 when none was).
+    pub levels: (i32, i32),
 }
 
 impl Plan {

@@ -144,6 +144,10 @@ pub struct Effort {
     /// The pack's bytes are the same whatever the number; the memory is about this many
     /// segments with their prefixes and zstd's state.
     pub jobs: u32,
+    /// The link's rate (bytes per second) and the sender's cores, when the level was chosen for
+    /// them ([`Effort::for_link`]): with one job, each segment's level is chosen again from
+    /// how much the segments before it shrank ([`level_for`]).
+    pub link: Option<(u64, u32)>,
 }
 
 impl Effort {
@@ -155,6 +159,7 @@ impl Effort {
             segment_bytes: 32 << 20,
             table_log: None,
             jobs: 1,
+            link: None,
         }
     }
 
@@ -196,24 +201,36 @@ impl Effort {
         let Some(rate) = rate.filter(|r| r.is_finite() && *r > 0.0) else {
             return Effort::max();
         };
-        let cores = cores.max(1);
-        let needed = 4.0 * rate;
-        let (level, _) = LEVEL_SPEEDS
-            .iter()
-            .copied()
-            .find(|&(level, speed)| {
-                // Long-distance matching wants one zstd worker (see zstd_ref); below, the
-                // frame's work is spread over the cores.
-                let workers = if level >= 16 { 1 } else { cores };
-                speed * workers as f64 >= needed
-            })
-            .unwrap_or(LEVEL_SPEEDS[LEVEL_SPEEDS.len() - 1]);
+        let (level, workers) = level_for(rate, cores, 2.0);
         Effort {
             level,
-            workers: if level >= 16 { 1 } else { cores.min(8) as u32 },
+            workers,
+            link: Some((rate as u64, cores.max(1) as u32)),
             ..Effort::max()
         }
     }
+}
+
+/// The highest level (and its zstd workers) at which `cores` compress content that shrinks
+/// `ratio` times twice as fast as a link of `rate` bytes per second carries what it shrinks
+/// to: the link never waits for the CPU. A delta against a base the sender holds shrinks a
+/// hundred times and more (the unchanged bytes match the prefix), so it wants a far faster
+/// level than new content at the same rate; at 9.6 kbit/s every ratio still gets level 19.
+pub fn level_for(rate: f64, cores: usize, ratio: f64) -> (i32, u32) {
+    let cores = cores.max(1);
+    let needed = 2.0 * rate * ratio.clamp(1.0, 10_000.0);
+    let (level, _) = LEVEL_SPEEDS
+        .iter()
+        .copied()
+        .find(|&(level, speed)| {
+            // Long-distance matching wants one zstd worker (see zstd_ref); below, the
+            // frame's work is spread over the cores.
+            let workers = if level >= 16 { 1 } else { cores };
+            speed * workers as f64 >= needed
+        })
+        .unwrap_or(LEVEL_SPEEDS[LEVEL_SPEEDS.len() - 1]);
+    let workers = if level >= 16 { 1 } else { cores.min(8) as u32 };
+    (level, workers)
 }
 
 impl Default for Effort {
@@ -261,6 +278,7 @@ impl Plan {
             segments: 0,
             ramp,
             pool: (effort.jobs > 1).then(|| Pool::new(effort.jobs)),
+            shrunk: (0, 0),
         };
         for (index, object, class) in enc.order(&self.objects)? {
             enc.object(index, object, class)?;
@@ -349,6 +367,8 @@ struct Encoder<'a> {
     ramp: bool,
     /// Workers compressing segments ([`Effort::jobs`] > 1).
     pool: Option<Pool>,
+    /// Content and frame bytes of the segments written so far (one job only).
+    shrunk: (u64, u64),
 }
 
 /// The first segment of a large pack holds this much, the next twice that, and so on (about a
@@ -950,12 +970,14 @@ impl<'a> Encoder<'a> {
             content: seg.content,
             items: seg.items,
             max_window_log: self.limits.max_window_log as u32,
-            tuning: zstd_ref::Tuning {
-                level: self.effort.level,
-                workers: self.effort.workers,
-                table_log: self.effort.table_log,
-            },
+            tuning: self.segment_tuning(),
         };
+        let level = job.tuning.level;
+        self.stats.levels = match self.stats.levels {
+            (0, 0) => (level, level),
+            (lo, hi) => (lo.min(level), hi.max(level)),
+        };
+        let content = job.content.len() as u64;
         // Counted when cut, not when written: where the next segment is cut never depends on
         // how many workers compress.
         self.segments += 1;
@@ -965,11 +987,33 @@ impl<'a> Encoder<'a> {
                 let bytes = job.run()?;
                 self.out.write_all(&bytes)?;
                 self.out.flush()?;
+                self.shrunk.0 += content;
+                self.shrunk.1 += bytes.len() as u64;
                 bytes.len() as u64
             }
         };
         self.stats.pack_bytes += wrote;
         Ok(())
+    }
+
+    /// How the next segment is compressed: the effort's level, or, for a link whose rate is
+    /// known and one job, the level [`level_for`] gives for how much the segments so far
+    /// shrank (segments compressed in parallel keep the effort's: their bytes must not depend
+    /// on which finishes first).
+    fn segment_tuning(&self) -> zstd_ref::Tuning {
+        let (mut level, mut workers) = (self.effort.level, self.effort.workers);
+        if let Some((rate, cores)) = self.effort.link
+            && self.pool.is_none()
+            && self.shrunk.1 > 0
+        {
+            let ratio = self.shrunk.0 as f64 / self.shrunk.1 as f64;
+            (level, workers) = level_for(rate as f64, cores as usize, ratio);
+        }
+        zstd_ref::Tuning {
+            level,
+            workers,
+            table_log: self.effort.table_log,
+        }
     }
 
     /// Writes the segments still being compressed.
@@ -1041,5 +1085,22 @@ mod tests {
         assert_eq!(level(10e9, 2), 1);
         assert_eq!(Effort::for_link(Some(12.5e6), 2).workers, 2);
         assert_eq!(Effort::for_link(Some(1_200.0), 2).workers, 1);
+    }
+
+    /// Regression (the 2 GiB bench): the second version of a 2 GiB file, 1% of it changed,
+    /// took 22 minutes to push at the level a 10 Mbit/s link gets for new content (15): the
+    /// delta shrank 90 times, so the link, which needed 19 s for it, waited for the CPU. The
+    /// level now follows how much the content shrinks; at 9.6 kbit/s it stays 19.
+    #[test]
+    fn a_delta_that_shrinks_a_hundred_times_gets_a_faster_level() {
+        let rate = 10e6 / 8.0;
+        assert_eq!(level_for(rate, 2, 2.0).0, 15);
+        assert!(
+            level_for(rate, 2, 90.0).0 <= 3,
+            "{:?}",
+            level_for(rate, 2, 90.0)
+        );
+        assert_eq!(level_for(1_200.0, 2, 90.0).0, 19);
+        assert_eq!(level_for(1_200.0, 2, 1.0).0, 19);
     }
 }
