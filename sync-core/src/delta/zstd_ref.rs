@@ -57,8 +57,8 @@ pub struct Tuning {
 /// [`compress`] with the window held to at most `max_window_log` (the receiver's limit; content
 /// beyond the window's reach is still compressed, just without the far matches), tuned by
 /// `tuning`.
-/// Long-distance matching is on from level 16 up, where it finds the far matches a prefix
-/// offers; below, the window's own matches are what the level buys.
+/// Long-distance matching is on from level 16 up, and at every level against a prefix: it finds
+/// the far matches a prefix offers.
 pub fn compress_with(
     prefix: &[u8],
     content: &mut dyn Read,
@@ -77,7 +77,13 @@ pub fn compress_with(
     if workers > 0 {
         enc.set_parameter(CParameter::NbWorkers(workers))?;
     }
-    enc.set_parameter(CParameter::EnableLongDistanceMatching(level >= 16))?;
+    // With a prefix, long-distance matching finds its stretches at any level: a 64 MiB file with
+    // 1% changed against its old version is 655,672 bytes at level 1 in 0.3 s and 655,240 at
+    // level 19 in 82 s (`zstd --patch-from`, which turns it on by itself); without it, a fast
+    // level's small tables miss most of a large prefix (ten times the bytes).
+    enc.set_parameter(CParameter::EnableLongDistanceMatching(
+        level >= 16 || !prefix.is_empty(),
+    ))?;
     enc.set_parameter(CParameter::WindowLog(window_log))?;
     if let Some(t) = table_log {
         // Never above the window's: zstd would shrink them to it anyway.

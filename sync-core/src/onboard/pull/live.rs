@@ -88,8 +88,10 @@ impl LivePulls {
     /// The encoding of `pack` ended: sessions waiting on it wake with `how`, and later ones
     /// find the pack by its row and file (whole) or not at all (failed).
     pub(in crate::onboard) fn finish(&self, pack: &PackId, live: &Live, how: Written) {
-        live.set(how);
+        // Out of the table before anyone wakes: a session woken by the end must not find the
+        // pack still live (a `PullDone` for a live pack is ignored).
         self.live.lock().expect("live pulls").remove(pack);
+        live.set(how);
     }
 }
 
