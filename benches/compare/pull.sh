@@ -86,14 +86,6 @@ build_sync "$WORK/cargo-build.log" || die "$SYNC_NOTE"
 # --- helpers -------------------------------------------------------------------
 FAILED=0
 fail() { echo "pull: FAILED: $*" >&2; FAILED=1; }
-json_field() { # FILE DOTTED.KEY
-  python3 -c '
-import json, sys
-v = json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("."):
-    v = v[k]
-print(json.dumps(v) if isinstance(v, bool) else v)' "$1" "$2"
-}
 same_tree() { # WHAT A B OUT: diff -r, FAILED on a difference
   if ! diff -r "$2" "$3" >"$4" 2>&1; then
     fail "$1: $3 does NOT match $2 (see $4):"

@@ -72,14 +72,6 @@ fi
 cleanup() { stop_server; }
 trap cleanup EXIT
 
-json_field() { # FILE DOTTED.KEY
-  python3 -c '
-import json, sys
-v = json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("."):
-    v = v[k]
-print(v)' "$1" "$2"
-}
 mib() { awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}'; } # KiB -> MiB
 timed() { # OUT CMD... -> runs CMD under GNU time; T=seconds, M=peak MiB
   local out=$1

@@ -131,30 +131,16 @@ fi
 
 # Starts the proxy in front of $ADDR at RATE; sets PROXY_PID and ADDR to the proxy's address.
 start_proxy() { # DIR RATE
-  local d=$1 i to=$ADDR
+  local d=$1 to=$ADDR
   : >"$d/throttle.out"
   "$THROTTLE" --rate "$2" --latency "$LATENCY" --to "$to" >"$d/throttle.out" 2>"$d/throttle.err" &
   PROXY_PID=$!
-  for ((i = 0; i < 300; i++)); do
-    ADDR=$(sed -n '1s/^listening on \([^ ]*:[0-9]\+\)[[:space:]]*$/\1/p' "$d/throttle.out")
-    [[ -n $ADDR ]] && return 0
-    kill -0 "$PROXY_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  return 1
+  wait_listening "$d/throttle.out" "$PROXY_PID"
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + sys, clock ticks
 TCK=$(getconf CLK_TCK)
 secs_of_ticks() { awk -v t="$1" -v k="$TCK" 'BEGIN {printf "%.1f", t / k}'; }
-json_field() { # FILE DOTTED.KEY
-  python3 -c '
-import json, sys
-v = json.load(open(sys.argv[1]))
-for k in sys.argv[2].split("."):
-    v = v[k]
-print(v)' "$1" "$2"
-}
 link_secs() { awk -v b="$1" -v r="$2" 'BEGIN {printf "%.1f", b * 8 / r}'; } # BYTES BITS/S
 
 fsyncs() { # STRACE_SUMMARY -> "N in S s"

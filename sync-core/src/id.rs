@@ -60,11 +60,6 @@ hash_id!(
 );
 
 impl PackId {
-    /// The id of a pull pack: BLAKE3 of its bytes.
-    pub fn of(bytes: &[u8]) -> Self {
-        Self(*blake3::hash(bytes).as_bytes())
-    }
-
     /// The id of a push sent while its pack is encoded: the node, pod and folder it goes to,
     /// the states it goes from and to, and what makes this push unlike any other (the time
     /// and the process). Two pushes of identical folders to two pods are two pushes, and a push
@@ -76,7 +71,6 @@ impl PackId {
         base_root: &ManifestId,
         target_root: &ManifestId,
     ) -> Self {
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut h = blake3::Hasher::new_derive_key("orbit-sync 2026-11 planned push id");
         h.update(&node.0);
         for part in [pod, dest.unwrap_or("")] {
@@ -86,16 +80,7 @@ impl PackId {
         h.update(&[dest.is_some() as u8]);
         h.update(&base_root.0);
         h.update(&target_root.0);
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        h.update(&now.as_nanos().to_le_bytes());
-        h.update(&std::process::id().to_le_bytes());
-        h.update(
-            &SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                .to_le_bytes(),
-        );
-        Self(*h.finalize().as_bytes())
+        Self::unlike_any_other(h)
     }
 
     /// The id of a pull pack the node is about to encode (its bytes do not exist yet): the pod
@@ -106,16 +91,23 @@ impl PackId {
         base_root: &ManifestId,
         target_root: &ManifestId,
     ) -> Self {
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut h = blake3::Hasher::new_derive_key("orbit-sync 2026-11 pull pack id");
         h.update(&(pod.as_str().len() as u64).to_le_bytes());
         h.update(pod.as_str().as_bytes());
         h.update(&base_root.0);
         h.update(&target_root.0);
+        Self::unlike_any_other(h)
+    }
+
+    /// `h`, with what makes this moment unlike any other (the time, the process, a count), as
+    /// an id: one for each time a pack is planned.
+    fn unlike_any_other(mut h: blake3::Hasher) -> Self {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         h.update(&now.as_nanos().to_le_bytes());
+        h.update(&std::process::id().to_le_bytes());
         h.update(
             &SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 .to_le_bytes(),
@@ -203,7 +195,7 @@ mod tests {
             PackId::for_push(&[7; 32], &node, "p1", Some("in")),
             PackId::for_push(&[7; 32], &NodeId([8; 16]), "p1", None),
             PackId::for_push(&[8; 32], &node, "p1", None),
-            PackId::of(b"pack"),
+            PackId(*blake3::hash(b"pack").as_bytes()),
         ] {
             assert_ne!(a, other);
         }

@@ -46,20 +46,35 @@ stop_server() {
 # Starts sync-onboard on 127.0.0.1:0 with volumes in $1/vols, state in $1/ostate and the key in
 # $1/key (made here); sets SERVER_PID and ADDR. Returns non-zero if it never said its address.
 start_onboard() { # DIR
-  local d=$1 i
+  local d=$1
   mkdir -p "$d/vols" "$d/ostate"
   "$ONBOARD" keygen >"$d/key" || return 1
   "$ONBOARD" serve --volumes "$d/vols" --state "$d/ostate" \
     --listen 127.0.0.1:0 --key "$d/key" >"$d/serve.out" 2>"$d/serve.err" &
   SERVER_PID=$!
+  wait_listening "$d/serve.out" "$SERVER_PID"
+}
+
+# Waits for "listening on ADDR" on the first line of OUT while PID runs; sets ADDR.
+wait_listening() { # OUT PID
+  local i
   ADDR=""
-  for ((i = 0; i < 300; i++)); do # first stdout line: "listening on ADDR"
-    ADDR=$(sed -n '1s/^listening on \([^ ]*:[0-9]\+\)[[:space:]]*$/\1/p' "$d/serve.out")
+  for ((i = 0; i < 300; i++)); do
+    ADDR=$(sed -n '1s/^listening on \([^ ]*:[0-9]\+\)[[:space:]]*$/\1/p' "$1")
     [[ -n $ADDR ]] && return 0
-    kill -0 "$SERVER_PID" 2>/dev/null || break
+    kill -0 "$2" 2>/dev/null || break
     sleep 0.1
   done
   return 1
+}
+
+json_field() { # FILE DOTTED.KEY (true/false for booleans, as JSON writes them)
+  python3 -c '
+import json, sys
+v = json.load(open(sys.argv[1]))
+for k in sys.argv[2].split("."):
+    v = v[k]
+print(json.dumps(v) if isinstance(v, bool) else v)' "$1" "$2"
 }
 
 # --- helpers -------------------------------------------------------------------

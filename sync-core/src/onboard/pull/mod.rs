@@ -53,7 +53,7 @@ const CHANGING_REMEMBERED: std::time::Duration = std::time::Duration::from_secs(
 pub const DEFAULT_PULL_PACK_CAP: u64 = 1 << 30;
 
 /// Files found changing under a pull's encoder, per pod, with when the last one was.
-pub(super) type Changing = HashMap<PodName, (Option<std::time::Instant>, HashSet<VolumePath>)>;
+pub(super) type Changing = HashMap<PodName, (std::time::Instant, HashSet<VolumePath>)>;
 
 /// What one pull request works from, once the node knows the copy and has scanned the pod.
 struct PullJob {
@@ -319,8 +319,11 @@ impl OnboardService {
     /// The pod wrote `path` while a pull pack that carries it was encoded.
     fn remember_changing(&self, pod: &PodName, path: VolumePath) {
         let mut all = self.pull_changing.lock().expect("changing files");
-        let (at, paths) = all.entry(pod.clone()).or_default();
-        *at = Some(std::time::Instant::now());
+        let now = std::time::Instant::now();
+        let (at, paths) = all
+            .entry(pod.clone())
+            .or_insert_with(|| (now, HashSet::new()));
+        *at = now;
         paths.insert(path);
     }
 
@@ -328,7 +331,7 @@ impl OnboardService {
     /// [`CHANGING_REMEMBERED`].
     fn recently_changing(&self, pod: &PodName) -> HashSet<VolumePath> {
         let mut all = self.pull_changing.lock().expect("changing files");
-        all.retain(|_, (at, _)| at.is_some_and(|t| t.elapsed() < CHANGING_REMEMBERED));
+        all.retain(|_, (at, _)| at.elapsed() < CHANGING_REMEMBERED);
         all.get(pod).map(|(_, p)| p.clone()).unwrap_or_default()
     }
 
@@ -711,6 +714,21 @@ mod tests {
         assert!(sigs.contains_key(&id), "no signature kept");
     }
 
+    /// A pull pack of `pod` recorded with `len` (`None`: being encoded) and `bytes` in its file.
+    fn record(svc: &OnboardService, pod: &PodName, pack: PackId, len: Option<u64>, bytes: &[u8]) {
+        let p = PullPack {
+            pack,
+            pod: pod.clone(),
+            len,
+            base_root: Manifest::default().root(),
+            target_root: ManifestId([1; 32]),
+            sent: Vec::new(),
+        };
+        svc.db().put_pull_pack(&p).unwrap();
+        fs::create_dir_all(svc.pull_file(&pack).parent().unwrap()).unwrap();
+        fs::write(svc.pull_file(&pack), bytes).unwrap();
+    }
+
     /// A daemon stopped while it encoded a pull pack cannot go on with it: at the next start
     /// its row and file are dropped, and a ground resuming it is offered a new pack (which it
     /// asks for whole) rather than a pack that would never end.
@@ -718,25 +736,9 @@ mod tests {
     fn a_pull_pack_a_stopped_daemon_was_encoding_is_dropped_at_the_next_start() {
         let (t, svc) = super::super::service_for_test();
         let pod = PodName::new("p".to_string()).unwrap();
-        let pack = PackId([7; 32]);
-        let p = PullPack {
-            pack,
-            pod: pod.clone(),
-            len: None,
-            base_root: Manifest::default().root(),
-            target_root: ManifestId([1; 32]),
-            sent: Vec::new(),
-        };
-        svc.db().put_pull_pack(&p).unwrap();
-        fs::create_dir_all(svc.pull_file(&pack).parent().unwrap()).unwrap();
-        fs::write(svc.pull_file(&pack), b"the first bytes of a pack").unwrap();
-        let whole = PullPack {
-            pack: PackId([8; 32]),
-            len: Some(25),
-            ..p
-        };
-        svc.db().put_pull_pack(&whole).unwrap();
-        fs::write(svc.pull_file(&whole.pack), b"a whole pack, 25 bytes...").unwrap();
+        let (pack, whole) = (PackId([7; 32]), PackId([8; 32]));
+        record(&svc, &pod, pack, None, b"the first bytes of a pack");
+        record(&svc, &pod, whole, Some(25), b"a whole pack, 25 bytes...");
         drop(svc);
 
         let svc = OnboardService::open(
@@ -749,10 +751,10 @@ mod tests {
         assert!(!svc.pull_file(&pack).exists());
         // A whole one stays, to be resumed.
         assert_eq!(
-            svc.db().pull_pack_any(&whole.pack).unwrap().unwrap().len,
+            svc.db().pull_pack_any(&whole).unwrap().unwrap().len,
             Some(25)
         );
-        assert!(svc.pull_file(&whole.pack).exists());
+        assert!(svc.pull_file(&whole).exists());
         let svc = Arc::new(svc);
         let out = svc.session().handle(Message::PullRange {
             pack,
@@ -782,17 +784,7 @@ mod tests {
         let pod = PodName::new("p".to_string()).unwrap();
         let pack = PackId([5; 32]);
         let live = svc.live_pulls.start(pack).unwrap();
-        let p = PullPack {
-            pack,
-            pod: pod.clone(),
-            len: None,
-            base_root: Manifest::default().root(),
-            target_root: ManifestId([1; 32]),
-            sent: Vec::new(),
-        };
-        svc.db().put_pull_pack(&p).unwrap();
-        fs::create_dir_all(svc.pull_file(&pack).parent().unwrap()).unwrap();
-        fs::write(svc.pull_file(&pack), b"the first bytes").unwrap();
+        record(&svc, &pod, pack, None, b"the first bytes");
         let out = svc.session().handle(Message::PullDone { pack });
         assert!(out.replies.is_empty(), "{:?}", out.replies);
         assert!(svc.pull_file(&pack).exists());
