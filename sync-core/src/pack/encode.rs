@@ -1089,7 +1089,7 @@ mod tests {
 
     /// Regression (the 2 GiB bench): the second version of a 2 GiB file, 1% of it changed,
     /// took 22 minutes to push at the level a 10 Mbit/s link gets for new content (15): the
-    /// delta shrank 90 times, so the link, which needed 19 s for it, waited for the CPU. The
+    /// delta shrank 90 times, so the link, which needed 19 s for it (computed), waited for the CPU. The
     /// level now follows how much the content shrinks; at 9.6 kbit/s it stays 19.
     #[test]
     fn a_delta_that_shrinks_a_hundred_times_gets_a_faster_level() {

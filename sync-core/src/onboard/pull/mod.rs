@@ -427,9 +427,9 @@ impl OnboardService {
                     b.write(db, &pack);
                 }
             };
-            // The index of a signature takes about 60 bytes a block: within an eighth of
-            // the encoder's memory.
-            let max_blocks = (self.pull_caps.memory / 128).clamp(1 << 14, MAX_KEPT_BLOCKS);
+            // A signature with its index takes 78 bytes a block (measured): within an eighth
+            // of the encoder's memory (a quarter of which is `pull_caps.memory`).
+            let max_blocks = (self.pull_caps.memory / 160).clamp(1 << 14, MAX_KEPT_BLOCKS);
             let source = Signing::keeping(work.job.source(), max_blocks, keep);
             let mut out = Publishing::new(file, live.clone());
             let encoded = work.plan.encode(

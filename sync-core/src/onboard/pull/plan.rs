@@ -117,11 +117,12 @@ pub struct PullCaps {
 }
 
 /// Memory the encoder holds for one planned object beyond its fixed buffers: for an rsync
-/// delta, the kept signature of its base and the index built over it (about four times the
-/// signature; a signature is at most about 3 MiB, whatever the file's size).
+/// delta, the kept signature of its base and the index built over it, 78 bytes a block of 12
+/// signature bytes, so seven times the signature (measured: 20.5 MB of resident memory for a
+/// signature of 262,144 blocks and its index).
 pub fn signature_memory(o: &PlannedObject, base: &Manifest) -> u64 {
     match o.base {
-        BaseChoice::Rsync(b) => 4 * kept_signature_len(base.entries()[b as usize].size()),
+        BaseChoice::Rsync(b) => 7 * kept_signature_len(base.entries()[b as usize].size()),
         _ => 0,
     }
 }
