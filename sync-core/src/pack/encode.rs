@@ -30,6 +30,7 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::ops::Range;
+use std::time::Instant;
 
 use super::PackError;
 use super::anchor::BaseIndex;
@@ -180,8 +181,11 @@ impl Effort {
 }
 
 /// zstd levels the engine uses and the input each compresses per second on one core, about (a
-/// low figure, as a small ARM core gives: the choice must keep the link busy there too).
-const LEVEL_SPEEDS: [(i32, f64); 8] = [
+/// low figure, as a small ARM core gives: the choice must keep the link busy there too). Level
+/// 3 is the floor: what `tar | zstd -3` sends is the least an operator expects, and below it
+/// the bytes grow faster than the time shrinks (level 1 made the 100 Mbit/s push of the rate
+/// sweep 0.5% larger than `tar | zstd -3`, for a tenth of a second of CPU).
+const LEVEL_SPEEDS: [(i32, f64); 7] = [
     (19, 1.0e6),
     (17, 2.0e6),
     (15, 4.0e6),
@@ -189,19 +193,25 @@ const LEVEL_SPEEDS: [(i32, f64); 8] = [
     (9, 25.0e6),
     (6, 40.0e6),
     (3, 100.0e6),
-    (1, 200.0e6),
 ];
+
+/// How much faster than the link compression must go. Segments are compressed while the link
+/// carries the ones before (the pack streams), so outpacing it is enough; the half again is
+/// for the reading, hashing and keeping of content the sender does on the same cores. (It was
+/// 2 before the sender measured its own speed: at 100 Mbit/s that kept the rate sweep's source
+/// tree at level 3, 0.5% over `tar | zstd -3`.)
+const MARGIN: f64 = 1.5;
 
 impl Effort {
     /// The effort for a link of `rate` bytes per second and a sender with `cores` cores: the
-    /// highest level that still compresses four times faster than the link carries (packs
-    /// shrink to about half, and the rest is margin), so the link never waits for the CPU.
+    /// highest level that still compresses three times faster than the link carries (packs
+    /// shrink to about half, and the rest is [`MARGIN`]), so the link never waits for the CPU.
     /// Without a rate, the most compression: the narrow uplink is the common case.
     pub fn for_link(rate: Option<f64>, cores: usize) -> Effort {
         let Some(rate) = rate.filter(|r| r.is_finite() && *r > 0.0) else {
             return Effort::max();
         };
-        let (level, workers) = level_for(rate, cores, 2.0);
+        let (level, workers) = level_for(rate, cores, 2.0, 1.0);
         Effort {
             level,
             workers,
@@ -212,13 +222,24 @@ impl Effort {
 }
 
 /// The highest level (and its zstd workers) at which `cores` compress content that shrinks
-/// `ratio` times twice as fast as a link of `rate` bytes per second carries what it shrinks
-/// to: the link never waits for the CPU. A delta against a base the sender holds shrinks a
+/// `ratio` times [`MARGIN`] times as fast as a link of `rate` bytes per second carries what it
+/// shrinks to: the link never waits for the CPU. A delta against a base the sender holds shrinks a
 /// hundred times and more (the unchanged bytes match the prefix), so it wants a far faster
 /// level than new content at the same rate; at 9.6 kbit/s every ratio still gets level 19.
-pub fn level_for(rate: f64, cores: usize, ratio: f64) -> (i32, u32) {
+///
+/// `speedup` is how much faster than [`LEVEL_SPEEDS`] the sender measured itself compressing
+/// the segments before (1 before any): the table is a small ARM core's, and a ground
+/// workstation three times faster sends fewer bytes at the same rate. It is held to 1/4..16, so
+/// one segment slowed by a busy machine cannot drop the level to the floor for good, nor one
+/// timed on a sliver of content raise it to 19.
+pub fn level_for(rate: f64, cores: usize, ratio: f64, speedup: f64) -> (i32, u32) {
     let cores = cores.max(1);
-    let needed = 2.0 * rate * ratio.clamp(1.0, 10_000.0);
+    let speedup = if speedup.is_finite() {
+        speedup.clamp(0.25, 16.0)
+    } else {
+        1.0
+    };
+    let needed = MARGIN * rate * ratio.clamp(1.0, 10_000.0) / speedup;
     let (level, _) = LEVEL_SPEEDS
         .iter()
         .copied()
@@ -279,6 +300,7 @@ impl Plan {
             ramp,
             pool: (effort.jobs > 1).then(|| Pool::new(effort.jobs)),
             shrunk: (0, 0),
+            pace: (0.0, 0.0),
         };
         for (index, object, class) in enc.order(&self.objects)? {
             enc.object(index, object, class)?;
@@ -369,6 +391,9 @@ struct Encoder<'a> {
     pool: Option<Pool>,
     /// Content and frame bytes of the segments written so far (one job only).
     shrunk: (u64, u64),
+    /// The seconds [`LEVEL_SPEEDS`] gave for compressing the segments so far, and the seconds
+    /// they took (one job only): how much faster than the table this sender is.
+    pace: (f64, f64),
 }
 
 /// The first segment of a large pack holds this much, the next twice that, and so on (about a
@@ -984,7 +1009,11 @@ impl<'a> Encoder<'a> {
         let wrote = match &mut self.pool {
             Some(pool) => pool.submit(job, self.out)?,
             None => {
+                let tuning = job.tuning;
+                let started = Instant::now();
                 let bytes = job.run()?;
+                self.pace.0 += content as f64 / (speed_of(tuning.level) * tuning.workers as f64);
+                self.pace.1 += started.elapsed().as_secs_f64();
                 self.out.write_all(&bytes)?;
                 self.out.flush()?;
                 self.shrunk.0 += content;
@@ -1007,7 +1036,12 @@ impl<'a> Encoder<'a> {
             && self.shrunk.1 > 0
         {
             let ratio = self.shrunk.0 as f64 / self.shrunk.1 as f64;
-            (level, workers) = level_for(rate as f64, cores as usize, ratio);
+            let speedup = if self.pace.1 > 0.0 {
+                self.pace.0 / self.pace.1
+            } else {
+                1.0
+            };
+            (level, workers) = level_for(rate as f64, cores as usize, ratio, speedup);
         }
         zstd_ref::Tuning {
             level,
@@ -1024,6 +1058,15 @@ impl<'a> Encoder<'a> {
         }
         Ok(())
     }
+}
+
+/// The speed [`LEVEL_SPEEDS`] gives `level` (a level between two of its rows gets the slower).
+fn speed_of(level: i32) -> f64 {
+    LEVEL_SPEEDS
+        .iter()
+        .rev()
+        .find(|&&(l, _)| l >= level)
+        .map_or(LEVEL_SPEEDS[0].1, |&(_, speed)| speed)
 }
 
 /// A delta pays when it saves an eighth of the literal.
@@ -1082,7 +1125,8 @@ mod tests {
         assert_eq!(level(10e6, 2), 15);
         assert_eq!(level(100e6, 2), 9);
         assert_eq!(level(100e6, 8), 12);
-        assert_eq!(level(10e9, 2), 1);
+        // However fast the link, never below tar | zstd -3.
+        assert_eq!(level(10e9, 2), 3);
         assert_eq!(Effort::for_link(Some(12.5e6), 2).workers, 2);
         assert_eq!(Effort::for_link(Some(1_200.0), 2).workers, 1);
     }
@@ -1094,13 +1138,35 @@ mod tests {
     #[test]
     fn a_delta_that_shrinks_a_hundred_times_gets_a_faster_level() {
         let rate = 10e6 / 8.0;
-        assert_eq!(level_for(rate, 2, 2.0).0, 15);
+        assert_eq!(level_for(rate, 2, 2.0, 1.0).0, 15);
         assert!(
-            level_for(rate, 2, 90.0).0 <= 3,
+            level_for(rate, 2, 90.0, 1.0).0 <= 3,
             "{:?}",
-            level_for(rate, 2, 90.0)
+            level_for(rate, 2, 90.0, 1.0)
         );
-        assert_eq!(level_for(1_200.0, 2, 90.0).0, 19);
-        assert_eq!(level_for(1_200.0, 2, 1.0).0, 19);
+        assert_eq!(level_for(1_200.0, 2, 90.0, 1.0).0, 19);
+        assert_eq!(level_for(1_200.0, 2, 1.0, 1.0).0, 19);
+    }
+
+    /// Regression (the rate sweep): at 100 Mbit/s, source code that shrinks 4.5 times got level
+    /// 3 from the table's small-core speeds on a ground machine that compressed three times
+    /// faster, and sent 0.5% more than `tar | zstd -3`. A sender that measured itself faster
+    /// gets a higher level; one slower, a lower one; neither leaves the table's range.
+    #[test]
+    fn a_sender_faster_than_the_table_gets_a_higher_level() {
+        let rate = 100e6 / 8.0;
+        assert_eq!(level_for(rate, 2, 4.5, 1.0).0, 3);
+        assert_eq!(level_for(rate, 2, 4.5, 3.0).0, 9);
+        assert_eq!(level_for(rate / 10.0, 2, 4.5, 1.0).0, 12);
+        assert_eq!(level_for(rate / 10.0, 2, 4.5, 0.25).0, 9);
+        assert_eq!(level_for(rate, 2, 4.5, f64::NAN).0, 3);
+        assert_eq!(
+            level_for(rate, 2, 4.5, 1e9).0,
+            level_for(rate, 2, 4.5, 16.0).0
+        );
+        assert_eq!(level_for(rate, 2, 4.5, 0.0).0, 3);
+        assert_eq!(speed_of(19), 1.0e6);
+        assert_eq!(speed_of(3), 100.0e6);
+        assert_eq!(speed_of(16), 2.0e6);
     }
 }
