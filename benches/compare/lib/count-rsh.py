@@ -11,6 +11,7 @@ On exit it writes "SENT RECEIVED" (client's point of view: SENT = client ->
 server, RECEIVED = server -> client) to the file named by $COUNT_FILE.
 """
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -27,20 +28,34 @@ child = subprocess.Popen(
 counts = [0, 0]  # [client->server, server->client]
 
 
+def write_all(fd, view):
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            # The rsync client may hand us a non-blocking socket: wait until it drains.
+            select.select([], [fd], [])
+            continue
+        view = view[n:]
+
+
 def pump(src_fd, dst_fd, idx, on_eof):
     try:
         while True:
-            buf = os.read(src_fd, 1 << 16)
+            try:
+                buf = os.read(src_fd, 1 << 16)
+            except BlockingIOError:
+                select.select([src_fd], [], [])
+                continue
             if not buf:
                 break
-            view = memoryview(buf)
-            while view:
-                n = os.write(dst_fd, view)
-                view = view[n:]
+            write_all(dst_fd, memoryview(buf))
             # count only what was forwarded
             counts[idx] += len(buf)
-    except (BrokenPipeError, OSError):
-        pass
+    except (BrokenPipeError, OSError) as e:
+        # A pump that stops early would leave both rsyncs waiting for ever: say why.
+        if not isinstance(e, BrokenPipeError):
+            print(f"count-rsh: pump {idx}: {e}", file=sys.stderr)
     finally:
         on_eof()
 
