@@ -18,12 +18,16 @@ use crate::path::{PodName, VolumePath};
 use crate::state::{IncomingPack, JournalEntry};
 use crate::volume::{self, ApplyPlan, VolumeError};
 
+use super::follow::Follower;
 use super::{OnboardError, OnboardService, Refusal};
 use crate::apply::{self, ApplyError, Journal, Settled};
 
 impl OnboardService {
     /// Decodes, verifies and applies a completely received pack.
     pub(super) fn apply_pack(&self, inc: &IncomingPack) -> Result<ManifestId, Refusal> {
+        // Taken first, so that whatever ends this apply early stops it before anything else
+        // touches the pack's staging folder.
+        let followed = self.take_follower(&inc.pack);
         let lock = self.pod_lock(&inc.pod);
         let _held = lock.lock().expect("pod lock");
         let started = Instant::now();
@@ -50,7 +54,7 @@ impl OnboardService {
             .create_pod(&inc.pod)
             .map_err(Refusal::internal)?;
         let scanned = Instant::now();
-        let decoded = self.decode_staged(inc, &base, &vol)?;
+        let decoded = self.decode_staged(inc, &base, &vol, followed)?;
         let result = pack::target_on(&now, &decoded).map_err(|e| match e {
             PackError::Manifest(_) => {
                 Refusal::conflict(format!("the pod changed what the pack uses: {e}"))
@@ -108,19 +112,31 @@ impl OnboardService {
         })
     }
 
-    /// Decodes the staged pack against `base` into its staging folder, and checks it is what
-    /// was offered: its target, and nothing changed outside its scope.
+    /// The staged pack decoded against `base` into its staging folder (by its follower while
+    /// it arrived, or now), checked to be what was offered: its target, and nothing changed
+    /// outside its scope.
     fn decode_staged(
         &self,
         inc: &IncomingPack,
         base: &Manifest,
         vol: &Dir,
+        followed: Option<Follower>,
     ) -> Result<DecodedPack, Refusal> {
-        let staging = self.staging_dir(&inc.pack);
-        let _ = fs::remove_dir_all(&staging);
-        fs::create_dir_all(&staging).map_err(Refusal::internal)?;
-        let file = File::open(self.pack_file(&inc.pack)).map_err(Refusal::internal)?;
-        let decoded = apply::decode_staged(file, &staging, base, vol, &self.limits)?;
+        // The follower decoded against the manifest named by the pack's base root, as `base`
+        // is: what it decoded is what decoding now would give.
+        let followed = followed
+            .and_then(|f| f.finish())
+            .filter(|_| base.root() == inc.base_root);
+        let decoded = match followed {
+            Some(decoded) => decoded,
+            None => {
+                let staging = self.staging_dir(&inc.pack);
+                let _ = fs::remove_dir_all(&staging);
+                fs::create_dir_all(&staging).map_err(Refusal::internal)?;
+                let file = File::open(self.pack_file(&inc.pack)).map_err(Refusal::internal)?;
+                apply::decode_staged(file, &staging, base, vol, &self.limits)?
+            }
+        };
         if decoded.target.root() != inc.target_root {
             return Err(Refusal::refused(
                 "the pack's target differs from what was offered",

@@ -12,6 +12,7 @@
 //! - [`pull`]: the downlink: choosing and encoding a pull pack, serving its bytes.
 
 mod apply;
+mod follow;
 mod manifest;
 pub mod pull;
 mod receive;
@@ -23,6 +24,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+
 pub use pull::DEFAULT_PULL_PACK_CAP;
 pub use refusal::{Refusal, Staged};
 pub use session::{OnboardSession, Outcome};
@@ -31,7 +35,7 @@ use crate::id::{NodeId, PackId};
 use crate::manifest::{Manifest, ScanOptions, Skipped, scan_dir};
 use crate::pack::{Limits, PackError};
 use crate::path::PodName;
-use crate::state::Db;
+use crate::state::{Db, IncomingPack};
 use crate::volume::{VolumeError, Volumes};
 use crate::wire::Message;
 
@@ -87,6 +91,8 @@ pub struct OnboardService {
     pull_limits: Limits,
     /// Pull packs being encoded.
     live_pulls: pull::LivePulls,
+    /// The pushed pack being decoded as it arrives (one at a time: see `follow`).
+    follower: Mutex<Option<follow::Follower>>,
     /// Files each pod wrote while a pull pack carrying them was encoded, and when the last
     /// was found.
     pull_changing: Mutex<pull::Changing>,
@@ -142,6 +148,7 @@ impl OnboardService {
             pull_nice: 0,
             pull_limits,
             live_pulls: pull::LivePulls::default(),
+            follower: Mutex::default(),
             pull_changing: Mutex::default(),
             volumes_apart,
             boot: boot_id(),
@@ -200,6 +207,63 @@ impl OnboardService {
             .join(format!("{}.pack", pack.to_hex()))
     }
 
+    /// Starts decoding `info`'s pack as it arrives, `written` bytes of it staged already;
+    /// returns the tail the receiving connection moves. None when another pack is being
+    /// followed, or the state it was planned on is not known here (the apply decodes it).
+    fn follow(&self, info: &IncomingPack, written: u64) -> Option<Arc<follow::Tail>> {
+        let mut slot = self.follower.lock().expect("follower");
+        match slot.take() {
+            // An earlier connection's follower of this pack, or one that is done (its pack
+            // then decodes again at its apply): stopped.
+            Some(f) if f.pack == info.pack || f.is_finished() => drop(f),
+            Some(busy) => {
+                *slot = Some(busy);
+                return None;
+            }
+            None => {}
+        }
+        let base = self
+            .db()
+            .pod_manifest(&info.pod, &info.base_root)
+            .ok()
+            .flatten()?;
+        let bases = match self.volumes.pod(&info.pod).ok()? {
+            Some(dir) => dir,
+            // No volume yet: no bases to read either.
+            None if base.entries().is_empty() => {
+                Dir::open_ambient_dir(self.state_dir.join("staging"), ambient_authority()).ok()?
+            }
+            None => return None,
+        };
+        let job = follow::FollowJob {
+            pack: info.pack,
+            file: self.pack_file(&info.pack),
+            written,
+            staging: self.staging_dir(&info.pack),
+            base,
+            bases,
+            limits: self.limits.clone(),
+        };
+        match follow::Follower::start(job) {
+            Ok((f, tail)) => {
+                *slot = Some(f);
+                Some(tail)
+            }
+            Err(e) => {
+                eprintln!("decoding {} as it arrives: {e}", info.pack.short());
+                None
+            }
+        }
+    }
+
+    /// The follower of `pack`, if one is decoding it.
+    fn take_follower(&self, pack: &PackId) -> Option<follow::Follower> {
+        self.follower
+            .lock()
+            .expect("follower")
+            .take_if(|f| f.pack == *pack)
+    }
+
     /// Scans a pod's volume (through the stat cache) and remembers the manifest.
     /// The caller holds the pod's lock.
     fn scan_pod(&self, pod: &PodName) -> Result<Manifest, OnboardError> {
@@ -237,6 +301,8 @@ impl OnboardService {
 
     /// Drops what was staged of a pack, and its record.
     fn discard(&self, pack: &PackId) {
+        // Stopped before its staging folder goes.
+        drop(self.take_follower(pack));
         let _ = self.db().delete_incoming(pack);
         let _ = fs::remove_dir_all(self.staging_dir(pack));
         let _ = fs::remove_file(self.pack_file(pack));

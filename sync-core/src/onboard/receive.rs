@@ -12,6 +12,7 @@ use crate::path::{PodName, VolumePath};
 use crate::state::IncomingPack;
 use crate::wire::{ErrorKind, Message};
 
+use super::follow::TailGuard;
 use super::session::{OnboardSession, Outcome};
 use super::{OnboardService, Refusal};
 
@@ -27,6 +28,9 @@ pub(super) struct Receiving {
     unsynced: u64,
     /// This connection's claim on the pack (see `OnboardService::receivers`).
     claim: u64,
+    /// How far the pack's follower may read, when it is decoded as it arrives (dropped
+    /// before the end, it stops the follower).
+    tail: Option<TailGuard>,
 }
 
 impl Receiving {
@@ -74,11 +78,16 @@ impl OnboardSession {
         let (file, unsynced) = self.svc.open_staged(&mut info)?;
         self.svc.db().put_incoming(&info)?;
         let offset = info.received + unsynced;
+        let tail = match info.len {
+            Some(len) if len == offset => None,
+            _ => self.svc.follow(&info, offset).map(TailGuard),
+        };
         self.incoming = Some(Receiving {
             info,
             file,
             unsynced,
             claim,
+            tail,
         });
         let accept = Message::PackAccept { pack, offset };
         if info_len(&self.incoming) != Some(offset) {
@@ -116,6 +125,9 @@ impl OnboardSession {
             return Err(self.drop_incoming(e));
         }
         rx.unsynced += bytes.len() as u64;
+        if let Some(t) = &rx.tail {
+            t.wrote(at + bytes.len() as u64);
+        }
         if Some(at + bytes.len() as u64) == rx.info.len {
             return self.complete();
         }
@@ -142,6 +154,9 @@ impl OnboardSession {
             ));
         }
         rx.info.len = Some(len);
+        if let Some(t) = &rx.tail {
+            t.ended(len);
+        }
         if at == len {
             return self.complete();
         }
@@ -206,6 +221,9 @@ impl OnboardSession {
             return Err(self.drop_incoming(e));
         }
         self.svc.db().put_incoming(&rx.info)?;
+        if let Some(t) = &rx.tail {
+            t.ended(rx.info.received);
+        }
         let info = rx.info.clone();
         let claim = rx.claim;
         self.incoming = None;
