@@ -4,12 +4,15 @@
 #
 #   bash benches/large/run.sh                 # 2 GiB; about an hour with the competitors
 #   SIZE=512M bash benches/large/run.sh       # the size today's figures were measured at first
+#   SHAPE=tree bash benches/large/run.sh      # a folder of 256 files that total 2 GiB
 #
 # Environment knobs:
-#   SIZE=2G            the file's size (K, M, G: powers of 1024)
+#   SIZE=2G            the file's size, or the folder's total (K, M, G: powers of 1024)
+#   SHAPE=file         file: one file, big.bin; tree: a folder, tree/, of FILES files
+#   FILES=256          the tree's files (SIZE / FILES bytes each)
 #   DIRECTIONS="push pull"
 #   TOOLS="sync rsync zstd"   which columns to run (zstd runs in the push table only: its figures
-#                      do not depend on the direction)
+#                      do not depend on the direction; and for a file only: it takes no folder)
 #   ZSTD_LEVEL=19      level of the zstd --patch-from column (--long=31, -T0)
 #   SYNC_BUILD, SYNC_BIN_DIR   as in benches/compare (lib/common.sh)
 #   TIMEOUT=3600       seconds allowed per transfer
@@ -20,7 +23,8 @@
 #   new        4 in 10 of its 1 MiB blocks random bytes, the rest sensor log lines
 #   scattered  1% of the bytes changed: a 4 KiB run of new bytes in every 400 KiB
 #   insert     scattered, with 1 MiB of new bytes inserted at 1 MiB
-# Each is pushed (or pulled) on top of the one before, as a file that keeps changing is.
+# Each is pushed (or pulled) on top of the one before, as a file that keeps changing is. In a
+# tree, every file has its own blocks and scattered changes, and the 1 MiB goes into the first.
 #
 # Columns (per version and tool):
 #   wire      bytes on the link, both directions. sync: `.wire.total` of `sync-ground --json`
@@ -41,6 +45,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 WORK=${WORK:-$HERE/.work}
 SIZE=${SIZE:-2G}
+SHAPE=${SHAPE:-file}
+FILES=${FILES:-256}
+[[ $SHAPE == file || $SHAPE == tree ]] || { echo "large: SHAPE is file or tree" >&2; exit 2; }
 read -r -a DIRECTIONS <<<"${DIRECTIONS:-push pull}"
 TOOLS=" ${TOOLS:-sync rsync zstd} "
 ZSTD_LEVEL=${ZSTD_LEVEL:-19}
@@ -83,6 +90,20 @@ timed() { # OUT CMD... -> runs CMD under GNU time; T=seconds, M=peak MiB
   M=$(mib "${M:-0}")
   return $rc
 }
+# The bench's content in DIR: big.bin, or the folder tree/ (written in place, as a pod or a
+# user rewrites its files).
+DATA=big.bin
+[[ $SHAPE == tree ]] && DATA=tree
+generate() { # VERSION DIR
+  if [[ $SHAPE == tree ]]; then
+    "$GEN" "$SIZE" "$1" "$2/tree" --files "$FILES"
+  else
+    "$GEN" "$SIZE" "$1" "$2/big.bin.tmp" && mv "$2/big.bin.tmp" "$2/big.bin"
+  fi
+}
+same() { # A B: the same bytes (a file) or the same files (a tree)
+  if [[ $SHAPE == tree ]]; then diff -rq "$1" "$2" >/dev/null; else cmp -s "$1" "$2"; fi
+}
 hwm_reset() { echo 5 >"/proc/$SERVER_PID/clear_refs"; }
 hwm() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status"; }
 
@@ -90,7 +111,7 @@ hwm() { awk '/^VmHWM/ {printf "%.0f", $2 / 1024}' "/proc/$SERVER_PID/status"; }
 VOLS=$WORK/vols
 mkdir -p "$WORK/gstate"
 start_onboard "$WORK" || die "sync-onboard serve did not report its address (see $WORK/serve.err)"
-log "sync-onboard listening on $ADDR; file size $SIZE"
+log "sync-onboard listening on $ADDR; $SHAPE, $SIZE"
 
 ROWS=()
 row() { ROWS+=("$(printf '%-5s %-10s %-6s %15s %9s %8s %8s' "$@")"); printf '%-5s %-10s %-6s %15s %9s %8s %8s\n' "$@" >&2; }
@@ -101,12 +122,12 @@ push_dir() {
   mkdir -p "$src" "$dest"
   for v in "${VERSIONS[@]}"; do
     log "push: $v"
-    "$GEN" "$SIZE" "$v" "$src/big.bin"
+    generate "$v" "$src"
     if [[ $TOOLS == *" sync "* ]]; then
       hwm_reset
       if timed "$WORK/push-$v" "$GROUND" push "$src" --pod large --to "$ADDR" --key "$WORK/key" \
           --state "$WORK/gstate" --json "${EXTRA[@]}" >"$WORK/push-$v.json" 2>"$WORK/push-$v.err"; then
-        cmp -s "$src/big.bin" "$VOLS/large/big.bin" || fail "push $v: the volume differs"
+        same "$src/$DATA" "$VOLS/large/$DATA" || fail "push $v: the volume differs"
         row push "$v" sync "$(json_field "$WORK/push-$v.json" wire.total)" "$T" "$M" "$(hwm)"
       else
         fail "push $v: sync-ground failed (see $WORK/push-$v.err)"
@@ -117,10 +138,10 @@ push_dir() {
     if [[ $TOOLS == *" rsync "* ]]; then
       COUNT_FILE=$WORK/push-$v.rsync.count timed "$WORK/push-$v.rsync" rsync -a -z --no-whole-file \
         -e "$COMPARE/lib/count-rsh.py" "$src/" "fakehost:$dest/" >/dev/null
-      cmp -s "$src/big.bin" "$dest/big.bin" || fail "push $v: rsync's copy differs"
+      same "$src/$DATA" "$dest/$DATA" || fail "push $v: rsync's copy differs"
       row push "$v" "rsync" "$(awk '{print $1 + $2}' "$WORK/push-$v.rsync.count")" "$T" "$M" -
     fi
-    if [[ $TOOLS == *" zstd "* ]]; then
+    if [[ $TOOLS == *" zstd "* && $SHAPE == file ]]; then
       local from=()
       [[ -f $prev ]] && from=(--patch-from="$prev")
       timed "$WORK/push-$v.zstd" zstd -q -f "-$ZSTD_LEVEL" --long=31 -T0 "${from[@]}" \
@@ -142,14 +163,14 @@ pull_dir() {
   mkdir -p "$vol" "$copy" "$rcopy"
   for v in "${VERSIONS[@]}"; do
     log "pull: $v"
-    "$GEN" "$SIZE" "$v" "$vol/big.bin.tmp" && mv "$vol/big.bin.tmp" "$vol/big.bin"
+    generate "$v" "$vol"
     sleep 2.1 # older than the scan's 2 s "still being written" window
     if [[ $TOOLS == *" sync "* ]]; then
       hwm_reset
       if timed "$WORK/pull-$v" "$GROUND" pull --pod results --into "$copy" --to "$ADDR" \
           --key "$WORK/key" --state "$WORK/gstate" --json "${EXTRA[@]}" \
           >"$WORK/pull-$v.json" 2>"$WORK/pull-$v.err"; then
-        cmp -s "$vol/big.bin" "$copy/big.bin" || fail "pull $v: the copy differs"
+        same "$vol/$DATA" "$copy/$DATA" || fail "pull $v: the copy differs"
         local w=$(($(json_field "$WORK/pull-$v.json" wire.sent) + $(json_field "$WORK/pull-$v.json" wire.received)))
         row pull "$v" sync "$w" "$T" "$M" "$(hwm)"
       else
@@ -161,7 +182,7 @@ pull_dir() {
     if [[ $TOOLS == *" rsync "* ]]; then
       COUNT_FILE=$WORK/pull-$v.rsync.count timed "$WORK/pull-$v.rsync" rsync -a -z --no-whole-file \
         -e "$COMPARE/lib/count-rsh.py" "fakehost:$vol/" "$rcopy/" >/dev/null
-      cmp -s "$vol/big.bin" "$rcopy/big.bin" || fail "pull $v: rsync's copy differs"
+      same "$vol/$DATA" "$rcopy/$DATA" || fail "pull $v: rsync's copy differs"
       row pull "$v" "rsync" "$(awk '{print $1 + $2}' "$WORK/pull-$v.rsync.count")" "$T" "$M" -
     fi
   done
@@ -177,7 +198,9 @@ for d in "${DIRECTIONS[@]}"; do
 done
 
 echo
-echo "large file of $SIZE ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+what="large file of $SIZE"
+[[ $SHAPE == tree ]] && what="folder of $FILES files, $SIZE in all"
+echo "$what ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?'))"
 printf '%-5s %-10s %-6s %15s %9s %8s %8s\n' dir version tool "wire bytes" s "ground" "onboard"
 printf '%s\n' "${ROWS[@]}"
 echo "(ground, onboard: peak RSS in MiB)"

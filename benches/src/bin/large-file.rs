@@ -1,7 +1,8 @@
 //! Writes the large-file bench's inputs, streaming (a few MiB of memory at any size):
 //!
 //! ```text
-//! large-file SIZE VARIANT OUT      SIZE in bytes (suffixes K M G: powers of 1024)
+//! large-file SIZE VARIANT OUT              one file of SIZE bytes (suffixes K M G: powers of 1024)
+//! large-file SIZE VARIANT OUT --files N    a folder OUT of N files that total SIZE
 //! ```
 //!
 //! - `new`: the base version. Each 1 MiB block is, by a seeded draw, either random bytes (4 in
@@ -11,6 +12,10 @@
 //!   random bytes at a seeded offset in every 400 KiB.
 //! - `insert`: `scattered` with 1 MiB of new random bytes inserted at 1 MiB (everything after it
 //!   shifted). The variants build on each other, as a file that keeps changing does.
+//!
+//! A folder of N files (`--files`): file k holds its own blocks (those after file k-1's) and its
+//! own scattered changes; the 1 MiB goes into the first file only, as an edit of one file of
+//! a tree does.
 //!
 //! The same arguments give the same bytes on every run and machine.
 
@@ -82,7 +87,7 @@ fn parse_size(s: &str) -> Option<u64> {
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: large-file SIZE new|scattered|insert OUT";
+    let usage = "usage: large-file SIZE new|scattered|insert OUT [--files N]";
     let (Some(size), Some(variant), Some(out)) = (
         args.get(1).and_then(|s| parse_size(s)),
         args.get(2),
@@ -91,19 +96,51 @@ fn main() -> std::io::Result<()> {
         eprintln!("{usage}");
         std::process::exit(2);
     };
+    let files = match (args.get(4).map(String::as_str), args.get(5)) {
+        (None, _) => None,
+        (Some("--files"), Some(n)) => n.parse::<u64>().ok().filter(|&n| n > 0),
+        _ => {
+            eprintln!("{usage}");
+            std::process::exit(2);
+        }
+    };
     if !matches!(variant.as_str(), "new" | "scattered" | "insert") {
         eprintln!("{usage}");
         std::process::exit(2);
     }
+    let Some(files) = files else {
+        return write_file(std::path::Path::new(out), size, variant, 0, 0xC0FFEE, true);
+    };
+    let dir = std::path::Path::new(out);
+    std::fs::create_dir_all(dir)?;
+    let each = size / files;
+    let blocks = each.div_ceil(BLOCK);
+    for k in 0..files {
+        let name = dir.join(format!("f{k:05}.bin"));
+        write_file(&name, each, variant, k * blocks, 0xC0FFEE ^ k, k == 0)?;
+    }
+    Ok(())
+}
+
+/// Writes one file of `size` bytes from block `first` on, with its changes drawn from `seed`
+/// and, for `insert`, the 1 MiB inserted when `insert_here`.
+fn write_file(
+    out: &std::path::Path,
+    size: u64,
+    variant: &str,
+    first: u64,
+    seed: u64,
+    insert_here: bool,
+) -> std::io::Result<()> {
     let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(out)?);
-    let mut changes = Rng(0xC0FFEE);
+    let mut changes = Rng(seed);
     let mut buf = Vec::with_capacity(BLOCK as usize + 200);
     let mut written = 0u64;
     let mut i = 0u64;
     // The run to change in the current 400 KiB stretch: (stretch index, offset in it).
     let mut run_at = (u64::MAX, 0u64);
     while written < size {
-        block(i, &mut buf);
+        block(first + i, &mut buf);
         let take = (size - written).min(BLOCK) as usize;
         let data = &mut buf[..take];
         if variant != "new" {
@@ -120,7 +157,7 @@ fn main() -> std::io::Result<()> {
                 }
             }
         }
-        if variant == "insert" && i == 1 {
+        if variant == "insert" && insert_here && i == 1 {
             let mut new = vec![0u8; BLOCK as usize];
             Rng(0xFEED).fill(&mut new);
             w.write_all(&new)?;
