@@ -15,6 +15,9 @@ pub struct ObjectStore {
     /// Objects this process has read whole and found intact: a base is read many times while a
     /// large file is encoded against it, and hashed once.
     verified: std::sync::Arc<std::sync::Mutex<HashSet<ContentId>>>,
+    /// Threads writing objects a push read (`ground::keeper`): waited for before the store is
+    /// pruned, and before the process lets go of it.
+    writers: std::sync::Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 /// Writes `bytes` to `tmp`, syncs it and renames it to `dest`: `dest` is either absent or
@@ -32,7 +35,21 @@ impl ObjectStore {
         Ok(Self {
             dir: dir.to_path_buf(),
             verified: Default::default(),
+            writers: Default::default(),
         })
+    }
+
+    /// Registers a thread writing objects into this store.
+    pub fn writing(&self, writer: std::thread::JoinHandle<()>) {
+        self.writers.lock().expect("not poisoned").push(writer);
+    }
+
+    /// Waits for every thread writing objects into this store to end.
+    pub fn settle(&self) {
+        let writers = std::mem::take(&mut *self.writers.lock().expect("not poisoned"));
+        for w in writers {
+            let _ = w.join();
+        }
     }
 
     fn path(&self, id: &ContentId) -> PathBuf {
@@ -117,6 +134,8 @@ impl ObjectStore {
 
     /// Removes every object not in `keep`; returns how many were removed.
     pub fn retain(&self, keep: &HashSet<ContentId>) -> std::io::Result<usize> {
+        // An object being written is a temporary until it is whole: let the writers end first.
+        self.settle();
         let mut removed = 0;
         for shard in fs::read_dir(&self.dir)? {
             let shard = shard?;

@@ -31,6 +31,7 @@ use crate::wire::ErrorKind;
 mod budget;
 mod client;
 mod encoding;
+mod keeper;
 pub mod pass;
 mod pull;
 mod push;
@@ -152,6 +153,13 @@ pub struct Ground {
     dir: PathBuf,
     pub db: Db,
     pub store: ObjectStore,
+}
+
+impl Drop for Ground {
+    /// Objects a push read are still being stored (`keeper`): they are the next push's bases.
+    fn drop(&mut self) {
+        self.store.settle();
+    }
 }
 
 impl Ground {

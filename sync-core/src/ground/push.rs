@@ -4,10 +4,7 @@
 //! reports ([`PushReport`]) and where its content comes from (the local tree, kept in the
 //! content store as it is read).
 
-use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -15,12 +12,13 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::encoding::{Encoding, Job};
+use super::keeper::Keeping;
 use super::queue::{self, Fate, Next, held_note, scopes_overlap};
 use super::{Allowance, Client, Ground, GroundError, Progress, io_at};
 use crate::delta::ReadAt;
 use crate::id::{ContentId, ManifestId, NodeId, PackId};
 use crate::manifest::{ChangeSummary, Manifest};
-use crate::object::{ObjectStore, PendingObject};
+use crate::object::ObjectStore;
 use crate::pack::{ContentProvider, Effort, PackError, Plan, PlanStats, TargetReader};
 use crate::path::{PodName, VolumePath};
 use crate::state::{FollowUp, OutgoingPack, PackState};
@@ -459,17 +457,16 @@ fn content_provider(
         return Ok(Box::new(EmptyProvider));
     };
     let abs = std::fs::canonicalize(source).map_err(io_at(source))?;
-    // The bytes read (and verified) for encoding go straight into the content store, where
-    // they become the bases of the next push; nothing is read twice.
-    Ok(Box::new(Keeping {
-        inner: LocalTree {
-            dir: Dir::open_ambient_dir(&abs, ambient_authority()).map_err(io_at(&abs))?,
-            dest: u.dest.cloned(),
-            store: ground.store.clone(),
-        },
+    // The bytes read (and verified) for encoding go to the content store, where they become
+    // the bases of the next push; nothing is read twice.
+    let tree = LocalTree {
+        dir: Dir::open_ambient_dir(&abs, ambient_authority()).map_err(io_at(&abs))?,
+        dest: u.dest.cloned(),
         store: ground.store.clone(),
-        read: Default::default(),
-    }))
+    };
+    Ok(Box::new(
+        Keeping::new(tree, ground.store.clone()).map_err(io_at(&abs))?,
+    ))
 }
 
 /// Reads target content from the local folder being pushed, and bases from the content store.
@@ -517,113 +514,6 @@ impl ContentProvider for LocalTree {
             .store
             .open_verified(id)?
             .map(|f| Box::new(f) as Box<dyn ReadAt>))
-    }
-}
-
-/// Keeps every target read for encoding in the content store: its bytes are written there as
-/// the encoder reads them, and put in place once the encoder found they hash to their id.
-struct Keeping {
-    inner: LocalTree,
-    store: ObjectStore,
-    /// Objects read whole, waiting for the encoder's word that they are what they should be.
-    read: Arc<Mutex<HashMap<ContentId, PendingObject>>>,
-}
-
-impl ContentProvider for Keeping {
-    fn open_target(
-        &self,
-        path: &VolumePath,
-        id: &ContentId,
-        size: u64,
-    ) -> Result<Box<dyn TargetReader + '_>, PackError> {
-        let inner = self.inner.open_target(path, id, size)?;
-        // The store is an optimisation: a store that cannot take the object costs the next
-        // push a base, not this push.
-        match self.store.pending(id) {
-            Ok(Some(pending)) => Ok(Box::new(Tee {
-                inner,
-                pending: Some(pending),
-                id: *id,
-                size,
-                left: size,
-                read: self.read.clone(),
-            })),
-            _ => Ok(inner),
-        }
-    }
-
-    fn open_base(
-        &self,
-        id: &ContentId,
-        size: u64,
-    ) -> Result<Option<Box<dyn ReadAt + '_>>, PackError> {
-        self.inner.open_base(id, size)
-    }
-
-    fn verified(&self, id: &ContentId) -> Result<(), PackError> {
-        if let Some(pending) = self.read.lock().expect("not poisoned").remove(id) {
-            let _ = pending.commit();
-        }
-        Ok(())
-    }
-}
-
-/// A target's reader that copies what it reads into a pending store object, holes as holes.
-struct Tee<'a> {
-    inner: Box<dyn TargetReader + 'a>,
-    pending: Option<PendingObject>,
-    id: ContentId,
-    size: u64,
-    left: u64,
-    read: Arc<Mutex<HashMap<ContentId, PendingObject>>>,
-}
-
-impl Read for Tee<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(p) = &mut self.pending
-            && std::io::Write::write_all(&mut p.file, &buf[..n]).is_err()
-        {
-            self.pending.take().expect("just matched").discard();
-        }
-        self.left = self.left.saturating_sub(n as u64);
-        Ok(n)
-    }
-}
-
-impl TargetReader for Tee<'_> {
-    fn next_hole(&mut self, from: u64) -> std::io::Result<Option<std::ops::Range<u64>>> {
-        self.inner.next_hole(from)
-    }
-
-    fn skip_hole(&mut self, n: u64) -> std::io::Result<()> {
-        self.inner.skip_hole(n)?;
-        // The stored copy gets the hole too: a sparse file costs the store its data only.
-        if let Some(p) = &mut self.pending {
-            let skip = i64::try_from(n).map_err(std::io::Error::other);
-            if skip
-                .and_then(|n| std::io::Seek::seek(&mut p.file, std::io::SeekFrom::Current(n)))
-                .is_err()
-            {
-                self.pending.take().expect("just matched").discard();
-            }
-        }
-        self.left = self.left.saturating_sub(n);
-        Ok(())
-    }
-}
-
-impl Drop for Tee<'_> {
-    fn drop(&mut self) {
-        if let Some(p) = self.pending.take() {
-            // A file that ends in a hole has its length only once it is set.
-            if self.left == 0 && p.file.set_len(self.size).is_ok() {
-                // Whole: kept until the encoder says it is `id`.
-                self.read.lock().expect("not poisoned").insert(self.id, p);
-            } else {
-                p.discard();
-            }
-        }
     }
 }
 
