@@ -5,7 +5,8 @@
 //! system time, on the encoder's thread, while the 100 Mbit/s link waited for it (the pack
 //! took 2.6 to 3.0 s to send where the link needed 0.7 s). So the encoder hands copies of what
 //! it reads to a writer thread and goes on; the writer stores each object once the encoder
-//! has found it hashes to its id.
+//! has found it hashes to its id. With the node on a disk of its own, that push took 2.47 to
+//! 3.07 s instead of 3.39 to 3.78 s (three runs each, by hand).
 //!
 //! Memory: what is handed over and not yet written is held to [`QUEUED`] bytes; past that the
 //! encoder waits for the disk (the link then waits too, as it did before).
